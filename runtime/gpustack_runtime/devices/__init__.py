@@ -1,0 +1,1 @@
+"""Device backends: NVML (NVIDIA), Ascend (npu-smi) and none (CPU-only)."""
