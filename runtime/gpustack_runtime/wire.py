@@ -36,6 +36,15 @@ class DeviceCapacity(WireModel):
     topology_group: str | None = Field(
         default=None, description="Devices with the same group share a fast interconnect (NVLink clique)."
     )
+    memory_foreign: NonNegativeInt | None = Field(
+        default=None,
+        description="Live memory of device processes outside every instance of this agent (drift).",
+    )
+    memory_available: NonNegativeInt | None = Field(
+        default=None,
+        description="What the agent would admit on this device now: total - safety margin - "
+        "max(allocated, used by this agent's instances) - foreign, floored at 0.",
+    )
 
 
 class Allocation(WireModel):
@@ -125,3 +134,36 @@ class ReservationStatus(WireModel):
     memory_bytes_per_device: NonNegativeInt
     expires_at: float | None = Field(description="Unix time; None once confirmed by an instance.")
     confirmed: bool = False
+
+
+# --- Admission (409 bodies) -------------------------------------------------------------------------
+
+
+class DeviceShortfall(WireModel):
+    """Why one device cannot take a claim. Every shortfall of a request is reported, not just the first."""
+
+    device_index: NonNegativeInt
+    reason: Literal["missing_device", "insufficient_memory"]
+    requested_bytes: NonNegativeInt
+    allocated_bytes: NonNegativeInt = Field(
+        default=0, description="Claims of other instances and live reservations on the device."
+    )
+    used_by_instances_bytes: NonNegativeInt = Field(
+        default=0, description="Live memory of the other instances' process trees."
+    )
+    foreign_bytes: NonNegativeInt = Field(default=0, description="Live memory of processes in no instance.")
+    total_bytes: NonNegativeInt = 0
+    safety_margin_bytes: NonNegativeInt = 0
+    available_bytes: int = Field(
+        default=0,
+        description="total - margin - max(allocated, used_by_instances) - foreign; < 0 when over-committed.",
+    )
+
+
+class AdmissionRejection(WireModel):
+    """The ``detail`` of a 409 from ``PUT /v1/instances/{id}`` or ``PUT /v1/reservations/{id}``."""
+
+    kind: Literal["instance", "reservation"]
+    id: str
+    message: str
+    shortfalls: list[DeviceShortfall] = Field(min_length=1)

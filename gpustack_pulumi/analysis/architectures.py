@@ -1,0 +1,692 @@
+"""Architecture families: config.json → parameter counts per component and KV-cache layout.
+
+Each family is one function that reads the fields its architecture defines and returns an
+:class:`ArchitectureShape`: plain integers, no dtype yet (the profile builder applies the weight format).
+Formulas are the module shapes of the Hugging Face / vLLM implementations:
+
+- attention  ``q: h·H·d, k/v: h·KV·d each, o: H·d·h`` (+ biases, + q/k norms where the model has them)
+- gated MLP  ``3·h·I`` (gate, up, down); MoE layer ``E·3·h·I_moe + shared·3·h·I_shared + router h·E``
+- embeddings ``V·h``, and another ``V·h`` for the LM head unless ``tie_word_embeddings``
+- MLA (DeepSeek) ``q_a h·q_lora, q_b q_lora·H·(nope+rope), kv_a h·(kv_lora+rope), kv_b kv_lora·H·(nope+v),
+  o H·v·h``; its cache is one latent of ``kv_lora + rope`` per token and layer, not divided by TP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpustack_pulumi.analysis.config_view import ConfigView
+from gpustack_pulumi.analysis.profile import ComponentName, KvLayerGroup, ParallelConstraints, Sharding
+
+
+@dataclass
+class ComponentCount:
+    """Parameters of one component; ``active`` is what one token touches."""
+
+    name: ComponentName
+    sharding: Sharding
+    parameters: int = 0
+    active: int = 0
+    layers: int = 0
+    quantizable: bool = False  # linear weights that a weight format (fp8, int4...) applies to
+    is_expert: bool = False  # routed experts (the only thing MXFP4 checkpoints quantize)
+
+    def add(self, parameters: int, active: int | None = None) -> None:
+        self.parameters += parameters
+        self.active += parameters if active is None else active
+
+
+@dataclass
+class ArchitectureShape:
+    """What a family function returns: counts and cache layout, no bytes yet."""
+
+    family: str
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_model_len: int
+    components: dict[str, ComponentCount]
+    kv_groups: list[KvLayerGroup]
+    constraints: ParallelConstraints
+    num_experts: int | None = None
+    num_experts_per_token: int | None = None
+    mtp_parameters: int = 0
+    kv_cache_dtype_default: str = "auto"
+    architecture: str = ""  # the config's architecture class, set by build_shape
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def parameters_total(self) -> int:
+        return sum(c.parameters for c in self.components.values())
+
+    @property
+    def parameters_active(self) -> int:
+        return sum(c.active for c in self.components.values())
+
+
+class _Counter:
+    """Accumulates component counts while a family function walks the layers."""
+
+    def __init__(self) -> None:
+        self.components: dict[str, ComponentCount] = {}
+
+    def add(
+        self,
+        name: ComponentName,
+        sharding: Sharding,
+        parameters: int,
+        *,
+        active: int | None = None,
+        layers: int = 0,
+        quantizable: bool = False,
+        is_expert: bool = False,
+    ) -> None:
+        if parameters <= 0:
+            return
+        comp = self.components.setdefault(
+            name, ComponentCount(name, sharding, quantizable=quantizable, is_expert=is_expert)
+        )
+        comp.add(parameters, active)
+        comp.layers = max(comp.layers, layers)
+
+
+# ----- shared building blocks ---------------------------------------------------------------------------
+
+
+def _embeddings(c: _Counter, cfg: ConfigView, hidden: int, vocab: int, *, tied_default: bool = False) -> None:
+    c.add("embedding", "vocab", vocab * hidden)
+    if not cfg.tie_word_embeddings(default=tied_default):
+        c.add("lm_head", "vocab", vocab * hidden)
+
+
+def _gqa_attention(
+    c: _Counter,
+    *,
+    layers: int,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    qkv_bias: bool = False,
+    o_bias: bool = False,
+    qk_norm: bool = False,
+    gated_q: bool = False,
+    sinks: bool = False,
+) -> None:
+    """Standard multi-head / grouped-query attention over ``layers`` layers."""
+    q_out = heads * head_dim * (2 if gated_q else 1)  # Qwen3-Next's gated attention doubles q_proj
+    q_o = hidden * q_out + heads * head_dim * hidden
+    q_o += (q_out if qkv_bias else 0) + (hidden if o_bias else 0)
+    c.add("attention", "tp", q_o * layers, layers=layers, quantizable=True)
+    kv = 2 * hidden * kv_heads * head_dim + (2 * kv_heads * head_dim if qkv_bias else 0)
+    c.add("attention_kv", "kv_heads", kv * layers, layers=layers, quantizable=True)
+    extra = (2 * head_dim if qk_norm else 0) + (heads if sinks else 0)
+    c.add("norms", "replicated", extra * layers, layers=layers)
+
+
+def _dense_mlp(c: _Counter, *, layers: int, hidden: int, intermediate: int, bias: bool = False) -> None:
+    per_layer = 3 * hidden * intermediate + ((2 * intermediate + hidden) if bias else 0)
+    c.add("mlp", "tp", per_layer * layers, layers=layers, quantizable=True)
+
+
+def _moe(
+    c: _Counter,
+    *,
+    layers: int,
+    hidden: int,
+    experts: int,
+    top_k: int,
+    expert_intermediate: int,
+    shared_experts: int = 0,
+    shared_intermediate: int | None = None,
+    expert_bias: bool = False,
+    router_bias: bool = False,
+    shared_gate: bool = False,
+) -> None:
+    per_expert = 3 * hidden * expert_intermediate + ((2 * expert_intermediate + hidden) if expert_bias else 0)
+    c.add(
+        "experts",
+        "tp",
+        per_expert * experts * layers,
+        active=per_expert * top_k * layers,
+        layers=layers,
+        quantizable=True,
+        is_expert=True,
+    )
+    if shared_experts:
+        shared = 3 * hidden * (shared_intermediate or expert_intermediate) * shared_experts
+        c.add("shared_experts", "tp", shared * layers, layers=layers, quantizable=True)
+    router = hidden * experts + (experts if router_bias else 0) + (hidden if shared_gate else 0)
+    c.add("router", "replicated", router * layers, layers=layers)
+
+
+def _layer_norms(c: _Counter, *, layers: int, hidden: int, per_layer: int = 2) -> None:
+    c.add("norms", "replicated", per_layer * hidden * layers, layers=layers)
+    c.add("other", "replicated", hidden)  # final norm
+
+
+def _layer_kinds(cfg: ConfigView, num_layers: int) -> list[str] | None:
+    """``layer_types`` when the config lists them (newer transformers write it for hybrid models)."""
+    kinds = cfg.get("layer_types")
+    if isinstance(kinds, list) and len(kinds) >= num_layers:
+        return [str(k) for k in kinds[:num_layers]]
+    return None
+
+
+def _attention_kv_groups(
+    cfg: ConfigView, *, num_layers: int, kv_heads: int, head_dim: int, sliding_layers: list[bool]
+) -> list[KvLayerGroup]:
+    window = cfg.get("sliding_window")
+    n_sliding = sum(sliding_layers) if window else 0
+    groups = []
+    if num_layers - n_sliding:
+        groups.append(
+            KvLayerGroup(
+                kind="full_attention", num_layers=num_layers - n_sliding, num_kv_heads=kv_heads, head_size=2 * head_dim
+            )
+        )
+    if n_sliding:
+        groups.append(
+            KvLayerGroup(
+                kind="sliding_window",
+                num_layers=n_sliding,
+                num_kv_heads=kv_heads,
+                head_size=2 * head_dim,
+                sliding_window=int(window),
+            )
+        )
+    return groups
+
+
+def _constraints(cfg: ConfigView, **extra: Any) -> ParallelConstraints:
+    return ParallelConstraints(
+        num_attention_heads=cfg.num_attention_heads(),
+        num_kv_heads=cfg.num_kv_heads(),
+        vocab_size=cfg.vocab_size(),
+        **extra,
+    )
+
+
+def _shape(family: str, cfg: ConfigView, c: _Counter, kv_groups: list[KvLayerGroup], **kw: Any) -> ArchitectureShape:
+    constraints = kw.pop("constraints", None) or _constraints(cfg)
+    return ArchitectureShape(
+        family=family,
+        hidden_size=cfg.hidden_size(),
+        num_layers=cfg.num_layers(),
+        vocab_size=cfg.vocab_size(),
+        num_attention_heads=cfg.num_attention_heads(),
+        num_kv_heads=cfg.num_kv_heads(),
+        head_dim=kw.pop("head_dim", None) or cfg.head_dim(),
+        max_model_len=cfg.max_model_len(),
+        components=c.components,
+        kv_groups=kv_groups,
+        constraints=constraints,
+        **kw,
+    )
+
+
+# ----- dense families ------------------------------------------------------------------------------------
+
+
+def dense_decoder(cfg: ConfigView, family: str) -> ArchitectureShape:
+    """Llama, Mistral, Qwen2/2.5, Qwen3, Phi-3, Gemma 2/3 and the generic fallback."""
+    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
+    heads, kv, d = cfg.num_attention_heads(), cfg.num_kv_heads(), cfg.head_dim()
+    inter = cfg.require_int("intermediate_size", "ffn_dim", "n_inner")
+    qkv_bias = family == "qwen2" or bool(cfg.get("attention_bias", default=False))
+    gemma = family in ("gemma2", "gemma3")
+    c = _Counter()
+    _embeddings(c, cfg, h, v, tied_default=gemma)
+    _gqa_attention(
+        c,
+        layers=n,
+        hidden=h,
+        heads=heads,
+        kv_heads=kv,
+        head_dim=d,
+        qkv_bias=qkv_bias,
+        o_bias=bool(cfg.get("attention_bias", default=False)) and family != "qwen2",
+        qk_norm=family in ("qwen3", "gemma3"),
+    )
+    _dense_mlp(c, layers=n, hidden=h, intermediate=inter, bias=bool(cfg.get("mlp_bias", default=False)))
+    # Gemma 2/3 have pre- and post-norms around both attention and MLP (4 per layer).
+    _layer_norms(c, layers=n, hidden=h, per_layer=4 if gemma else 2)
+
+    sliding = _sliding_layers(cfg, family, n)
+    groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=sliding)
+    return _shape(family, cfg, c, groups)
+
+
+def _sliding_layers(cfg: ConfigView, family: str, n: int) -> list[bool]:
+    """Which layers use a sliding window (True) — from ``layer_types`` or the family's fixed pattern."""
+    kinds = _layer_kinds(cfg, n)
+    if kinds:
+        return [k == "sliding_attention" for k in kinds]
+    if not cfg.get("sliding_window"):
+        return [False] * n
+    if family == "gemma2":
+        return [i % 2 == 0 for i in range(n)]  # Gemma 2 alternates local (even) and global (odd) layers
+    if family == "gemma3":
+        pattern = cfg.int_or("sliding_window_pattern", default=6)  # every 6th layer is global
+        return [(i + 1) % pattern != 0 for i in range(n)]
+    if family == "mistral":
+        return [True] * n  # Mistral 7B v0.1 used a 4096-token window on every layer
+    if family == "qwen2" and cfg.get("use_sliding_window"):
+        max_window_layers = cfg.int_or("max_window_layers", default=n)
+        return [i >= max_window_layers for i in range(n)]
+    return [False] * n
+
+
+# ----- mixture-of-experts families -------------------------------------------------------------------
+
+
+def mixtral(cfg: ConfigView, family: str = "mixtral") -> ArchitectureShape:
+    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
+    heads, kv, d = cfg.num_attention_heads(), cfg.num_kv_heads(), cfg.head_dim()
+    experts = cfg.require_int("num_local_experts")
+    top_k = cfg.require_int("num_experts_per_tok")
+    inter = cfg.require_int("intermediate_size")
+    c = _Counter()
+    _embeddings(c, cfg, h, v)
+    _gqa_attention(c, layers=n, hidden=h, heads=heads, kv_heads=kv, head_dim=d)
+    _moe(c, layers=n, hidden=h, experts=experts, top_k=top_k, expert_intermediate=inter)
+    _layer_norms(c, layers=n, hidden=h)
+    groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=[True] * n)
+    return _shape(
+        family,
+        cfg,
+        c,
+        groups,
+        num_experts=experts,
+        num_experts_per_token=top_k,
+        constraints=_constraints(cfg, moe_intermediate_size=inter, num_experts=experts),
+    )
+
+
+def qwen3_moe(cfg: ConfigView, family: str = "qwen3_moe") -> ArchitectureShape:
+    """Qwen3-MoE (and Qwen2-MoE): sparse layers every ``decoder_sparse_step``, except ``mlp_only_layers``."""
+    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
+    heads, kv, d = cfg.num_attention_heads(), cfg.num_kv_heads(), cfg.head_dim()
+    experts = cfg.require_int("num_experts")
+    top_k = cfg.require_int("num_experts_per_tok")
+    moe_inter = cfg.require_int("moe_intermediate_size")
+    step = cfg.int_or("decoder_sparse_step", default=1) or 1
+    mlp_only = set(cfg.get("mlp_only_layers", default=[]) or [])
+    moe_layers = sum(1 for i in range(n) if i not in mlp_only and (i + 1) % step == 0)
+    shared_inter = cfg.int_or("shared_expert_intermediate_size", default=0)
+    c = _Counter()
+    _embeddings(c, cfg, h, v)
+    _gqa_attention(
+        c,
+        layers=n,
+        hidden=h,
+        heads=heads,
+        kv_heads=kv,
+        head_dim=d,
+        qkv_bias=family == "qwen2_moe",
+        qk_norm=family == "qwen3_moe",
+    )
+    if n - moe_layers:
+        _dense_mlp(c, layers=n - moe_layers, hidden=h, intermediate=cfg.require_int("intermediate_size"))
+    _moe(
+        c,
+        layers=moe_layers,
+        hidden=h,
+        experts=experts,
+        top_k=top_k,
+        expert_intermediate=moe_inter,
+        shared_experts=1 if shared_inter else 0,
+        shared_intermediate=shared_inter or None,
+        shared_gate=bool(shared_inter),
+    )
+    _layer_norms(c, layers=n, hidden=h)
+    groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=[False] * n)
+    return _shape(
+        family,
+        cfg,
+        c,
+        groups,
+        num_experts=experts,
+        num_experts_per_token=top_k,
+        constraints=_constraints(cfg, moe_intermediate_size=moe_inter, num_experts=experts),
+    )
+
+
+def glm4_moe(cfg: ConfigView, family: str = "glm4_moe") -> ArchitectureShape:
+    """GLM-4.5 / 4.6: ``first_k_dense_replace`` dense layers, then MoE with one shared expert; MTP layers
+    (``num_nextn_predict_layers``) are stored after the main layers."""
+    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
+    heads, kv, d = cfg.num_attention_heads(), cfg.num_kv_heads(), cfg.head_dim()
+    experts = cfg.require_int("n_routed_experts")
+    top_k = cfg.require_int("num_experts_per_tok")
+    moe_inter = cfg.require_int("moe_intermediate_size")
+    shared = cfg.int_or("n_shared_experts", default=0)
+    dense_layers = min(n, cfg.int_or("first_k_dense_replace", default=0))
+    qkv_bias = bool(cfg.get("attention_bias", default=False))
+    qk_norm = bool(cfg.get("use_qk_norm", default=False))
+    c = _Counter()
+    _embeddings(c, cfg, h, v)
+    _gqa_attention(c, layers=n, hidden=h, heads=heads, kv_heads=kv, head_dim=d, qkv_bias=qkv_bias, qk_norm=qk_norm)
+    _dense_mlp(c, layers=dense_layers, hidden=h, intermediate=cfg.require_int("intermediate_size"))
+    # e_score_correction_bias: one float per expert per MoE layer, counted with the router.
+    _moe(
+        c,
+        layers=n - dense_layers,
+        hidden=h,
+        experts=experts,
+        top_k=top_k,
+        expert_intermediate=moe_inter,
+        shared_experts=shared,
+        router_bias=True,
+    )
+    _layer_norms(c, layers=n, hidden=h)
+
+    mtp_layers = cfg.int_or("num_nextn_predict_layers", default=0)
+    per_mtp = _mtp_layer_parameters(
+        hidden=h,
+        attention=_attention_layer_params(h, heads, kv, d, qkv_bias, qk_norm),
+        moe=experts * 3 * h * moe_inter + shared * 3 * h * moe_inter + h * experts + experts,
+    )
+    groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=[False] * n)
+    return _shape(
+        family,
+        cfg,
+        c,
+        groups,
+        num_experts=experts,
+        num_experts_per_token=top_k,
+        mtp_parameters=mtp_layers * per_mtp,
+        constraints=_constraints(cfg, moe_intermediate_size=moe_inter, num_experts=experts),
+    )
+
+
+def _attention_layer_params(h: int, heads: int, kv: int, d: int, qkv_bias: bool, qk_norm: bool) -> int:
+    return 2 * h * heads * d + 2 * h * kv * d + ((heads + 2 * kv) * d if qkv_bias else 0) + (2 * d if qk_norm else 0)
+
+
+def _mtp_layer_parameters(*, hidden: int, attention: int, moe: int) -> int:
+    """One MTP module: a full decoder layer, ``eh_proj`` (2h·h) and three norms (enorm, hnorm, shared head)."""
+    return attention + moe + 2 * hidden * hidden + 5 * hidden
+
+
+def gpt_oss(cfg: ConfigView, family: str = "gpt_oss") -> ArchitectureShape:
+    """gpt-oss: biased attention with sinks, alternating sliding (128) and full layers, MXFP4 experts."""
+    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
+    heads, kv, d = cfg.num_attention_heads(), cfg.num_kv_heads(), cfg.head_dim()
+    experts = cfg.require_int("num_local_experts", "num_experts")
+    top_k = cfg.require_int("num_experts_per_tok", "experts_per_token")
+    inter = cfg.require_int("intermediate_size")
+    c = _Counter()
+    _embeddings(c, cfg, h, v)
+    _gqa_attention(c, layers=n, hidden=h, heads=heads, kv_heads=kv, head_dim=d, qkv_bias=True, o_bias=True, sinks=True)
+    _moe(
+        c,
+        layers=n,
+        hidden=h,
+        experts=experts,
+        top_k=top_k,
+        expert_intermediate=inter,
+        expert_bias=True,
+        router_bias=True,
+    )
+    _layer_norms(c, layers=n, hidden=h)
+    kinds = _layer_kinds(cfg, n) or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
+    sliding = [k == "sliding_attention" for k in kinds]
+    cfg.require_int("sliding_window", hint="gpt-oss uses a 128-token window on alternate layers")
+    groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=sliding)
+    return _shape(
+        family,
+        cfg,
+        c,
+        groups,
+        num_experts=experts,
+        num_experts_per_token=top_k,
+        constraints=_constraints(cfg, moe_intermediate_size=inter, num_experts=experts),
+    )
+
+
+# ----- DeepSeek (MLA) ----------------------------------------------------------------------------------
+
+DSV32_MLA_FP8_BYTES_PER_LAYER = 656  # fp8_ds_mla: 512 fp8 latent + 4×fp32 scales + 64 bf16 rope = 656 B
+DSV32_INDEXER_BYTES_PER_LAYER = 132  # indexer key: 128 fp8 + one fp32 scale
+
+
+def deepseek(cfg: ConfigView, family: str = "deepseek_v3") -> ArchitectureShape:
+    """DeepSeek-V2/V3/R1 and V3.2: MLA attention, shared + routed experts, MTP layers after the main ones."""
+    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
+    heads = cfg.num_attention_heads()
+    kv_lora = cfg.require_int("kv_lora_rank")
+    rope = cfg.require_int("qk_rope_head_dim")
+    nope = cfg.require_int("qk_nope_head_dim")
+    v_dim = cfg.require_int("v_head_dim")
+    q_lora = cfg.get("q_lora_rank")
+    experts = cfg.require_int("n_routed_experts")
+    top_k = cfg.require_int("num_experts_per_tok")
+    moe_inter = cfg.require_int("moe_intermediate_size")
+    shared = cfg.int_or("n_shared_experts", default=0)
+    dense_layers = min(n, cfg.int_or("first_k_dense_replace", default=0))
+    is_v32 = family == "deepseek_v32"
+
+    c = _Counter()
+    _embeddings(c, cfg, h, v)
+    q_head = nope + rope
+    # Split (column/row parallel) projections: q_b (or q_proj), kv_b, o_proj.
+    split = (q_lora * heads * q_head if q_lora else h * heads * q_head) + kv_lora * heads * (nope + v_dim)
+    split += heads * v_dim * h
+    c.add("attention", "tp", split * n, layers=n, quantizable=True)
+    # Replicated on every rank (ReplicatedLinear in vLLM): q_a, kv_a (latent + shared rope key), their norms.
+    replicated = (h * q_lora + q_lora if q_lora else 0) + h * (kv_lora + rope) + kv_lora
+    if is_v32:
+        index_heads = cfg.require_int("index_n_heads")
+        index_dim = cfg.require_int("index_head_dim")
+        # Lightning indexer: wq_b (q_lora → heads·dim), wk (h → dim) + its norm, weights_proj (h → heads).
+        replicated += (q_lora or h) * index_heads * index_dim + h * index_dim + 2 * index_dim + h * index_heads
+    c.add("attention_replicated", "replicated", replicated * n, layers=n, quantizable=True)
+    _dense_mlp(c, layers=dense_layers, hidden=h, intermediate=cfg.require_int("intermediate_size"))
+    _moe(
+        c,
+        layers=n - dense_layers,
+        hidden=h,
+        experts=experts,
+        top_k=top_k,
+        expert_intermediate=moe_inter,
+        shared_experts=shared,
+        router_bias=cfg.get("topk_method") == "noaux_tc",
+    )
+    _layer_norms(c, layers=n, hidden=h)
+
+    mtp_layers = cfg.int_or("num_nextn_predict_layers", default=0)
+    per_mtp = _mtp_layer_parameters(
+        hidden=h,
+        attention=split + replicated,
+        moe=experts * 3 * h * moe_inter + shared * 3 * h * moe_inter + h * experts + experts,
+    )
+    # DeepSeek checkpoints store a copy of the embedding and LM head inside each MTP module.
+    per_mtp += 2 * v * h
+
+    group = KvLayerGroup(
+        kind="mla",
+        num_layers=n,
+        num_kv_heads=1,
+        head_size=kv_lora + rope,
+        fixed_bytes_per_token_per_layer=DSV32_MLA_FP8_BYTES_PER_LAYER if is_v32 else None,
+        extra_bytes_per_token_per_layer=DSV32_INDEXER_BYTES_PER_LAYER if is_v32 else 0,
+    )
+    return _shape(
+        family,
+        cfg,
+        c,
+        [group],
+        head_dim=q_head,
+        num_experts=experts,
+        num_experts_per_token=top_k,
+        mtp_parameters=mtp_layers * per_mtp,
+        kv_cache_dtype_default="fp8_ds_mla" if is_v32 else "auto",
+        constraints=ParallelConstraints(
+            num_attention_heads=heads,
+            num_kv_heads=heads,
+            vocab_size=v,
+            moe_intermediate_size=moe_inter,
+            num_experts=experts,
+            uses_mla=True,
+        ),
+    )
+
+
+# ----- Qwen3-Next (hybrid linear attention) ---------------------------------------------------------
+
+
+def qwen3_next(cfg: ConfigView, family: str = "qwen3_next") -> ArchitectureShape:
+    """Qwen3-Next: 3 Gated-DeltaNet layers per gated full-attention layer, all layers MoE with a shared expert.
+
+    Linear layers keep a constant state per sequence: conv ``(2·k_heads·k_dim + v_heads·v_dim)·(kernel−1)`` and
+    ssm ``v_heads·v_dim·k_dim`` elements (both divided by TP).
+    """
+    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
+    heads, kv, d = cfg.num_attention_heads(), cfg.num_kv_heads(), cfg.head_dim()
+    kh = cfg.require_int("linear_num_key_heads")
+    vh = cfg.require_int("linear_num_value_heads")
+    kd = cfg.require_int("linear_key_head_dim")
+    vd = cfg.require_int("linear_value_head_dim")
+    kernel = cfg.require_int("linear_conv_kernel_dim")
+    kinds = _layer_kinds(cfg, n)
+    if kinds is None:
+        interval = cfg.require_int("full_attention_interval", hint="or list layer_types")
+        kinds = ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(n)]
+    n_full = sum(1 for k in kinds if k == "full_attention")
+    n_linear = n - n_full
+    experts = cfg.require_int("num_experts")
+    top_k = cfg.require_int("num_experts_per_tok")
+    moe_inter = cfg.require_int("moe_intermediate_size")
+    shared_inter = cfg.int_or("shared_expert_intermediate_size", default=0)
+
+    c = _Counter()
+    _embeddings(c, cfg, h, v)
+    _gqa_attention(c, layers=n_full, hidden=h, heads=heads, kv_heads=kv, head_dim=d, qk_norm=True, gated_q=True)
+    conv_dim = 2 * kh * kd + vh * vd
+    # in_proj_qkvz + in_proj_ba + out_proj are split; conv weights, dt_bias, A_log and the norm are small.
+    linear = h * (2 * kh * kd + 2 * vh * vd) + h * 2 * vh + vh * vd * h
+    c.add("attention", "tp", linear * n_linear, layers=n_linear, quantizable=True)
+    c.add("norms", "replicated", (conv_dim * kernel + 2 * vh + vd) * n_linear, layers=n_linear)
+    _moe(
+        c,
+        layers=n,
+        hidden=h,
+        experts=experts,
+        top_k=top_k,
+        expert_intermediate=moe_inter,
+        shared_experts=1 if shared_inter else 0,
+        shared_intermediate=shared_inter or None,
+        shared_gate=bool(shared_inter),
+    )
+    _layer_norms(c, layers=n, hidden=h)
+
+    groups = [
+        KvLayerGroup(kind="full_attention", num_layers=n_full, num_kv_heads=kv, head_size=2 * d),
+        KvLayerGroup(
+            kind="linear_attention",
+            num_layers=n_linear,
+            conv_state_elements=conv_dim * (kernel - 1),
+            ssm_state_elements=vh * vd * kd,
+        ),
+    ]
+    return _shape(
+        family,
+        cfg,
+        c,
+        groups,
+        num_experts=experts,
+        num_experts_per_token=top_k,
+        constraints=_constraints(
+            cfg,
+            moe_intermediate_size=moe_inter,
+            num_experts=experts,
+            linear_num_value_heads=vh,
+            linear_num_key_heads=kh,
+        ),
+    )
+
+
+# ----- registry ---------------------------------------------------------------------------------------
+
+Family = Callable[[ConfigView, str], ArchitectureShape]
+
+# model_type → (family name, function). Architectures listed in the issue are supported exactly; anything else
+# goes through the generic dense estimate with a warning.
+FAMILIES: dict[str, tuple[str, Family]] = {
+    "llama": ("llama", dense_decoder),
+    "mistral": ("mistral", dense_decoder),
+    "qwen2": ("qwen2", dense_decoder),
+    "qwen3": ("qwen3", dense_decoder),
+    "phi3": ("phi3", dense_decoder),
+    "gemma2": ("gemma2", dense_decoder),
+    "gemma3": ("gemma3", dense_decoder),
+    "gemma3_text": ("gemma3", dense_decoder),
+    "mixtral": ("mixtral", mixtral),
+    "qwen2_moe": ("qwen2_moe", qwen3_moe),
+    "qwen3_moe": ("qwen3_moe", qwen3_moe),
+    "qwen3_next": ("qwen3_next", qwen3_next),
+    "gpt_oss": ("gpt_oss", gpt_oss),
+    "glm4_moe": ("glm4_moe", glm4_moe),
+    "deepseek_v2": ("deepseek_v2", deepseek),
+    "deepseek_v3": ("deepseek_v3", deepseek),
+    "deepseek_v32": ("deepseek_v32", deepseek),
+}
+
+# Architecture class names → model_type, for configs that lack model_type (GGUF-derived, hand-written).
+ARCHITECTURE_CLASSES: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Phi3ForCausalLM": "phi3",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3_text",
+    "Gemma3ForConditionalGeneration": "gemma3",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "Qwen3NextForCausalLM": "qwen3_next",
+    "GptOssForCausalLM": "gpt_oss",
+    "Glm4MoeForCausalLM": "glm4_moe",
+    "DeepseekV2ForCausalLM": "deepseek_v2",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
+    "DeepseekV32ForCausalLM": "deepseek_v32",
+}
+
+
+def resolve_family(raw: dict[str, Any]) -> tuple[str | None, str]:
+    """(model_type we support or None, architecture class name for messages)."""
+    archs = raw.get("architectures") or []
+    arch = str(archs[0]) if archs else str(raw.get("model_type") or "unknown")
+    model_type = str(raw.get("model_type") or "").lower()
+    if model_type == "deepseek_v3" and (raw.get("index_topk") or arch == "DeepseekV32ForCausalLM"):
+        model_type = "deepseek_v32"  # V3.2 keeps model_type deepseek_v3 but adds the DSA indexer fields
+    if model_type in FAMILIES:
+        return model_type, arch
+    if arch in ARCHITECTURE_CLASSES:
+        return ARCHITECTURE_CLASSES[arch], arch
+    return None, arch
+
+
+def build_shape(raw: dict[str, Any], *, source: str) -> ArchitectureShape:
+    """Dispatch a config to its family; unknown architectures get the generic dense estimate and a warning."""
+    model_type, arch = resolve_family(raw)
+    cfg = ConfigView(raw, source=source, architecture=arch)
+    if model_type is None:
+        shape = dense_decoder(cfg, "generic")
+        shape.architecture = arch
+        shape.warnings.append(
+            f"architecture '{arch}' is not modelled exactly; parameters, weights and KV cache use a generic dense "
+            "decoder estimate (Llama-like attention and gated MLP): check the numbers before relying on them"
+        )
+        return shape
+    family, function = FAMILIES[model_type]
+    shape = function(cfg, family)
+    shape.architecture = arch
+    return shape

@@ -1,0 +1,519 @@
+"""The agent's HTTP API: :func:`create_app` wires config, device backend and supervisor into a FastAPI app.
+
+Endpoints (all but ``/healthz`` need ``Authorization: Bearer <token>``; the OpenAPI document is at
+``/openapi.json`` and the interactive docs at ``/docs``, both behind the token too):
+
+=========================================  =========================================================
+``GET /healthz``                           liveness, ``{"status": "ok"}``
+``GET /v1/node``                           host facts and full device snapshots
+``GET /v1/capacity``                       :class:`~gpustack_runtime.wire.CapacityDocument`
+``GET|PUT|DELETE /v1/reservations/{id}``   leases on device memory (``GET /v1/reservations`` lists)
+``GET|PUT|DELETE /v1/instances/{id}``      engine instances (``GET /v1/instances`` lists)
+``GET /v1/instances/{id}/logs``            ``?tail=N&follow=true``, text/plain
+``GET /metrics``                           Prometheus text format
+=========================================  =========================================================
+
+Admission (409) follows :mod:`gpustack_runtime.ledger`. The app owns the lifecycle of the supervisor and the
+backend: its lifespan starts the supervisor and closes both on shutdown (closing the supervisor leaves the
+engines running, so an agent restart adopts them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Protocol
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
+
+from gpustack_runtime import __version__
+from gpustack_runtime.auth import TokenCheck
+from gpustack_runtime.capacity import (
+    HostFacts,
+    NodeInfo,
+    build_capacity_document,
+    read_host_facts,
+    split_device_usage,
+)
+from gpustack_runtime.config import AgentConfig
+from gpustack_runtime.devices.base import DeviceBackend, DeviceSnapshot
+from gpustack_runtime.ledger import Admitted, DeviceUsage, DuplicateDeviceError, Ledger
+from gpustack_runtime.metrics import (
+    AgentCollector,
+    RequestLatencyMiddleware,
+    ScrapeView,
+    new_request_histogram,
+)
+from gpustack_runtime.supervisor import NoFreePortError
+from gpustack_runtime.supervisor.launch import INSTANCE_ID_PATTERN
+from gpustack_runtime.wire import (
+    AdmissionRejection,
+    CapacityDocument,
+    InstanceBody,
+    InstanceStatus,
+    ReservationBody,
+    ReservationStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+HTTP_422_UNPROCESSABLE = 422
+"""Starlette renamed its constant (``..._ENTITY`` -> ``..._CONTENT``); the number is stable."""
+
+DEFAULT_LOG_TAIL_LINES = 100
+MAX_LOG_TAIL_LINES = 100_000
+"""Bounds one non-followed log response to a size a client can hold in memory."""
+
+
+class InstanceSupervisor(Protocol):
+    """What the API needs from :class:`gpustack_runtime.supervisor.Supervisor`."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None:
+        """Stop supervising; leaves the engines running."""
+        ...
+
+    async def put(self, instance_id: str, body: InstanceBody) -> tuple[InstanceStatus, bool]: ...
+
+    def get(self, instance_id: str) -> InstanceStatus | None: ...
+
+    def list(self) -> list[InstanceStatus]: ...
+
+    async def delete(self, instance_id: str) -> bool: ...
+
+    def logs(self, instance_id: str, tail: int | None = None) -> list[str]:
+        """The last ``tail`` lines (no newline at the end); KeyError for an unknown id."""
+        ...
+
+    def follow_logs(self, instance_id: str, *, tail: int | None = 0) -> AsyncIterator[str]:
+        """``tail`` existing lines, then new ones as they come, until the instance is deleted."""
+        ...
+
+    def instance_pids(self) -> dict[str, int]: ...
+
+    def process_tree(self, pid: int) -> set[int]: ...
+
+
+# --- response bodies that are not wire models ------------------------------------------------------------
+
+
+class HealthStatus(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ErrorMessage(BaseModel):
+    detail: str
+
+
+class AdmissionConflict(BaseModel):
+    """409 of an instance or reservation PUT: ``detail`` is an admission rejection (memory, missing device),
+    or a message when the supervisor refuses the instance (its fixed port is taken, no port is free)."""
+
+    detail: AdmissionRejection | str
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+class KeyedLocks:
+    """One :class:`asyncio.Lock` per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+@dataclass
+class AgentRuntime:
+    """Everything the routes share; one per app."""
+
+    config: AgentConfig
+    backend: DeviceBackend
+    supervisor: InstanceSupervisor
+    ledger: Ledger
+    host: HostFacts
+    registry: CollectorRegistry
+    instance_locks: KeyedLocks = field(default_factory=KeyedLocks)
+
+    def read_devices(self) -> tuple[list[DeviceSnapshot], list[DeviceUsage]]:
+        """The device snapshot and who uses each device's memory. Process trees are walked only when some
+        device lists processes (a /proc scan per instance is not free)."""
+        snapshots = self.backend.snapshot()
+        trees: dict[str, set[int]] = {}
+        if any(snapshot.processes for snapshot in snapshots):
+            for instance_id, pid in self.supervisor.instance_pids().items():
+                trees[instance_id] = self.supervisor.process_tree(pid) | {pid}
+        return snapshots, split_device_usage(snapshots, trees)
+
+    def capacity(self) -> CapacityDocument:
+        snapshots, usages = self.read_devices()
+        return build_capacity_document(
+            name=self.config.node_name,
+            labels=self.config.labels,
+            host=self.host,
+            snapshots=snapshots,
+            usages=usages,
+            allocations=self.ledger.allocations(),
+            available_by_device=self.ledger.available_bytes(usages),
+        )
+
+    def scrape_view(self) -> ScrapeView:
+        snapshots, usages = self.read_devices()
+        return ScrapeView(
+            snapshots=snapshots,
+            usages=usages,
+            allocated_by_device=self.ledger.allocated_bytes_by_device(),
+            instances=self.supervisor.list(),
+        )
+
+
+class AdmissionRefused(Exception):
+    """Raised by a route when the ledger rejects a claim; rendered as 409 with the rejection as ``detail``."""
+
+    def __init__(self, rejection: AdmissionRejection) -> None:
+        super().__init__(rejection.message)
+        self.rejection = rejection
+
+
+def _render_admission_refused(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, AdmissionRefused)
+    return JSONResponse(
+        status_code=status.HTTP_409_CONFLICT,
+        content={"detail": error.rejection.model_dump(mode="json")},
+    )
+
+
+def _duplicate_device(error: DuplicateDeviceError) -> HTTPException:
+    return HTTPException(
+        HTTP_422_UNPROCESSABLE,
+        detail=[{"loc": ["body", "device_indices"], "msg": str(error), "type": "value_error"}],
+    )
+
+
+def _not_found(kind: str, item_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no {kind} {item_id!r} on this node")
+
+
+ItemId = Annotated[
+    str,
+    Path(
+        pattern=f"^{INSTANCE_ID_PATTERN.pattern}$",
+        description="Client-chosen id: 1-128 characters from A-Z, a-z, 0-9, '.', '_' and '-'.",
+    ),
+]
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status.HTTP_401_UNAUTHORIZED: {"model": ErrorMessage, "description": "Missing or wrong bearer token."},
+}
+ADMISSION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    status.HTTP_409_CONFLICT: {
+        "model": AdmissionConflict,
+        "description": "A device is missing or lacks the memory; every shortfall is listed.",
+    },
+}
+NOT_FOUND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    status.HTTP_404_NOT_FOUND: {"model": ErrorMessage, "description": "No such id on this node."},
+}
+
+
+# --- the app ---------------------------------------------------------------------------------------------
+
+
+def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: InstanceSupervisor) -> FastAPI:
+    """The agent's FastAPI app. Serve it with uvicorn; its lifespan starts ``supervisor`` and, on shutdown,
+    closes it (engines keep running) and closes ``backend``."""
+    runtime = AgentRuntime(
+        config=config,
+        backend=backend,
+        supervisor=supervisor,
+        ledger=Ledger(
+            safety_margin_bytes=config.memory_safety_margin_bytes,
+            reservations_file=config.reservations_file,
+        ),
+        host=read_host_facts(),
+        registry=CollectorRegistry(auto_describe=False),
+    )
+    runtime.registry.register(AgentCollector(runtime.scrape_view))
+    request_histogram = new_request_histogram(runtime.registry)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        runtime.ledger.load()
+        await supervisor.start()
+        runtime.ledger.sync_instances(supervisor.list())
+        sweeper = asyncio.create_task(_sweep_reservations(runtime.ledger, config.reservation_sweep_seconds))
+        logger.info(
+            "agent %s serving node %s with the %s device backend", __version__, config.node_name, backend.name
+        )
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await supervisor.close()
+            backend.close()
+
+    authenticated = [Depends(TokenCheck(config.token))]
+    app = FastAPI(
+        title="gpustack-agent",
+        version=__version__,
+        description=__doc__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.runtime = runtime
+    app.add_exception_handler(AdmissionRefused, _render_admission_refused)
+    app.add_middleware(RequestLatencyMiddleware, histogram=request_histogram)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=authenticated)
+    def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=authenticated)
+    def interactive_docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="gpustack-agent")
+
+    @app.get("/healthz", tags=["agent"])
+    def healthz() -> HealthStatus:
+        """Liveness; the only endpoint without a token."""
+        return HealthStatus()
+
+    @app.get(
+        "/metrics",
+        tags=["agent"],
+        dependencies=authenticated,
+        responses={**ERROR_RESPONSES, 200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+        response_class=Response,
+    )
+    def metrics() -> Response:
+        """Prometheus text format: device memory and utilisation, instance state, request latency."""
+        return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/node", tags=["node"], dependencies=authenticated, responses=ERROR_RESPONSES)
+    def node() -> NodeInfo:
+        """Host facts and the full device snapshots (processes, utilisation, power)."""
+        snapshots, _ = runtime.read_devices()
+        return NodeInfo(
+            name=config.node_name,
+            labels=config.labels,
+            host=runtime.host,
+            backend=backend.name,
+            devices=snapshots,
+        )
+
+    @app.get("/v1/capacity", tags=["node"], dependencies=authenticated, responses=ERROR_RESPONSES)
+    def capacity() -> CapacityDocument:
+        """Devices with live and allocated memory, and the allocations of instances and reservations."""
+        return runtime.capacity()
+
+    # --- reservations ----------------------------------------------------------------------------------
+
+    @app.get("/v1/reservations", tags=["reservations"], dependencies=authenticated, responses=ERROR_RESPONSES)
+    def list_reservations() -> list[ReservationStatus]:
+        """Live reservations, confirmed or not."""
+        return [record.to_status() for record in runtime.ledger.reservations()]
+
+    @app.get(
+        "/v1/reservations/{reservation_id}",
+        tags=["reservations"],
+        dependencies=authenticated,
+        responses=NOT_FOUND_RESPONSES,
+    )
+    def get_reservation(reservation_id: ItemId) -> ReservationStatus:
+        for record in runtime.ledger.reservations():
+            if record.id == reservation_id:
+                return record.to_status()
+        raise _not_found("reservation", reservation_id)
+
+    @app.put(
+        "/v1/reservations/{reservation_id}",
+        tags=["reservations"],
+        dependencies=authenticated,
+        responses={**ADMISSION_RESPONSES, 201: {"model": ReservationStatus, "description": "Created."}},
+    )
+    def put_reservation(
+        reservation_id: ItemId, body: ReservationBody, response: Response
+    ) -> ReservationStatus:
+        """Create (201), renew or replace (200) a lease. It expires ``ttl_seconds`` after this PUT unless an
+        instance with the same id confirms it."""
+        _, usages = runtime.read_devices()
+        try:
+            outcome = runtime.ledger.put_reservation(reservation_id, body, usages)
+        except DuplicateDeviceError as error:
+            raise _duplicate_device(error) from None
+        if isinstance(outcome, AdmissionRejection):
+            raise AdmissionRefused(outcome)
+        response.status_code = status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK
+        return outcome.status
+
+    @app.delete(
+        "/v1/reservations/{reservation_id}",
+        tags=["reservations"],
+        dependencies=authenticated,
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=NOT_FOUND_RESPONSES,
+    )
+    def delete_reservation(reservation_id: ItemId) -> Response:
+        if not runtime.ledger.delete_reservation(reservation_id):
+            raise _not_found("reservation", reservation_id)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    # --- instances -------------------------------------------------------------------------------------
+
+    @app.get("/v1/instances", tags=["instances"], dependencies=authenticated, responses=ERROR_RESPONSES)
+    def list_instances() -> list[InstanceStatus]:
+        return sorted(supervisor.list(), key=lambda instance: instance.id)
+
+    @app.get(
+        "/v1/instances/{instance_id}",
+        tags=["instances"],
+        dependencies=authenticated,
+        responses=NOT_FOUND_RESPONSES,
+    )
+    def get_instance(instance_id: ItemId) -> InstanceStatus:
+        found = supervisor.get(instance_id)
+        if found is None:
+            raise _not_found("instance", instance_id)
+        return found
+
+    @app.put(
+        "/v1/instances/{instance_id}",
+        tags=["instances"],
+        dependencies=authenticated,
+        responses={**ADMISSION_RESPONSES, 201: {"model": InstanceStatus, "description": "Created."}},
+    )
+    async def put_instance(instance_id: ItemId, body: InstanceBody, response: Response) -> InstanceStatus:
+        """Create (201) or keep/replace (200) an instance. Idempotent: the same body changes nothing. The
+        memory claim is admitted first (409 when it does not fit); it confirms reservation ``{id}``."""
+        async with runtime.instance_locks.hold(instance_id):
+            existed = supervisor.get(instance_id) is not None
+            _, usages = runtime.read_devices()
+            try:
+                outcome = runtime.ledger.admit_instance(instance_id, body, usages)
+            except DuplicateDeviceError as error:
+                raise _duplicate_device(error) from None
+            if isinstance(outcome, AdmissionRejection):
+                raise AdmissionRefused(outcome)
+            try:
+                instance = await _put_or_undo(supervisor, runtime.ledger, instance_id, body, outcome)
+            except (ValueError, NoFreePortError) as error:
+                # The supervisor's refusals that the client can fix: a fixed launch.port another instance
+                # holds, or a full port range.
+                raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
+        created = not existed and outcome.previous_instance is None
+        response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return instance
+
+    @app.delete(
+        "/v1/instances/{instance_id}",
+        tags=["instances"],
+        dependencies=authenticated,
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=NOT_FOUND_RESPONSES,
+    )
+    async def delete_instance(instance_id: ItemId) -> Response:
+        """Stop the engine and free its memory claim (and the reservation it confirmed)."""
+        async with runtime.instance_locks.hold(instance_id):
+            deleted = await supervisor.delete(instance_id)
+            released = runtime.ledger.release_instance(instance_id)
+        if not deleted and released is None:
+            raise _not_found("instance", instance_id)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    @app.get(
+        "/v1/instances/{instance_id}/logs",
+        tags=["instances"],
+        dependencies=authenticated,
+        response_class=PlainTextResponse,
+        responses={**NOT_FOUND_RESPONSES, 200: {"content": {"text/plain": {}}}},
+    )
+    def instance_logs(
+        instance_id: ItemId,
+        tail: Annotated[int, Query(ge=0, le=MAX_LOG_TAIL_LINES)] = DEFAULT_LOG_TAIL_LINES,
+        follow: bool = False,
+    ) -> Response:
+        """The last ``tail`` lines of the engine's output; with ``follow=true`` the response stays open and
+        streams new lines until the client disconnects or the instance is deleted."""
+        if supervisor.get(instance_id) is None:
+            raise _not_found("instance", instance_id)
+        if follow:
+            return StreamingResponse(
+                _terminated_async(supervisor.follow_logs(instance_id, tail=tail)),
+                media_type="text/plain; charset=utf-8",
+            )
+        try:
+            lines = supervisor.logs(instance_id, tail)
+        except KeyError:
+            raise _not_found("instance", instance_id) from None  # deleted since the check above
+        return PlainTextResponse("".join(_terminated(lines)))
+
+    return app
+
+
+# --- background work and small pieces --------------------------------------------------------------------
+
+
+async def _put_or_undo(
+    supervisor: InstanceSupervisor,
+    ledger: Ledger,
+    instance_id: str,
+    body: InstanceBody,
+    admitted: Admitted,
+) -> InstanceStatus:
+    """Hand the admitted instance to the supervisor; if it refuses, the ledger forgets the claim."""
+    try:
+        instance, _changed = await supervisor.put(instance_id, body)
+    except BaseException:
+        ledger.undo(admitted)
+        raise
+    return instance
+
+
+async def _sweep_reservations(ledger: Ledger, interval_seconds: float) -> None:
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            ledger.expire()
+        except OSError:
+            logger.exception("could not write the reservations file; retrying in %.0f s", interval_seconds)
+
+
+def _terminated(lines: list[str]) -> Iterator[str]:
+    for line in lines:
+        yield line + "\n"
+
+
+async def _terminated_async(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    try:
+        async for line in lines:
+            yield line + "\n"
+    except KeyError:
+        return  # the instance was deleted before the stream started: an empty, finished stream

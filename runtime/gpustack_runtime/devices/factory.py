@@ -1,0 +1,77 @@
+"""Choose the device backend of this node."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Literal, get_args
+
+from gpustack_runtime.devices.ascend import NPU_SMI_COMMAND, AscendBackend, NpuSmiRunner
+from gpustack_runtime.devices.base import DeviceBackend, DeviceBackendUnavailable
+from gpustack_runtime.devices.none import NoneBackend
+from gpustack_runtime.devices.nvml import NvmlBackend
+
+logger = logging.getLogger(__name__)
+
+BackendKind = Literal["nvml", "ascend", "none", "auto"]
+BACKEND_KINDS: tuple[str, ...] = get_args(BackendKind)
+
+
+def create_backend(
+    kind: BackendKind = "auto",
+    *,
+    nvml_library_path: str | os.PathLike[str] | None = None,
+    npu_smi_runner: NpuSmiRunner | None = None,
+) -> DeviceBackend:
+    """The device backend for ``kind``; never raises for a missing driver.
+
+    - ``nvml`` / ``ascend``: that backend, or ``none`` with one warning line naming the driver error.
+    - ``auto``: NVML if it initialises and sees a GPU, else Ascend if ``npu-smi`` exists and lists an NPU,
+      else ``none``.
+    - ``none``: no devices (CPU-only node).
+
+    ``nvml_library_path`` loads that file as NVML (see :class:`NvmlBackend`); ``npu_smi_runner`` replaces
+    the ``npu-smi`` subprocess (tests).
+    """
+    if kind not in BACKEND_KINDS:
+        raise ValueError(f"device backend {kind!r} is not one of {', '.join(BACKEND_KINDS)}")
+    if kind == "none":
+        return NoneBackend()
+    if kind == "nvml":
+        try:
+            return NvmlBackend(nvml_library_path)
+        except DeviceBackendUnavailable as error:
+            logger.warning("device backend 'nvml' unavailable, reporting no devices: %s", error.reason)
+            return NoneBackend()
+    if kind == "ascend":
+        try:
+            return AscendBackend(npu_smi_runner)
+        except DeviceBackendUnavailable as error:
+            logger.warning("device backend 'ascend' unavailable, reporting no devices: %s", error.reason)
+            return NoneBackend()
+    return _detect(nvml_library_path, npu_smi_runner)
+
+
+def _detect(nvml_library_path: str | os.PathLike[str] | None, npu_smi_runner: NpuSmiRunner | None) -> DeviceBackend:
+    try:
+        nvml = NvmlBackend(nvml_library_path)
+    except DeviceBackendUnavailable as error:
+        logger.info("device detection: no NVML (%s)", error.reason)
+    else:
+        if nvml.snapshot():
+            logger.info("device detection: using nvml")
+            return nvml
+        # NVML loads on hosts whose driver sees no GPU (e.g. a container without devices); look further.
+        logger.info("device detection: NVML initialised but lists no GPU")
+        nvml.close()
+    if npu_smi_runner is not None or shutil.which(NPU_SMI_COMMAND[0]) is not None:
+        try:
+            ascend = AscendBackend(npu_smi_runner)
+        except DeviceBackendUnavailable as error:
+            logger.info("device detection: npu-smi present but unusable (%s)", error.reason)
+        else:
+            logger.info("device detection: using ascend")
+            return ascend
+    logger.info("device detection: no accelerator found, using none")
+    return NoneBackend()

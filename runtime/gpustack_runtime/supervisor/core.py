@@ -1,0 +1,693 @@
+"""The engine supervisor: start engines, watch them, restart them with backoff, adopt them after an agent
+restart, stop them.
+
+The shape follows uvicorn's multiprocess supervisor (``uvicorn/supervisors/multiprocess.py``): one loop polls
+every engine; an engine counts as ready only while its process runs *and* its health endpoint answers. Added
+here: exponential restart backoff with a give-up threshold, and adoption: the supervisor's state survives the
+agent in ``instances.json``, and a new agent takes over engines that still run instead of killing them.
+
+Identity of a process is (pid, start time), never the pid alone (see :mod:`.procfs`), so a pid reused by an
+unrelated process is neither adopted nor signalled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from gpustack_runtime.supervisor import procfs
+from gpustack_runtime.supervisor.backoff import BackoffPolicy
+from gpustack_runtime.supervisor.health import probe_http_ok
+from gpustack_runtime.supervisor.launch import (
+    body_environment,
+    container_remove_argv,
+    container_run_argv,
+    engine_argv,
+    find_container_cli,
+    inherited_environment,
+    process_environment,
+    validate_instance_id,
+)
+from gpustack_runtime.supervisor.logfiles import (
+    log_path,
+    prune_logs,
+    read_tail,
+    remove_logs,
+    split_lines,
+)
+from gpustack_runtime.supervisor.state import (
+    STATE_FILE_NAME,
+    PersistedInstance,
+    SupervisorState,
+    load_state,
+    save_state,
+)
+from gpustack_runtime.wire import InstanceBody, InstanceState, InstanceStatus
+
+logger = logging.getLogger(__name__)
+
+STARTING_PROBE_INTERVAL_SECONDS = 0.25
+"""A starting engine is probed at least this often (more often when ``health_interval`` is smaller), so
+``ready`` shows within ~0.25 s of the engine answering even with a 1 s ``health_interval`` for ready ones."""
+
+UNREADY_AFTER_FAILED_PROBES = 3
+"""A ready engine whose health check fails this many times in a row goes back to ``starting`` (not ready):
+one slow answer under load is not an outage, three in a row are. Its process is left alone."""
+
+CONTAINER_CLI_TIMEOUT_SECONDS = 60.0
+"""``docker rm -f`` of a running container waits for it to stop; bounded so a stuck daemon cannot hang us."""
+
+WAIT_STATE_POLL_SECONDS = 0.02
+FOLLOW_POLL_SECONDS = 0.1
+
+_RUNNING_STATES: frozenset[InstanceState] = frozenset({"starting", "ready"})
+
+
+class NoFreePortError(RuntimeError):
+    """Every port of the agent's engine port range is taken."""
+
+
+@dataclass
+class _Instance:
+    """The supervisor's live record of one instance (mutable; persisted as :class:`PersistedInstance`)."""
+
+    id: str
+    body: InstanceBody
+    port: int
+    state: InstanceState = "starting"
+    pid: int | None = None
+    pid_start_time: int | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    """Our child process; None for an adopted engine (its parent was the previous agent)."""
+    restarts: int = 0
+    consecutive_failures: int = 0
+    last_exit_code: int | None = None
+    started_at: float | None = None
+    log_generation: int = -1
+    container_cli: str | None = None
+    message: str | None = None
+    restart_due: float | None = None
+    """``loop.time()`` at which a ``restarting`` instance is started again."""
+    failed_probes: int = 0
+    next_probe_due: float = 0.0
+    probe_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def persisted(self) -> PersistedInstance:
+        return PersistedInstance(
+            id=self.id,
+            body=self.body,
+            port=self.port,
+            state=self.state,
+            pid=self.pid,
+            pid_start_time=self.pid_start_time,
+            restarts=self.restarts,
+            consecutive_failures=self.consecutive_failures,
+            last_exit_code=self.last_exit_code,
+            started_at=self.started_at,
+            log_generation=self.log_generation,
+            container_cli=self.container_cli,
+            message=self.message,
+        )
+
+    @classmethod
+    def from_persisted(cls, saved: PersistedInstance) -> _Instance:
+        return cls(
+            id=saved.id,
+            body=saved.body,
+            port=saved.port,
+            state=saved.state,
+            pid=saved.pid,
+            pid_start_time=saved.pid_start_time,
+            restarts=saved.restarts,
+            consecutive_failures=saved.consecutive_failures,
+            last_exit_code=saved.last_exit_code,
+            started_at=saved.started_at,
+            log_generation=saved.log_generation,
+            container_cli=saved.container_cli,
+            message=saved.message,
+        )
+
+    def status(self) -> InstanceStatus:
+        return InstanceStatus(
+            id=self.id,
+            owner=self.body.owner,
+            state=self.state,
+            pid=self.pid,
+            port=self.port,
+            restarts=self.restarts,
+            last_exit_code=self.last_exit_code,
+            started_at=self.started_at,
+            device_indices=self.body.device_indices,
+            memory_bytes_per_device=self.body.memory_bytes_per_device,
+            message=self.message,
+        )
+
+
+class Supervisor:
+    """Runs engine instances on this node and keeps them running.
+
+    ``start()`` must be awaited before ``put``/``delete``; ``close()`` stops supervising but leaves engines
+    running, so the next agent adopts them. All methods run on one event loop; a lock per instance id
+    serialises ``put``/``delete`` and the monitor's actions on the same instance.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        port_range: tuple[int, int] = (40000, 40063),
+        backoff: BackoffPolicy = BackoffPolicy(),  # noqa: B008 - frozen dataclass, safe to share
+        health_interval: float = 1.0,
+        stop_grace_seconds: float = 10.0,
+        host: str = "127.0.0.1",
+        container_cli: str | None = None,
+    ) -> None:
+        low, high = port_range
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"port_range {port_range} must be (low, high) with 1 <= low <= high <= 65535")
+        if health_interval <= 0:
+            raise ValueError(f"health_interval must be > 0 seconds, got {health_interval}")
+        if stop_grace_seconds < 0:
+            raise ValueError(f"stop_grace_seconds must be >= 0, got {stop_grace_seconds}")
+        self._state_dir = Path(state_dir)
+        self._logs_dir = self._state_dir / "logs"
+        self._state_path = self._state_dir / STATE_FILE_NAME
+        self._port_range = (low, high)
+        self._backoff = backoff
+        self._health_interval = health_interval
+        self._tick = min(health_interval, STARTING_PROBE_INTERVAL_SECONDS)
+        self._stop_grace_seconds = stop_grace_seconds
+        self._host = host
+        self._container_cli = container_cli
+        self._instances: dict[str, _Instance] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._monitor_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the saved state, adopt engines that still run, restart those that died meanwhile, and start
+        monitoring."""
+        if self._monitor_task is not None:
+            return
+        self._logs_dir.mkdir(parents=True, exist_ok=True)
+        saved = load_state(self._state_path)
+        for record in saved.instances:
+            instance = _Instance.from_persisted(record)
+            if instance.state == "stopped":
+                # The previous agent died while deleting or replacing it: finish the stop, forget it.
+                if instance.pid is not None:
+                    await procfs.terminate_group(
+                        instance.pid, instance.pid_start_time, self._stop_grace_seconds
+                    )
+                continue
+            self._instances[instance.id] = instance
+            await self._resume(instance)
+        self._persist()
+        self._monitor_task = asyncio.create_task(self._monitor(), name="gpustack-supervisor-monitor")
+
+    async def close(self) -> None:
+        """Stop monitoring and save the state. Engines keep running: the next agent adopts them."""
+        tasks = [self._monitor_task] if self._monitor_task is not None else []
+        tasks += [i.probe_task for i in self._instances.values() if i.probe_task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._monitor_task = None
+        if self._state_dir.exists():
+            self._persist()
+
+    async def _resume(self, instance: _Instance) -> None:
+        """Take over one saved instance after an agent restart."""
+        if instance.state == "failed":
+            return
+        if instance.pid is not None and procfs.is_same_running_process(instance.pid, instance.pid_start_time):
+            # Not our child: its exit is detected through /proc (see _poll_exit).
+            instance.message = f"adopted running engine pid {instance.pid} after an agent restart"
+            logger.info("instance %s: %s", instance.id, instance.message)
+            return
+        gone_pid = instance.pid
+        if gone_pid is not None:
+            procfs.kill_leftovers(gone_pid, instance.pid_start_time)
+        instance.pid = None
+        instance.pid_start_time = None
+        instance.restarts += 1
+        await self._launch(instance)
+        if instance.state != "failed":
+            instance.message = (
+                f"engine pid {gone_pid} was gone when the agent started; restarted"
+                if gone_pid is not None
+                else "restarted when the agent started"
+            )
+        logger.info("instance %s: %s", instance.id, instance.message)
+
+    def _require_started(self) -> None:
+        if self._monitor_task is None:
+            raise RuntimeError("Supervisor.start() must be awaited before changing instances")
+
+    # --- the API ---------------------------------------------------------------------------------------
+
+    async def put(self, instance_id: str, body: InstanceBody) -> tuple[InstanceStatus, bool]:
+        """Create or replace an instance. Returns (status, changed).
+
+        Idempotent: the same body again changes nothing (a ``failed`` instance stays failed; delete it to
+        retry). A different body stops the old engine and starts the new one; with ``port: 0`` it keeps
+        its port when that is still free.
+        """
+        validate_instance_id(instance_id)
+        self._require_started()
+        async with self._lock(instance_id):
+            current = self._instances.get(instance_id)
+            if current is not None and current.body == body:
+                return current.status(), False
+            previous_port: int | None = None
+            log_generation = -1
+            if current is not None:
+                previous_port = current.port
+                log_generation = current.log_generation
+                current.state = "stopped"
+                await self._stop(current)
+                del self._instances[instance_id]
+            port = self._assign_port(instance_id, body.launch.port, preferred=previous_port)
+            instance = _Instance(id=instance_id, body=body, port=port, log_generation=log_generation)
+            self._instances[instance_id] = instance
+            await self._launch(instance)
+            self._persist()
+            return instance.status(), True
+
+    def get(self, instance_id: str) -> InstanceStatus | None:
+        instance = self._instances.get(instance_id)
+        return instance.status() if instance is not None else None
+
+    def list(self) -> list[InstanceStatus]:
+        return [self._instances[instance_id].status() for instance_id in sorted(self._instances)]
+
+    async def delete(self, instance_id: str) -> bool:
+        """Stop the engine (SIGTERM to its process group, SIGKILL after the grace period) and forget the
+        instance. Returns once every process of the group is gone; False when the id is unknown."""
+        validate_instance_id(instance_id)
+        async with self._lock(instance_id):
+            instance = self._instances.get(instance_id)
+            if instance is None:
+                return False
+            instance.state = "stopped"
+            instance.message = "deleting"
+            await self._stop(instance)
+            del self._instances[instance_id]
+            self._persist()
+            remove_logs(self._logs_dir, instance_id)
+        self._locks.pop(instance_id, None)
+        return True
+
+    def logs(self, instance_id: str, tail: int | None = None, *, previous: bool = False) -> list[str]:
+        """Lines of the current start's log (``previous``: of the start before), the last ``tail`` ones when
+        given. Raises KeyError for an unknown instance."""
+        instance = self._require(instance_id)
+        generation = instance.log_generation - (1 if previous else 0)
+        if generation < 0:
+            return []
+        lines, _ = read_tail(log_path(self._logs_dir, instance_id, generation), tail)
+        return lines
+
+    async def follow_logs(
+        self, instance_id: str, *, tail: int | None = 0, poll_interval: float = FOLLOW_POLL_SECONDS
+    ) -> AsyncIterator[str]:
+        """Yield log lines as the engine writes them (``tail -f``), across restarts, until the instance is
+        deleted. ``tail``: how many existing lines to yield first (0: only new ones, None: all), read in the
+        same step as the follow position so no line is lost or repeated. Raises KeyError for an unknown id."""
+        instance = self._require(instance_id)
+        generation = instance.log_generation
+        lines, offset = read_tail(log_path(self._logs_dir, instance_id, generation), tail)
+        for line in lines:
+            yield line
+        # The file stays open: delete() unlinks it right after the engine is gone, and the open handle still
+        # reads what the engine wrote last.
+        log_file: BinaryIO | None = None
+        pending = b""
+        try:
+            while True:
+                current = self._instances.get(instance_id)
+                if current is not instance and (current is None or current.log_generation <= generation):
+                    current = None  # deleted (and perhaps created anew: a new instance, not this one's log)
+                if current is not None:
+                    instance = current  # replaced by a different body: its log continues the numbering
+                newest_generation = current.log_generation if current is not None else generation
+                if log_file is None:
+                    log_file = self._open_at(log_path(self._logs_dir, instance_id, generation), offset)
+                chunk = log_file.read() if log_file is not None else b""
+                pending += chunk
+                complete, _, pending = pending.rpartition(b"\n")
+                for line in split_lines(complete) if complete else ():
+                    yield line
+                if newest_generation > generation or current is None:
+                    # The engine restarted (go on with the next start's file) or the instance is gone (done).
+                    if pending:
+                        yield pending.decode("utf-8", errors="replace")
+                        pending = b""
+                    if current is None:
+                        return
+                    if log_file is not None:
+                        log_file.close()
+                        log_file = None
+                    generation, offset = generation + 1, 0
+                    continue
+                await asyncio.sleep(poll_interval)
+        finally:
+            if log_file is not None:
+                log_file.close()
+
+    def instance_pids(self) -> dict[str, int]:
+        """Root pid of every instance whose engine runs now (to attribute GPU processes to instances)."""
+        return {
+            instance_id: instance.pid
+            for instance_id, instance in sorted(self._instances.items())
+            if instance.pid is not None
+        }
+
+    def process_tree(self, pid: int) -> set[int]:
+        """``pid`` and all its descendants (engines fork workers that hold GPU memory too).
+
+        For a container instance the tree holds only the docker/podman CLI: the container's processes are
+        children of the container runtime, not of the CLI."""
+        return procfs.process_tree(pid)
+
+    async def wait_state(self, instance_id: str, states: set[str], timeout: float) -> InstanceStatus:
+        """Wait until the instance is in one of ``states``. Raises TimeoutError (with the last status) or
+        KeyError when the instance does not exist (or is deleted meanwhile)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            status = self.get(instance_id)
+            if status is None:
+                raise KeyError(f"instance {instance_id!r} does not exist")
+            if status.state in states:
+                return status
+            if loop.time() >= deadline:
+                raise TimeoutError(
+                    f"instance {instance_id!r} did not reach {sorted(states)} within {timeout} s: "
+                    f"state {status.state}, restarts {status.restarts}, "
+                    f"last exit code {status.last_exit_code}, message {status.message!r}"
+                )
+            await asyncio.sleep(WAIT_STATE_POLL_SECONDS)
+
+    # --- starting and stopping -------------------------------------------------------------------------
+
+    async def _launch(self, instance: _Instance) -> None:
+        """Start the engine of ``instance`` with a fresh log file. A start that cannot even exec (missing
+        program, no container CLI) makes the instance ``failed``: retrying would not help."""
+        instance.log_generation += 1
+        instance.state = "starting"
+        instance.failed_probes = 0
+        instance.next_probe_due = 0.0
+        instance.restart_due = None
+        self._logs_dir.mkdir(parents=True, exist_ok=True)
+        prune_logs(self._logs_dir, instance.id, instance.log_generation)
+        try:
+            argv, environment = await self._command(instance)
+            with log_path(self._logs_dir, instance.id, instance.log_generation).open("wb") as log_file:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=environment,
+                    # Own session and process group: the group is signalled as a whole on stop, and a signal
+                    # to the agent (Ctrl-C in its terminal) does not reach the engines.
+                    start_new_session=True,
+                )
+        except (OSError, ValueError) as error:
+            instance.state = "failed"
+            instance.pid = None
+            instance.pid_start_time = None
+            instance.message = f"cannot start the engine: {error}"
+            logger.warning("instance %s: %s", instance.id, instance.message)
+            return
+        instance.popen = popen
+        instance.pid = popen.pid
+        instance.pid_start_time = procfs.process_start_time(popen.pid)
+        instance.started_at = time.time()
+        instance.message = None
+        logger.info("instance %s: started pid %s on port %s", instance.id, popen.pid, instance.port)
+
+    async def _command(self, instance: _Instance) -> tuple[list[str], dict[str, str]]:
+        launch = instance.body.launch
+        argv = engine_argv(launch.argv, instance.port)
+        if launch.image is None:
+            environment = process_environment(
+                os.environ, launch.env, instance.body.device_indices, instance.port
+            )
+            return argv, environment
+        cli = self._container_cli or find_container_cli()
+        if cli is None:
+            raise ValueError(
+                f"launch.image is {launch.image!r} but neither docker nor podman is on PATH; install one "
+                "or start the agent with a container CLI"
+            )
+        instance.container_cli = cli
+        container_env = body_environment(launch.env, instance.port)
+        # A container of an earlier start (kept for its logs) holds the name: remove it first.
+        await self._run_container_cli(container_remove_argv(cli, instance.id))
+        command = container_run_argv(
+            cli,
+            instance.id,
+            launch.image,
+            argv,
+            env_names=list(container_env),
+            device_indices=instance.body.device_indices,
+            port=instance.port,
+        )
+        # The values of `-e NAME` come from the CLI's environment (see container_run_argv).
+        return command, inherited_environment(os.environ) | container_env
+
+    async def _run_container_cli(self, argv: list[str]) -> None:
+        def run() -> None:
+            subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=CONTAINER_CLI_TIMEOUT_SECONDS,
+                check=False,
+            )
+
+        try:
+            await asyncio.to_thread(run)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            logger.warning("%s failed: %s", " ".join(argv[:3]), error)
+
+    async def _stop(self, instance: _Instance) -> None:
+        """Stop the engine's process group and wait until it is gone."""
+        if instance.probe_task is not None:
+            instance.probe_task.cancel()
+            instance.probe_task = None
+        pid = instance.pid
+        if pid is not None:
+            exit_code = await procfs.terminate_group(pid, instance.pid_start_time, self._stop_grace_seconds)
+            if instance.popen is not None:
+                # terminate_group may have collected the status already; then Popen reports 0, keep ours.
+                popen_code = instance.popen.poll()
+                exit_code = exit_code if exit_code is not None else popen_code
+            instance.last_exit_code = exit_code if exit_code is not None else instance.last_exit_code
+        if instance.container_cli is not None and instance.body.launch.image is not None:
+            # SIGKILL to the CLI does not stop the container: make sure it is gone.
+            await self._run_container_cli(container_remove_argv(instance.container_cli, instance.id))
+        instance.pid = None
+        instance.pid_start_time = None
+        instance.popen = None
+
+    # --- monitoring ------------------------------------------------------------------------------------
+
+    async def _monitor(self) -> None:
+        while True:
+            try:
+                await self._monitor_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One bad pass (a /proc race, a full disk) must not end supervision of every engine.
+                logger.exception("supervisor monitor pass failed")
+            await asyncio.sleep(self._tick)
+
+    async def _monitor_pass(self) -> None:
+        loop = asyncio.get_running_loop()
+        changed = False
+        for instance_id, instance in list(self._instances.items()):
+            lock = self._lock(instance_id)
+            if lock.locked():
+                continue  # put/delete is changing it; look again next tick
+            async with lock:
+                if self._instances.get(instance_id) is not instance:
+                    continue
+                now = loop.time()
+                if instance.state in _RUNNING_STATES:
+                    exited, exit_code = self._poll_exit(instance)
+                    if exited:
+                        self._on_exit(instance, exit_code, now)
+                        changed = True
+                elif (
+                    instance.state == "restarting"
+                    and instance.restart_due is not None
+                    and now >= instance.restart_due
+                ):
+                    instance.restarts += 1
+                    await self._launch(instance)
+                    changed = True
+                if (
+                    instance.state in _RUNNING_STATES
+                    and now >= instance.next_probe_due
+                    and (instance.probe_task is None or instance.probe_task.done())
+                ):
+                    interval = self._tick if instance.state == "starting" else self._health_interval
+                    instance.next_probe_due = now + interval
+                    instance.probe_task = asyncio.create_task(
+                        self._probe(instance, instance.log_generation), name=f"probe-{instance_id}"
+                    )
+        if changed:
+            self._persist()
+
+    def _poll_exit(self, instance: _Instance) -> tuple[bool, int | None]:
+        """(exited, exit code). Our child: ``Popen.poll``. An adopted engine: /proc, by pid and start time;
+        its exit code is known only when this process happens to be its parent."""
+        if instance.popen is not None:
+            exit_code = instance.popen.poll()
+            return exit_code is not None, exit_code
+        if instance.pid is None:
+            return True, None
+        if procfs.is_same_running_process(instance.pid, instance.pid_start_time):
+            return False, None
+        return True, procfs.reap(instance.pid)
+
+    def _on_exit(self, instance: _Instance, exit_code: int | None, now: float) -> None:
+        if instance.pid is not None:
+            procfs.kill_leftovers(instance.pid, instance.pid_start_time)
+        if instance.probe_task is not None:
+            instance.probe_task.cancel()
+            instance.probe_task = None
+        exited_pid = instance.pid
+        instance.pid = None
+        instance.pid_start_time = None
+        instance.popen = None
+        instance.last_exit_code = exit_code
+        instance.consecutive_failures += 1
+        code_text = f"exit code {exit_code}" if exit_code is not None else "unknown exit code"
+        failures = instance.consecutive_failures
+        if failures >= self._backoff.max_consecutive_failures:
+            instance.state = "failed"
+            instance.restart_due = None
+            instance.message = (
+                f"engine pid {exited_pid} exited ({code_text}); {failures} consecutive failures without "
+                f"becoming ready, giving up; see logs (previous=True for the start before)"
+            )
+        else:
+            delay = self._backoff.delay(failures)
+            instance.state = "restarting"
+            instance.restart_due = now + delay
+            instance.message = (
+                f"engine pid {exited_pid} exited ({code_text}); restarting in {delay:g} s "
+                f"(failure {failures} of {self._backoff.max_consecutive_failures})"
+            )
+        logger.warning("instance %s: %s", instance.id, instance.message)
+
+    async def _probe(self, instance: _Instance, generation: int) -> None:
+        healthy = await probe_http_ok(self._host, instance.port, instance.body.launch.health_path)
+        if (
+            self._instances.get(instance.id) is not instance
+            or instance.log_generation != generation
+            or instance.state not in _RUNNING_STATES
+            or self._lock(instance.id).locked()
+        ):
+            return  # the instance changed while the probe ran; the result is about something else
+        if healthy:
+            instance.failed_probes = 0
+            if instance.state == "starting":
+                instance.state = "ready"
+                instance.consecutive_failures = 0
+                instance.message = None
+                logger.info("instance %s: ready on port %s", instance.id, instance.port)
+                self._persist()
+            return
+        instance.failed_probes += 1
+        if instance.state == "ready" and instance.failed_probes >= UNREADY_AFTER_FAILED_PROBES:
+            instance.state = "starting"
+            instance.message = (
+                f"health check GET {instance.body.launch.health_path} failed {instance.failed_probes} times "
+                "in a row; not ready until it answers 200 again"
+            )
+            logger.warning("instance %s: %s", instance.id, instance.message)
+            self._persist()
+
+    # --- helpers ---------------------------------------------------------------------------------------
+
+    def _lock(self, instance_id: str) -> asyncio.Lock:
+        lock = self._locks.get(instance_id)
+        if lock is None:
+            lock = self._locks[instance_id] = asyncio.Lock()
+        return lock
+
+    def _require(self, instance_id: str) -> _Instance:
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            raise KeyError(f"instance {instance_id!r} does not exist")
+        return instance
+
+    def _assign_port(self, instance_id: str, requested: int, *, preferred: int | None) -> int:
+        """``requested`` when not 0 (refusing one another instance uses), else the first free port of the
+        range, ``preferred`` first (a replaced instance keeps its address)."""
+        used = {other.port: other.id for other in self._instances.values() if other.id != instance_id}
+        if requested:
+            if requested in used:
+                raise ValueError(
+                    f"launch.port {requested} is already used by instance {used[requested]!r}; "
+                    "choose another port or use 0 to let the agent pick one"
+                )
+            return requested
+        low, high = self._port_range
+        candidates = list(range(low, high + 1))
+        if preferred is not None and low <= preferred <= high:
+            candidates.insert(0, preferred)
+        for port in candidates:
+            if port not in used and self._port_is_free(port):
+                return port
+        raise NoFreePortError(
+            f"no free port in the engine port range {low}-{high} ({len(used)} used by instances); "
+            "delete an instance or widen the agent's port range"
+        )
+
+    def _port_is_free(self, port: int) -> bool:
+        """Bind-test on the agent's host and on the wildcard address: an engine may listen on either."""
+        for address in {self._host, ""}:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                # Like the servers engines use (uvicorn), so a port in TIME_WAIT counts as free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((address, port))
+                except OSError:
+                    return False
+        return True
+
+    @staticmethod
+    def _open_at(path: Path, offset: int) -> BinaryIO | None:
+        try:
+            file = path.open("rb")
+        except FileNotFoundError:
+            return None
+        file.seek(offset)
+        return file
+
+    def _persist(self) -> None:
+        state = SupervisorState(
+            instances=[self._instances[instance_id].persisted() for instance_id in sorted(self._instances)]
+        )
+        save_state(self._state_path, state)
