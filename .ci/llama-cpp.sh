@@ -25,7 +25,8 @@ fi
 
 # shellcheck disable=SC2086
 wheel_path="$(ls $wheel_glob | head -n 1)"
-# The wheel's [server] extra pulls uvicorn, fastapi, sse-starlette, pydantic-settings and starlette-context.
-"$python_bin" -m pip install "llama-cpp-python[server]==${LLAMA_CPP_PYTHON_VERSION}" --find-links "$cache_dir"
+# Install that exact file (a plain requirement could pick the sdist from the index and build again).
+# The [server] extra pulls uvicorn, fastapi, sse-starlette, pydantic-settings and starlette-context.
+"$python_bin" -m pip install "llama-cpp-python[server] @ file://${wheel_path}"
 "$python_bin" -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__)"
 echo "installed from $wheel_path"

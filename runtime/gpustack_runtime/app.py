@@ -267,9 +267,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         await supervisor.start()
         runtime.ledger.sync_instances(supervisor.list())
         sweeper = asyncio.create_task(_sweep_reservations(runtime.ledger, config.reservation_sweep_seconds))
-        logger.info(
-            "agent %s serving node %s with the %s device backend", __version__, config.node_name, backend.name
-        )
+        logger.info("agent %s serving node %s with the %s device backend", __version__, config.node_name, backend.name)
         try:
             yield
         finally:
@@ -278,6 +276,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
                 await sweeper
             await supervisor.close()
             backend.close()
+            logger.info("agent stopped; %d engine instance(s) left running for the next agent", len(supervisor.list()))
 
     authenticated = [Depends(TokenCheck(config.token))]
     app = FastAPI(
@@ -359,9 +358,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         dependencies=authenticated,
         responses={**ADMISSION_RESPONSES, 201: {"model": ReservationStatus, "description": "Created."}},
     )
-    def put_reservation(
-        reservation_id: ItemId, body: ReservationBody, response: Response
-    ) -> ReservationStatus:
+    def put_reservation(reservation_id: ItemId, body: ReservationBody, response: Response) -> ReservationStatus:
         """Create (201), renew or replace (200) a lease. It expires ``ttl_seconds`` after this PUT unless an
         instance with the same id confirms it."""
         _, usages = runtime.read_devices()

@@ -27,6 +27,7 @@ from gpustack_runtime.wire import (
     InstanceStatus,
     ReservationStatus,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 MARGIN = 256 * MIB
 
@@ -425,19 +426,21 @@ def test_metrics_report_devices_instances_and_request_latency(agent) -> None:
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    lines = set(response.text.splitlines())
-    device = 'index="0",product="NVIDIA H100 80GB HBM3",uuid="GPU-00000000-0000-0000-0000-000000000000"'
-    assert f"gpustack_agent_device_memory_total_bytes{{{device}}} {float(80 * GIB)}" in lines
-    assert f"gpustack_agent_device_memory_used_bytes{{{device}}} {float(3 * GIB)}" in lines
-    assert f"gpustack_agent_device_memory_allocated_bytes{{{device}}} {float(5 * GIB)}" in lines
-    assert f"gpustack_agent_device_utilization_ratio{{{device}}} 0.4" in lines
-    assert 'gpustack_agent_instance_state{instance="m",owner="s/m",state="ready"} 1.0' in lines
-    assert 'gpustack_agent_instance_state{instance="m",owner="s/m",state="failed"} 0.0' in lines
-    assert 'gpustack_agent_instance_ready{instance="m",owner="s/m"} 1.0' in lines
-    assert 'gpustack_agent_instance_restarts_total{instance="m",owner="s/m"} 0.0' in lines
-    assert any(
-        line.startswith("gpustack_agent_http_request_duration_seconds_count{")
-        and 'route="/v1/instances/{instance_id}"' in line
-        and 'method="GET"' in line
-        for line in lines
-    )
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    device = (("index", "0"), ("product", "NVIDIA H100 80GB HBM3"), ("uuid", gpu(0).uuid))
+    assert samples["gpustack_agent_device_memory_total_bytes", device] == 80 * GIB
+    assert samples["gpustack_agent_device_memory_used_bytes", device] == 3 * GIB
+    assert samples["gpustack_agent_device_memory_allocated_bytes", device] == 5 * GIB
+    assert samples["gpustack_agent_device_memory_foreign_bytes", device] == 0
+    assert samples["gpustack_agent_device_utilization_ratio", device] == 0.4
+    instance = (("instance", "m"), ("owner", "s/m"))
+    assert samples["gpustack_agent_instance_state", (*instance, ("state", "ready"))] == 1
+    assert samples["gpustack_agent_instance_state", (*instance, ("state", "failed"))] == 0
+    assert samples["gpustack_agent_instance_ready", instance] == 1
+    assert samples["gpustack_agent_instance_restarts_total", instance] == 0
+    get_instance = (("method", "GET"), ("route", "/v1/instances/{instance_id}"), ("status", "200"))
+    assert samples["gpustack_agent_http_request_duration_seconds_count", get_instance] >= 2

@@ -12,7 +12,13 @@ import pynvml
 import pytest
 from fakenvml import H100_SXM_MEMORY_TOTAL, H100_SXM_NAME, fake_gpu
 from gpustack_runtime.devices.base import DeviceBackend, DeviceBackendUnavailable, DeviceProcess, DeviceQueryError
-from gpustack_runtime.devices.nvml import LIBRARY_PATH_ENV, NvmlBackend, normalize_pci_bus_id, nvlink_topology_groups
+from gpustack_runtime.devices.nvml import (
+    HIDDEN_NVLINK_REMOTE,
+    LIBRARY_PATH_ENV,
+    NvmlBackend,
+    normalize_pci_bus_id,
+    nvlink_topology_groups,
+)
 
 GIB = 1024**3
 OPTIONAL_FUNCTIONS = [
@@ -27,7 +33,7 @@ OPTIONAL_FUNCTIONS = [
 
 
 def hgx_two_cliques() -> list[dict]:
-    """8 H100s wired as two NVLink cliques of 4 (GPUs 0-3 and 4-7), 6 links to each peer... at most 18."""
+    """8 H100s wired as two NVLink cliques of 4 (GPUs 0-3 and 4-7): 6 links to each of 3 peers, 18 in all."""
     devices = []
     for index in range(8):
         clique = range(0, 4) if index < 4 else range(4, 8)
@@ -119,6 +125,14 @@ def test_nvswitch_system_is_one_group(fake_nvml):
     with NvmlBackend(fake.library_path) as backend:
         groups = {s.topology_group for s in backend.snapshot()}
     assert groups == {"nvlink-0"}
+
+
+def test_vm_that_hides_the_switch_is_one_group(fake_nvml):
+    """What a 2 x H200 HGX cloud VM reports (driver 580.159.04): 18 active links per GPU, every remote
+    PCI address FFFFFFFF:FF:FF.0."""
+    fake = fake_nvml([fake_gpu(i, nvlink_remote_bus_ids=[HIDDEN_NVLINK_REMOTE] * 18) for i in range(2)])
+    with NvmlBackend(fake.library_path) as backend:
+        assert [s.topology_group for s in backend.snapshot()] == ["nvlink-0", "nvlink-0"]
 
 
 def test_device_without_nvlink_has_no_group(fake_nvml):

@@ -14,16 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gpustack_runtime.supervisor import NoFreePortError, Supervisor, container_run_argv
+from gpustack_runtime.supervisor.procfs import process_start_time
+from gpustack_runtime.supervisor.state import PersistedInstance, SupervisorState, save_state
 from supervisor_fixtures import (
     READY_TIMEOUT_SECONDS,
     SupervisorHarness,
     http_get_json,
     is_running,
 )
-
-from gpustack_runtime.supervisor import NoFreePortError, Supervisor, container_run_argv
-from gpustack_runtime.supervisor.procfs import process_start_time
-from gpustack_runtime.supervisor.state import PersistedInstance, SupervisorState, save_state
 
 READY = {"ready"}
 
@@ -317,9 +316,9 @@ def test_engine_of_an_agent_that_exited_is_adopted_and_its_crash_detected(harnes
     """The real agent restart: the first agent is another process that exits, so the engine is no longer a
     child of anyone here; its exit can only be seen in /proc."""
     low, high = harness.port_range
+    body_json = harness.body().model_dump_json()
     agent = subprocess.run(
-        [sys.executable, "-c", AGENT_SCRIPT, str(harness.state_dir), str(low), str(high)]
-        + [harness.body().model_dump_json()],
+        [sys.executable, "-c", AGENT_SCRIPT, str(harness.state_dir), str(low), str(high), body_json],
         capture_output=True,
         text=True,
         timeout=60,
@@ -498,9 +497,7 @@ def test_concurrent_puts_of_one_id_leave_exactly_one_engine(harness: SupervisorH
 FAKE_CLI = Path(__file__).parent / "engines" / "fake_container_cli.py"
 
 
-def test_container_instance_runs_through_the_cli_in_the_foreground(
-    harness: SupervisorHarness, tmp_path: Path
-) -> None:
+def test_container_instance_runs_through_the_cli_in_the_foreground(harness: SupervisorHarness, tmp_path: Path) -> None:
     record = tmp_path / "calls.jsonl"
     cli = tmp_path / "bin" / "docker"  # the file name selects the docker flavour
     cli.parent.mkdir()

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from gpustack_runtime.supervisor import (
     BackoffPolicy,
     container_name,

@@ -64,6 +64,17 @@ PROCESS_OVERHEAD_BYTES = int(0.5 * GIB)
 SLIDING_IN_FLIGHT_FACTOR = 2
 
 
+# The driver keeps part of the memory NVML reports as total out of CUDA's reach: vLLM sizes its budget from
+# ``torch.cuda.mem_get_info()`` total, NVML (and nvidia-smi, and the agent) report the larger figure.
+# H100 80GB HBM3: NVML 81,559 MiB, CUDA 79.19 GiB in the calibration log → 0.9943.
+CUDA_VISIBLE_RATIO = 0.9943
+
+
+def cuda_visible_memory(nvml_total_bytes: int) -> int:
+    """The total CUDA reports for a device whose NVML total is ``nvml_total_bytes``."""
+    return int(nvml_total_bytes * CUDA_VISIBLE_RATIO)
+
+
 def batch_defaults(gpu_memory_bytes: int, gpu_key: str | None) -> tuple[int, int]:
     """vLLM's (max_num_batched_tokens, max_num_seqs) for the API server by device memory
     (``get_batch_defaults``): ≥160 GiB 16384/1024; ≥70 GiB except A100 8192/1024; else 2048/256."""

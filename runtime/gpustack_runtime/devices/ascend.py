@@ -126,7 +126,7 @@ def parse_npu_smi_info(text: str) -> NpuSmiInfo:
     :class:`NpuSmiParseError` for a row it cannot read."""
     driver_version: str | None = None
     pending: tuple[int, str, str, float | None, float | None] | None = None  # the first row of a block
-    chips: list[dict[str, object]] = []
+    chips: list[NpuChip] = []
     processes: dict[tuple[int, int], list[NpuProcess]] = {}
     in_process_table = False
 
@@ -188,26 +188,25 @@ def parse_npu_smi_info(text: str) -> NpuSmiInfo:
         npu_id, name, health, power_w, temperature_c = pending
         pending = None
         chips.append(
-            {
-                "npu_id": npu_id,
-                "chip_id": int(tokens[0]),
-                "phy_id": int(tokens[1]) if len(tokens) > 1 else None,
-                "name": name,
-                "health": health,
-                "power_w": power_w,
-                "temperature_c": temperature_c,
-                "bus_id": cells[1] if _BUS_ID.match(cells[1]) else None,
-                "aicore_percent": _number(readings[0], line_number, line),
-                "memory_used_bytes": int(used_mb) * MIB,
-                "memory_total_bytes": int(total_mb) * MIB,
-            }
+            NpuChip(
+                npu_id=npu_id,
+                chip_id=int(tokens[0]),
+                phy_id=int(tokens[1]) if len(tokens) > 1 else None,
+                name=name,
+                health=health,
+                power_w=power_w,
+                temperature_c=temperature_c,
+                bus_id=cells[1] if _BUS_ID.match(cells[1]) else None,
+                aicore_percent=_number(readings[0], line_number, line),
+                memory_used_bytes=int(used_mb) * MIB,
+                memory_total_bytes=int(total_mb) * MIB,
+            )
         )
+    # The process table comes after all chips; attach each process to its (NPU, chip).
     return NpuSmiInfo(
         driver_version=driver_version,
         chips=tuple(
-            NpuChip.model_validate(
-                {**chip, "processes": tuple(processes.get((chip["npu_id"], chip["chip_id"]), ()))}  # type: ignore[arg-type]
-            )
+            chip.model_copy(update={"processes": tuple(processes.get((chip.npu_id, chip.chip_id), ()))})
             for chip in chips
         ),
     )

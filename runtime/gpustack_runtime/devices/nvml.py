@@ -45,6 +45,12 @@ MISSING_FACT_ERRORS: Final = frozenset(
 )
 """NVML errors that mean "this device has no such fact": the field becomes None, never an exception."""
 
+HIDDEN_NVLINK_REMOTE: Final = "FFFFFFFF:FF:FF.0"
+"""Remote PCI address NVML reports for every active link when the far end is hidden from this OS: seen
+on a 2 x H200 cloud VM of an NVSwitch (HGX) board, driver 580.159.04, where ``nvidia-smi topo -m`` shows
+NV18 between the two GPUs. Grouping treats it as one shared endpoint, i.e. the board's switch fabric, so
+such GPUs form one group, which is what that machine has."""
+
 _T = TypeVar("_T")
 
 # pynvml keeps one library handle per process (pynvml.nvmlLib) and caches function pointers from it.
@@ -101,6 +107,7 @@ def nvlink_topology_groups(
     The graph's nodes are PCI bus ids. Each active link joins its device to the remote end of the link:
     another GPU (direct NVLink, e.g. a bridge or an HGX board without switches) or an NVSwitch, whose
     bus id every GPU wired to it reports, so all GPUs on the same switches end up in one component.
+    A hidden remote (:data:`HIDDEN_NVLINK_REMOTE`, in VMs) is one shared endpoint like a switch.
     Components with two or more devices are named ``nvlink-0``, ``nvlink-1``, ... in order of their
     lowest device index; a device alone (no NVLink, or links to nothing else visible) gets None, because a
     group of one tells placement nothing.
@@ -173,7 +180,8 @@ class NvmlBackend:
         self._lock = threading.Lock()
         self._closed = False
         try:
-            self.driver_version: str | None = self._optional(pynvml.nvmlSystemGetDriverVersion, _text)
+            version = self._optional(pynvml.nvmlSystemGetDriverVersion)
+            self.driver_version: str | None = _text(version) if version is not None else None
             self._devices = self._read_devices()
         except BaseException:
             pynvml.nvmlShutdown()
@@ -182,14 +190,14 @@ class NvmlBackend:
     # --- construction: static facts ------------------------------------------------------------------
 
     @staticmethod
-    def _optional(query: Callable[[], _T], convert: Callable[[_T], object] | None = None) -> object | None:
+    def _optional(query: Callable[[], _T]) -> _T | None:
+        """A static fact, or None when the device or driver does not have it."""
         try:
-            value = query()
+            return query()
         except pynvml.NVMLError as error:
             if error.value in MISSING_FACT_ERRORS:
                 return None
             raise
-        return convert(value) if convert else value
 
     def _read_devices(self) -> list[_Device]:
         try:
@@ -225,7 +233,7 @@ class NvmlBackend:
         capability = self._optional(lambda: pynvml.nvmlDeviceGetCudaComputeCapability(handle))
         if capability is None:
             return None
-        major, minor = capability  # type: ignore[misc]
+        major, minor = capability
         return f"{major}.{minor}"
 
     @staticmethod

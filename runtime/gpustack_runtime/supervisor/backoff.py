@@ -29,8 +29,7 @@ class BackoffPolicy:
             raise ValueError(f"BackoffPolicy.base_seconds must be >= 0, got {self.base_seconds}")
         if self.max_seconds < self.base_seconds:
             raise ValueError(
-                f"BackoffPolicy.max_seconds ({self.max_seconds}) must be >= "
-                f"base_seconds ({self.base_seconds})"
+                f"BackoffPolicy.max_seconds ({self.max_seconds}) must be >= base_seconds ({self.base_seconds})"
             )
         if self.max_consecutive_failures < 1:
             raise ValueError(

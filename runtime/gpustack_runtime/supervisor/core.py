@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -76,6 +78,39 @@ class NoFreePortError(RuntimeError):
     """Every port of the agent's engine port range is taken."""
 
 
+def spawn_engine(argv: list[str], environment: dict[str, str], log_file: Path) -> int:
+    """Start ``argv`` in a new session with stdout and stderr to ``log_file``; return its pid.
+
+    ``posix_spawn`` rather than :class:`subprocess.Popen`: the supervisor tracks every engine by pid and start
+    time, whether it started it or adopted it, and an engine must outlive the supervisor object (``close()``
+    leaves it running), which a Popen object treats as a leak. The program is looked up on the engine's own
+    ``PATH``, as Popen does. Raises OSError when it cannot be executed.
+    """
+    program = argv[0]
+    if os.sep not in program:
+        found = shutil.which(program, path=environment.get("PATH", os.defpath))
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, f"{program!r} not found on the engine's PATH")
+        program = found
+    log_descriptor = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        return os.posix_spawn(
+            program,
+            argv,
+            environment,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_descriptor, 1),
+                (os.POSIX_SPAWN_DUP2, log_descriptor, 2),
+            ],
+            # Own session and process group: the group is signalled as a whole on stop, and a signal to the
+            # agent's terminal (Ctrl-C) does not reach the engines.
+            setsid=True,
+        )
+    finally:
+        os.close(log_descriptor)
+
+
 @dataclass
 class _Instance:
     """The supervisor's live record of one instance (mutable; persisted as :class:`PersistedInstance`)."""
@@ -86,8 +121,6 @@ class _Instance:
     state: InstanceState = "starting"
     pid: int | None = None
     pid_start_time: int | None = None
-    popen: subprocess.Popen[bytes] | None = None
-    """Our child process; None for an adopted engine (its parent was the previous agent)."""
     restarts: int = 0
     consecutive_failures: int = 0
     last_exit_code: int | None = None
@@ -206,9 +239,7 @@ class Supervisor:
             if instance.state == "stopped":
                 # The previous agent died while deleting or replacing it: finish the stop, forget it.
                 if instance.pid is not None:
-                    await procfs.terminate_group(
-                        instance.pid, instance.pid_start_time, self._stop_grace_seconds
-                    )
+                    await procfs.terminate_group(instance.pid, instance.pid_start_time, self._stop_grace_seconds)
                 continue
             self._instances[instance.id] = instance
             await self._resume(instance)
@@ -415,38 +446,28 @@ class Supervisor:
         prune_logs(self._logs_dir, instance.id, instance.log_generation)
         try:
             argv, environment = await self._command(instance)
-            with log_path(self._logs_dir, instance.id, instance.log_generation).open("wb") as log_file:
-                popen = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=environment,
-                    # Own session and process group: the group is signalled as a whole on stop, and a signal
-                    # to the agent (Ctrl-C in its terminal) does not reach the engines.
-                    start_new_session=True,
-                )
+            log_file = log_path(self._logs_dir, instance.id, instance.log_generation)
+            pid = spawn_engine(argv, environment, log_file)
         except (OSError, ValueError) as error:
             instance.state = "failed"
             instance.pid = None
             instance.pid_start_time = None
-            instance.message = f"cannot start the engine: {error}"
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            program = instance.body.launch.argv[0]
+            instance.message = f"cannot start the engine {program!r}: {reason}"
             logger.warning("instance %s: %s", instance.id, instance.message)
             return
-        instance.popen = popen
-        instance.pid = popen.pid
-        instance.pid_start_time = procfs.process_start_time(popen.pid)
+        instance.pid = pid
+        instance.pid_start_time = procfs.process_start_time(pid)
         instance.started_at = time.time()
         instance.message = None
-        logger.info("instance %s: started pid %s on port %s", instance.id, popen.pid, instance.port)
+        logger.info("instance %s: started pid %s on port %s", instance.id, pid, instance.port)
 
     async def _command(self, instance: _Instance) -> tuple[list[str], dict[str, str]]:
         launch = instance.body.launch
         argv = engine_argv(launch.argv, instance.port)
         if launch.image is None:
-            environment = process_environment(
-                os.environ, launch.env, instance.body.device_indices, instance.port
-            )
+            environment = process_environment(os.environ, launch.env, instance.body.device_indices, instance.port)
             return argv, environment
         cli = self._container_cli or find_container_cli()
         if cli is None:
@@ -494,17 +515,12 @@ class Supervisor:
         pid = instance.pid
         if pid is not None:
             exit_code = await procfs.terminate_group(pid, instance.pid_start_time, self._stop_grace_seconds)
-            if instance.popen is not None:
-                # terminate_group may have collected the status already; then Popen reports 0, keep ours.
-                popen_code = instance.popen.poll()
-                exit_code = exit_code if exit_code is not None else popen_code
             instance.last_exit_code = exit_code if exit_code is not None else instance.last_exit_code
         if instance.container_cli is not None and instance.body.launch.image is not None:
             # SIGKILL to the CLI does not stop the container: make sure it is gone.
             await self._run_container_cli(container_remove_argv(instance.container_cli, instance.id))
         instance.pid = None
         instance.pid_start_time = None
-        instance.popen = None
 
     # --- monitoring ------------------------------------------------------------------------------------
 
@@ -536,9 +552,7 @@ class Supervisor:
                         self._on_exit(instance, exit_code, now)
                         changed = True
                 elif (
-                    instance.state == "restarting"
-                    and instance.restart_due is not None
-                    and now >= instance.restart_due
+                    instance.state == "restarting" and instance.restart_due is not None and now >= instance.restart_due
                 ):
                     instance.restarts += 1
                     await self._launch(instance)
@@ -557,16 +571,16 @@ class Supervisor:
             self._persist()
 
     def _poll_exit(self, instance: _Instance) -> tuple[bool, int | None]:
-        """(exited, exit code). Our child: ``Popen.poll``. An adopted engine: /proc, by pid and start time;
-        its exit code is known only when this process happens to be its parent."""
-        if instance.popen is not None:
-            exit_code = instance.popen.poll()
-            return exit_code is not None, exit_code
+        """(exited, exit code), from /proc by pid and start time. The exit code is known when this process
+        is the engine's parent (it started it); an adopted engine's status goes to its own parent."""
         if instance.pid is None:
             return True, None
-        if procfs.is_same_running_process(instance.pid, instance.pid_start_time):
+        stat = procfs.read_stat(instance.pid)
+        if stat is None or stat.start_time != instance.pid_start_time:
+            return True, None  # gone and collected by its parent, or the pid is another process's now
+        if stat.running:
             return False, None
-        return True, procfs.reap(instance.pid)
+        return True, procfs.reap(instance.pid)  # a zombie: collect it if it is our child
 
     def _on_exit(self, instance: _Instance, exit_code: int | None, now: float) -> None:
         if instance.pid is not None:
@@ -577,7 +591,6 @@ class Supervisor:
         exited_pid = instance.pid
         instance.pid = None
         instance.pid_start_time = None
-        instance.popen = None
         instance.last_exit_code = exit_code
         instance.consecutive_failures += 1
         code_text = f"exit code {exit_code}" if exit_code is not None else "unknown exit code"

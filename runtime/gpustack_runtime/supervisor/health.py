@@ -10,9 +10,7 @@ HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 takes seconds is not serving."""
 
 
-async def probe_http_ok(
-    host: str, port: int, path: str, timeout: float = HEALTH_PROBE_TIMEOUT_SECONDS
-) -> bool:
+async def probe_http_ok(host: str, port: int, path: str, timeout: float = HEALTH_PROBE_TIMEOUT_SECONDS) -> bool:
     """True when ``GET http://host:port{path}`` answers status 200 within ``timeout`` seconds."""
     writer: asyncio.StreamWriter | None = None
     try:

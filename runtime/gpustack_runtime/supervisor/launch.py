@@ -37,8 +37,7 @@ def validate_instance_id(instance_id: str) -> str:
     """Return ``instance_id`` or raise ValueError saying which characters are allowed."""
     if not isinstance(instance_id, str) or not INSTANCE_ID_PATTERN.fullmatch(instance_id):
         raise ValueError(
-            f"instance id {instance_id!r} is invalid: use 1-128 characters from "
-            "A-Z, a-z, 0-9, '.', '_' and '-'"
+            f"instance id {instance_id!r} is invalid: use 1-128 characters from A-Z, a-z, 0-9, '.', '_' and '-'"
         )
     return instance_id
 

@@ -35,9 +35,7 @@ class PersistedInstance(BaseModel):
     consecutive_failures: NonNegativeInt = 0
     last_exit_code: int | None = None
     started_at: float | None = None
-    log_generation: int = Field(
-        default=-1, description="n of the current log file {id}.{n}.log; -1: none yet."
-    )
+    log_generation: int = Field(default=-1, description="n of the current log file {id}.{n}.log; -1: none yet.")
     container_cli: str | None = Field(default=None, description="The CLI that runs the container, if any.")
     message: str | None = None
 

@@ -1,0 +1,85 @@
+"""``gpustack-pulumi``: the command line for people and for CI.
+
+Exit codes: 0 success, 1 the answer is "no" (e.g. a model that does not fit), 2 bad input (the message names the
+problem and the valid choices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from gpustack_pulumi import __version__
+
+EXIT_OK = 0
+EXIT_DOES_NOT_FIT = 1
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gpustack_pulumi.estimate import add_estimate_parser
+
+    parser = argparse.ArgumentParser(
+        prog="gpustack-pulumi",
+        description="GPU model serving as infrastructure as code: analyse models, plan placements, deploy.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_estimate_parser(subparsers)
+    try:
+        from gpustack_pulumi.placement.cli_plan import add_plan_parser
+    except ImportError:  # placement CLI not present in this build
+        pass
+    else:
+        add_plan_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "estimate":
+        return run_estimate(args)
+    if args.command == "plan":
+        from gpustack_pulumi.placement.cli_plan import run_plan
+
+        return run_plan(args)
+    parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse rejects it first
+    return EXIT_BAD_INPUT
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    from gpustack_pulumi.analysis.errors import AnalysisError
+    from gpustack_pulumi.analysis.tensors import ModelFileError
+    from gpustack_pulumi.estimate import EstimateError, estimate_model, render
+
+    try:
+        result = estimate_model(
+            args.model,
+            gpu=args.gpu,
+            tp=args.tp,
+            pp=args.pp,
+            engine=args.engine,
+            max_model_len=args.max_model_len,
+            concurrency=args.concurrency,
+            memory_fraction=args.gpu_memory_utilization,
+            kv_cache_dtype=args.kv_cache_dtype,
+            quantization=args.quantization,
+        )
+    except (EstimateError, AnalysisError, ModelFileError, LookupError) as exc:
+        message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
+        print(f"gpustack-pulumi estimate: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        render(result, Console())
+    return EXIT_OK if result.get("fits", True) else EXIT_DOES_NOT_FIT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""Filters: which device classes, nodes and devices a deployment may use, and why not.
+
+As in the k8s scheduling framework, a deployment is first prepared once (PreFilter: profile, engine,
+request), then each ``Filter`` answers for one device class with ``None`` (pass) or a ``Rejection``
+value that names the constraint and the numbers. Survivors are sized (smallest valid TP that fits an
+empty device); the sizing failure is a rejection too. Every rejection is kept for the unplaced reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gpustack_pulumi.analysis.profile import ModelProfile
+from gpustack_pulumi.placement.cluster import Cluster
+from gpustack_pulumi.placement.demand import (
+    ENGINE_VENDORS,
+    GIB,
+    DemandCache,
+    DemandRequest,
+    DeviceClass,
+    DeviceDemand,
+    needs_fp8,
+)
+from gpustack_pulumi.placement.models import Deployment
+
+# Pipeline stages across nodes are tried up to this many (vLLM/SGLang multi-node serving beyond 16 nodes
+# per replica is not a deployment anyone runs; the bound keeps sizing O(1)).
+MAX_PIPELINE_STAGES = 16
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why something cannot be used: the constraint's name and a message with the numbers."""
+
+    constraint: str
+    message: str
+
+
+@dataclass
+class ClassOption:
+    """A device class a deployment may use, with its engine and the TP sizes to try (ascending)."""
+
+    class_id: int
+    dclass: DeviceClass
+    engine: str
+    request: DemandRequest
+    tps: list[int]  # valid TP sizes that fit on one node, smallest first (first = the preferred shape)
+    max_per_node: int
+    multi_node: tuple[int, int] | None = None  # (tp, pp) when only a multi-node shape fits
+
+
+@dataclass
+class PreparedDeployment:
+    deployment: Deployment
+    profile: ModelProfile | None
+    profile_key: tuple
+    cache: DemandCache
+    error: Rejection | None = None
+    eligible_nodes: frozenset[int] | None = None
+    eligible_gids: frozenset[int] | None = None
+    options: list[ClassOption] = field(default_factory=list)
+    multi_node_options: list[ClassOption] = field(default_factory=list)
+    cpu_request: DemandRequest | None = None
+    cpu_host_bytes: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.deployment.name
+
+    def demand(self, option: ClassOption, tp: int, pp: int = 1) -> DeviceDemand:
+        assert self.profile is not None
+        return self.cache.device(
+            self.profile_key, self.profile, option.request, tp, pp, option.dclass.memory_total
+        )
+
+    def size_key(self) -> int:
+        """Bytes of the cheapest preferred shape: biggest first is first-fit decreasing."""
+        sizes = []
+        for option in self.options:
+            if option.tps:
+                demand = self.demand(option, option.tps[0])
+                sizes.append(demand.claim_bytes * option.tps[0])
+        if self.cpu_request is not None:
+            sizes.append(self.cpu_host_bytes)
+        for option in self.multi_node_options:
+            assert option.multi_node is not None
+            tp, pp = option.multi_node
+            sizes.append(self.demand(option, tp, pp).claim_bytes * tp * pp)
+        return min(sizes) if sizes else 0
+
+
+class Filter(Protocol):
+    """Rejects a device class for a deployment, or passes it (None)."""
+
+    name: str
+
+    def filter(self, prepared: PreparedDeployment, dclass: DeviceClass, engine: str | None) -> Rejection | None:
+        """Contract: pure; the message names the class and the numbers that failed."""
+        ...
+
+
+def resolve_engine(deployment: Deployment, profile: ModelProfile, vendor: str) -> str | None:
+    """The engine for a device vendor: the deployment's, or for ``auto`` llama.cpp for GGUF models,
+    MindIE on Ascend, vLLM on NVIDIA/AMD; None when auto has nothing for this vendor (CPU, non-GGUF)."""
+    if deployment.engine != "auto":
+        return deployment.engine
+    if profile.source == "gguf":
+        return "llama.cpp"
+    if vendor == "ascend":
+        return "mindie"
+    if vendor in ("nvidia", "amd"):
+        return "vllm"
+    return None
+
+
+class EngineDeviceFilter:
+    name = "EngineDevice"
+
+    def filter(self, prepared: PreparedDeployment, dclass: DeviceClass, engine: str | None) -> Rejection | None:
+        if engine is None or dclass.vendor not in ENGINE_VENDORS.get(engine, frozenset()):
+            allowed = ", ".join(sorted(ENGINE_VENDORS.get(engine or "", frozenset()))) or "nothing for auto"
+            return Rejection(
+                self.name, f"engine {engine or 'auto'} does not run on {dclass.vendor} {dclass.product} "
+                f"(runs on: {allowed})"
+            )
+        return None
+
+
+class Fp8Filter:
+    name = "Fp8Capability"
+
+    def filter(self, prepared: PreparedDeployment, dclass: DeviceClass, engine: str | None) -> Rejection | None:
+        deployment = prepared.deployment
+        why = needs_fp8(deployment.quantization, deployment.kv_cache_dtype)
+        if why is None or dclass.fp8:
+            return None
+        capability = dclass.compute_capability or "unknown"
+        return Rejection(
+            self.name, f"{why} needs FP8 (compute capability ≥ 8.9); {dclass.product} has {capability}"
+        )
+
+
+class GpuSelectorFilter:
+    name = "GpuSelector"
+
+    def filter(self, prepared: PreparedDeployment, dclass: DeviceClass, engine: str | None) -> Rejection | None:
+        selector = prepared.deployment.gpu_selector
+        if not selector or dclass.vendor == "cpu":
+            return None
+        if product_selected(selector, dclass):
+            return None
+        return Rejection(self.name, f"{dclass.product} is not in gpu_selector {sorted(selector)}")
+
+
+def _normal(name: str) -> str:
+    from gpustack_pulumi.catalog import normalise_gpu_name
+
+    return normalise_gpu_name(name)
+
+
+def product_selected(selector: list[str], dclass: DeviceClass) -> bool:
+    """A class matches a selector entry by product name or catalog key (case/separators ignored); UUID
+    entries are matched per device elsewhere, so a selector of UUIDs alone passes every class here."""
+    names = {_normal(dclass.product)}
+    if dclass.catalog_key:
+        names.add(_normal(dclass.catalog_key))
+    product_entries = [entry for entry in selector if not _looks_like_uuid(entry)]
+    if not product_entries:
+        return True
+    return any(_normal(entry) in names for entry in product_entries)
+
+
+def _looks_like_uuid(entry: str) -> bool:
+    return entry.upper().startswith(("GPU-", "MIG-")) or entry.count("-") >= 4
+
+
+CLASS_FILTERS: tuple[Filter, ...] = (EngineDeviceFilter(), Fp8Filter(), GpuSelectorFilter())
+
+
+def prepare(
+    deployment: Deployment, cluster: Cluster, cache: DemandCache, selector_cache: dict | None = None
+) -> PreparedDeployment:
+    """PreFilter + Filter + sizing for one deployment."""
+    quantization = deployment.quantization
+    prepared = PreparedDeployment(deployment, None, (deployment.model, quantization), cache)
+    try:
+        profile = cache.profile(deployment.model, quantization)
+    except Exception as error:
+        prepared.error = Rejection("ModelAnalysis", f"model '{deployment.model}' cannot be analysed: {error}")
+        return prepared
+    prepared.profile = profile
+    max_len = deployment.max_model_len or profile.max_model_len
+    if max_len > profile.max_model_len:
+        prepared.error = Rejection(
+            "ModelConfig",
+            f"max_model_len {max_len} exceeds the model's maximum context {profile.max_model_len}",
+        )
+        return prepared
+
+    prepared.eligible_nodes = _selected_nodes(deployment, cluster, selector_cache)
+    if prepared.eligible_nodes is not None and not prepared.eligible_nodes:
+        prepared.error = Rejection(
+            "NodeSelector", f"0/{len(cluster.nodes)} nodes match node_selector {dict(sorted(deployment.node_selector.items()))}"
+        )
+        return prepared
+    uuid_entries = [e for e in deployment.gpu_selector if _looks_like_uuid(e)]
+    if uuid_entries:
+        gids = {cluster.gid_by_uuid[u] for u in uuid_entries if u in cluster.gid_by_uuid}
+        prepared.eligible_gids = frozenset(gids)
+
+    for class_id, dclass in enumerate(cluster.classes):
+        engine = resolve_engine(deployment, profile, dclass.vendor)
+        rejection = next((r for f in CLASS_FILTERS if (r := f.filter(prepared, dclass, engine))), None)
+        if rejection is not None:
+            prepared.rejections.append(rejection)
+            continue
+        assert engine is not None
+        request = DemandRequest(engine, max_len, deployment.concurrency, deployment.kv_cache_dtype)
+        per_node = _devices_per_node(prepared, cluster, class_id)
+        if per_node == 0:
+            where = "selected nodes" if prepared.eligible_nodes is not None else "any node"
+            prepared.rejections.append(
+                Rejection("GpuSelector", f"no {dclass.product} device of the gpu_selector on {where}")
+            )
+            continue
+        option = ClassOption(class_id, dclass, engine, request, [], per_node)
+        valid = profile.constraints.valid_tp_sizes(per_node)
+        first_fit = next((tp for tp in valid if prepared.demand(option, tp).fits), None)
+        if first_fit is not None:
+            option.tps = [tp for tp in valid if tp >= first_fit]
+            prepared.options.append(option)
+            continue
+        largest = valid[-1] if valid else None
+        if largest is None:
+            prepared.rejections.append(
+                Rejection("TensorParallel", f"no valid TP ≤ {per_node} for {dclass.product}: "
+                          + "; ".join(profile.constraints.tp_problems(per_node)))
+            )
+            continue
+        single = prepared.demand(option, largest)
+        prepared.rejections.append(
+            Rejection(
+                "DeviceMemory",
+                f"needs {single.claim_bytes / GIB:.2f} GiB per GPU at TP={largest} (the most {dclass.product} on "
+                f"one node) but a GPU has {dclass.memory_total / GIB:.2f} GiB ({single.detail})",
+            )
+        )
+        multi = _multi_node_shape(prepared, option, cluster, class_id, largest)
+        if multi is not None:
+            option.multi_node = multi
+            prepared.multi_node_options.append(option)
+
+    if cluster.cpu_nodes:
+        engine = resolve_engine(deployment, profile, "cpu")
+        if engine is not None and "cpu" in ENGINE_VENDORS.get(engine, frozenset()):
+            cpu_nodes = [n for n in cluster.cpu_nodes if prepared.eligible_nodes is None or n in prepared.eligible_nodes]
+            if cpu_nodes and not deployment.gpu_selector:
+                request = DemandRequest(engine, max_len, deployment.concurrency, deployment.kv_cache_dtype)
+                prepared.cpu_request = request
+                prepared.cpu_host_bytes = cache.host(prepared.profile_key, profile, request)
+    if not prepared.options and not prepared.multi_node_options and prepared.cpu_request is None:
+        if not cluster.classes and not cluster.cpu_nodes:
+            prepared.error = Rejection("NoNodes", "the inventory has no nodes")
+        elif not prepared.rejections:
+            prepared.error = Rejection("EngineDevice", "no node can run this engine (CPU-only nodes run llama.cpp only)")
+        else:
+            constraint = _dominant(prepared.rejections)
+            prepared.error = Rejection(constraint, "; ".join(r.message for r in prepared.rejections))
+    return prepared
+
+
+def _dominant(rejections: list[Rejection]) -> str:
+    """The constraint to report first: the one that would still fail with the others lifted."""
+    order = ("DeviceMemory", "TensorParallel", "Fp8Capability", "GpuSelector", "EngineDevice")
+    names = {r.constraint for r in rejections}
+    return next((name for name in order if name in names), rejections[0].constraint)
+
+
+def _selected_nodes(deployment: Deployment, cluster: Cluster, cache: dict | None) -> frozenset[int] | None:
+    if not deployment.node_selector:
+        return None
+    key = tuple(sorted(deployment.node_selector.items()))
+    if cache is not None and key in cache:
+        return cache[key]
+    selected = frozenset(
+        node.id for node in cluster.nodes if all(node.labels.get(k) == v for k, v in key)
+    )
+    if cache is not None:
+        cache[key] = selected
+    return selected
+
+
+def _devices_per_node(prepared: PreparedDeployment, cluster: Cluster, class_id: int) -> int:
+    best = 0
+    for node_id in cluster.class_nodes.get(class_id, []):
+        if prepared.eligible_nodes is not None and node_id not in prepared.eligible_nodes:
+            continue
+        gids = cluster.nodes[node_id].gids_by_class[class_id]
+        count = len(gids) if prepared.eligible_gids is None else sum(g in prepared.eligible_gids for g in gids)
+        best = max(best, count)
+    return best
+
+
+def _multi_node_shape(
+    prepared: PreparedDeployment, option: ClassOption, cluster: Cluster, class_id: int, tp: int
+) -> tuple[int, int] | None:
+    """TP within a node, PP across nodes: the fewest stages (nodes with ≥ tp devices) that fit."""
+    assert prepared.profile is not None
+    nodes = sum(
+        1
+        for node_id in cluster.class_nodes.get(class_id, [])
+        if (prepared.eligible_nodes is None or node_id in prepared.eligible_nodes)
+        and len(cluster.nodes[node_id].gids_by_class[class_id]) >= tp
+    )
+    limit = min(nodes, MAX_PIPELINE_STAGES, prepared.profile.num_layers)
+    for pp in range(2, limit + 1):
+        if prepared.demand(option, tp, pp).fits:
+            return tp, pp
+    return None

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up gpustack-pulumi for development on a fresh Debian/Ubuntu machine: a virtualenv in .venv with the
+# package, the node agent (runtime/) and the test tools. Idempotent: a second run only checks.
+#
+#   bash scripts/setup.sh            # package + agent + dev tools
+#   GPUSTACK_SKIP_APT=1 ...          # don't try apt-get (no root, or packages already there)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+    echo "gpustack-pulumi needs Python >= 3.11 (found: $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+    exit 2
+fi
+
+# System packages the tests use: a C compiler (the fake libnvidia-ml.so.1 the tests build), CMake and g++
+# (llama.cpp, built once from source for the real-engine tests).
+if [ -z "${GPUSTACK_SKIP_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    missing=()
+    for tool in gcc g++ cmake make; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc g++ cmake make >/dev/null
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ./runtime -e '.[dev]'
+echo "setup done: $(.venv/bin/gpustack-pulumi --version)"
