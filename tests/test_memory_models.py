@@ -238,3 +238,9 @@ def test_sglang_mla_reserve_and_swa_ratio() -> None:
     b = memory_model("sglang").estimate(gpt, MemoryRequest(max_model_len=8192), gpu_memory_bytes=total)
     cell = 36 * 1024 + 0.8 * 36 * 1024
     assert b.max_kv_tokens == int(b.kv_cache // cell)
+
+
+def test_cuda_visible_total_from_nvml_total() -> None:
+    # NVML reports 81,559 MiB for an H100 80GB HBM3; CUDA (and so vLLM) sees 79.18 GiB of it (measured).
+    h100 = catalog.gpu("NVIDIA H100 80GB HBM3")
+    assert cuda_visible_memory(h100.memory_bytes) / GIB == pytest.approx(79.18, abs=0.01)

@@ -147,8 +147,15 @@ def kth_largest(values: list[int], k: int) -> int:
     return sorted(values, reverse=True)[k - 1]
 
 
+ScopeKey = tuple  # () = every node; else the sorted node_selector items
+
+
 class ClusterState:
-    """Free memory during one plan, with lazily built best-fit indices."""
+    """Free memory during one plan, with lazily built best-fit indices.
+
+    Indices exist per (device class, scope), a scope being the nodes a node_selector allows, so a
+    deployment restricted to a tenth of the fleet still finds its best fit with one bisect.
+    """
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -157,64 +164,78 @@ class ClusterState:
         self.node_users: list[int] = [0] * len(cluster.nodes)
         self.host_free: dict[int, int | None] = {n: cluster.nodes[n].host_base_free for n in cluster.cpu_nodes}
         self.dep_nodes: dict[str, dict[int, int]] = defaultdict(dict)  # deployment -> node -> replicas
-        self._dev_index: dict[int, SortedList] = {}
-        self._kth_index: dict[tuple[int, int], SortedList] = {}
-        self._kth_key: dict[tuple[int, int], dict[int, int]] = {}
+        self._dev_index: dict[tuple[int, ScopeKey], SortedList] = {}
+        self._dev_by_class: dict[int, list[tuple[frozenset[int] | None, SortedList]]] = defaultdict(list)
+        self._kth_index: dict[tuple[int, int, ScopeKey], tuple[SortedList, dict[int, int]]] = {}
+        self._kth_by_class: dict[int, list[tuple[int, SortedList, dict[int, int]]]] = defaultdict(list)
         self._cpu_index: SortedList | None = None
 
     # --- indices ---------------------------------------------------------------------------------------
-    def device_index(self, class_id: int) -> SortedList:
-        index = self._dev_index.get(class_id)
+    def _scope_nodes(self, class_id: int, scope: frozenset[int] | None) -> list[int]:
+        nodes = self.cluster.class_nodes.get(class_id, [])
+        return nodes if scope is None else [n for n in nodes if n in scope]
+
+    def device_index(self, class_id: int, scope_key: ScopeKey = (), scope: frozenset[int] | None = None) -> SortedList:
+        """Sorted ``(free, gid)`` of the class's devices on the scope's nodes."""
+        key = (class_id, scope_key)
+        index = self._dev_index.get(key)
         if index is None:
             free = self.free
-            gids = [g for n in self.cluster.class_nodes.get(class_id, []) for g in self.cluster.nodes[n].gids_by_class[class_id]]
-            index = self._dev_index[class_id] = SortedList((free[g], g) for g in gids)
+            nodes = self.cluster.nodes
+            index = SortedList(
+                (free[g], g) for n in self._scope_nodes(class_id, scope) for g in nodes[n].gids_by_class[class_id]
+            )
+            self._dev_index[key] = index
+            self._dev_by_class[class_id].append((scope, index))
         return index
 
-    def kth_index(self, class_id: int, k: int) -> SortedList:
-        key = (class_id, k)
-        index = self._kth_index.get(key)
-        if index is None:
+    def kth_index(
+        self, class_id: int, k: int, scope_key: ScopeKey = (), scope: frozenset[int] | None = None
+    ) -> SortedList:
+        """Sorted ``(k-th largest free of the class on the node, node)`` for nodes with ≥ k such devices."""
+        key = (class_id, k, scope_key)
+        found = self._kth_index.get(key)
+        if found is None:
             keys: dict[int, int] = {}
-            for node_id in self.cluster.class_nodes.get(class_id, []):
+            for node_id in self._scope_nodes(class_id, scope):
                 gids = self.cluster.nodes[node_id].gids_by_class[class_id]
                 if len(gids) >= k:
                     keys[node_id] = kth_largest([self.free[g] for g in gids], k)
-            self._kth_key[key] = keys
-            index = self._kth_index[key] = SortedList((value, node) for node, value in keys.items())
-        return index
+            found = (SortedList((value, node) for node, value in keys.items()), keys)
+            self._kth_index[key] = found
+            self._kth_by_class[class_id].append((k, found[0], keys))
+        return found[0]
 
     def cpu_index(self) -> SortedList:
         if self._cpu_index is None:
-            self._cpu_index = SortedList(
-                (free, node) for node, free in self.host_free.items() if free is not None
-            )
+            self._cpu_index = SortedList((free, node) for node, free in self.host_free.items() if free is not None)
         return self._cpu_index
 
     # --- updates -----------------------------------------------------------------------------------------
-    def _set_device_free(self, changes: Iterable[tuple[int, int]]) -> None:
-        """Apply (gid, delta) changes and keep the indices in step."""
+    def _change_free(self, changes: Iterable[tuple[int, int]]) -> None:
+        """Apply (gid, delta) changes and keep every index in step."""
         touched: dict[tuple[int, int], None] = {}
+        dev_node = self.cluster.dev_node
         for gid, delta in changes:
             old = self.free[gid]
             new = old + delta
             self.free[gid] = new
             class_id = self.cluster.dev_class[gid]
-            index = self._dev_index.get(class_id)
-            if index is not None:
-                index.remove((old, gid))
-                index.add((new, gid))
-            touched[(self.cluster.dev_node[gid], class_id)] = None
-        for (node_id, class_id) in touched:
-            gids = self.cluster.nodes[node_id].gids_by_class[class_id]
-            ordered: list[int] | None = None
-            for (kclass, k), index in self._kth_index.items():
-                if kclass != class_id or len(gids) < k:
+            node_id = dev_node[gid]
+            for scope, index in self._dev_by_class.get(class_id, ()):
+                if scope is None or node_id in scope:
+                    index.remove((old, gid))
+                    index.add((new, gid))
+            touched[(node_id, class_id)] = None
+        for node_id, class_id in touched:
+            entries = self._kth_by_class.get(class_id)
+            if not entries:
+                continue
+            ordered = sorted((self.free[g] for g in self.cluster.nodes[node_id].gids_by_class[class_id]), reverse=True)
+            for k, index, keys in entries:
+                old_key = keys.get(node_id)
+                if old_key is None:
                     continue
-                if ordered is None:
-                    ordered = sorted((self.free[g] for g in gids), reverse=True)
-                keys = self._kth_key[(kclass, k)]
-                old_key = keys[node_id]
                 new_key = ordered[k - 1]
                 if new_key != old_key:
                     index.remove((old_key, node_id))
@@ -222,22 +243,21 @@ class ClusterState:
                     keys[node_id] = new_key
 
     def claim(self, deployment: str, node_gids: list[tuple[int, list[int]]], bytes_per_device: int) -> None:
-        changes = [(g, -bytes_per_device) for _, gids in node_gids for g in gids]
-        self._set_device_free(changes)
+        self._change_free([(g, -bytes_per_device) for _, gids in node_gids for g in gids])
         for node_id, gids in node_gids:
             for g in gids:
                 self.users[g] += 1
             self._count_node(deployment, node_id, +1)
 
     def release(self, deployment: str, node_gids: list[tuple[int, list[int]]], bytes_per_device: int) -> None:
-        changes = [(g, bytes_per_device) for _, gids in node_gids for g in gids]
-        self._set_device_free(changes)
+        self._change_free([(g, bytes_per_device) for _, gids in node_gids for g in gids])
         for node_id, gids in node_gids:
             for g in gids:
                 self.users[g] -= 1
             self._count_node(deployment, node_id, -1)
 
     def claim_host(self, deployment: str, node_id: int, host_bytes: int, sign: int = +1) -> None:
+        """Take (sign=+1) or give back (sign=-1) host memory of a CPU-only node."""
         old = self.host_free[node_id]
         assert old is not None
         new = old - sign * host_bytes

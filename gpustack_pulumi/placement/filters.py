@@ -179,10 +179,21 @@ def _looks_like_uuid(entry: str) -> bool:
 CLASS_FILTERS: tuple[Filter, ...] = (EngineDeviceFilter(), Fp8Filter(), GpuSelectorFilter())
 
 
+@dataclass
+class PrepareMemo:
+    """Answers shared by many deployments of one plan: node_selector scopes, devices per node, TP sizes."""
+
+    scopes: dict[tuple, frozenset[int]] = field(default_factory=dict)
+    per_node: dict[tuple, int] = field(default_factory=dict)
+    stage_nodes: dict[tuple, int] = field(default_factory=dict)
+    valid_tps: dict[tuple, list[int]] = field(default_factory=dict)
+
+
 def prepare(
-    deployment: Deployment, cluster: Cluster, cache: DemandCache, selector_cache: dict | None = None
+    deployment: Deployment, cluster: Cluster, cache: DemandCache, memo: PrepareMemo | None = None
 ) -> PreparedDeployment:
     """PreFilter + Filter + sizing for one deployment."""
+    memo = memo if memo is not None else PrepareMemo()
     quantization = deployment.quantization
     prepared = PreparedDeployment(deployment, None, (deployment.model, quantization), cache)
     try:
@@ -199,7 +210,7 @@ def prepare(
         )
         return prepared
 
-    prepared.eligible_nodes = _selected_nodes(deployment, cluster, selector_cache)
+    prepared.eligible_nodes = _selected_nodes(deployment, cluster, memo.scopes)
     if prepared.eligible_nodes is not None and not prepared.eligible_nodes:
         prepared.error = Rejection(
             "NodeSelector", f"0/{len(cluster.nodes)} nodes match node_selector {dict(sorted(deployment.node_selector.items()))}"
@@ -218,7 +229,7 @@ def prepare(
             continue
         assert engine is not None
         request = DemandRequest(engine, max_len, deployment.concurrency, deployment.kv_cache_dtype)
-        per_node = _devices_per_node(prepared, cluster, class_id)
+        per_node = _devices_per_node(prepared, cluster, class_id, memo)
         if per_node == 0:
             where = "selected nodes" if prepared.eligible_nodes is not None else "any node"
             prepared.rejections.append(
@@ -226,7 +237,10 @@ def prepare(
             )
             continue
         option = ClassOption(class_id, dclass, engine, request, [], per_node)
-        valid = profile.constraints.valid_tp_sizes(per_node)
+        tp_key = (prepared.profile_key, per_node)
+        valid = memo.valid_tps.get(tp_key)
+        if valid is None:
+            valid = memo.valid_tps[tp_key] = profile.constraints.valid_tp_sizes(per_node)
         first_fit = next((tp for tp in valid if prepared.demand(option, tp).fits), None)
         if first_fit is not None:
             option.tps = [tp for tp in valid if tp >= first_fit]
@@ -247,7 +261,7 @@ def prepare(
                 f"one node) but a GPU has {dclass.memory_total / GIB:.2f} GiB ({single.detail})",
             )
         )
-        multi = _multi_node_shape(prepared, option, cluster, class_id, largest)
+        multi = _multi_node_shape(prepared, option, cluster, class_id, largest, memo)
         if multi is not None:
             option.multi_node = multi
             prepared.multi_node_options.append(option)
@@ -292,7 +306,22 @@ def _selected_nodes(deployment: Deployment, cluster: Cluster, cache: dict | None
     return selected
 
 
-def _devices_per_node(prepared: PreparedDeployment, cluster: Cluster, class_id: int) -> int:
+def _scope_key(prepared: PreparedDeployment) -> tuple:
+    return tuple(sorted(prepared.deployment.node_selector.items()))
+
+
+def _devices_per_node(prepared: PreparedDeployment, cluster: Cluster, class_id: int, memo: PrepareMemo) -> int:
+    """The most devices of the class one allowed node has (allowed devices only)."""
+    if prepared.eligible_gids is None:
+        key = (class_id, _scope_key(prepared))
+        found = memo.per_node.get(key)
+        if found is None:
+            found = memo.per_node[key] = _count_per_node(prepared, cluster, class_id)
+        return found
+    return _count_per_node(prepared, cluster, class_id)
+
+
+def _count_per_node(prepared: PreparedDeployment, cluster: Cluster, class_id: int) -> int:
     best = 0
     for node_id in cluster.class_nodes.get(class_id, []):
         if prepared.eligible_nodes is not None and node_id not in prepared.eligible_nodes:
@@ -304,16 +333,19 @@ def _devices_per_node(prepared: PreparedDeployment, cluster: Cluster, class_id: 
 
 
 def _multi_node_shape(
-    prepared: PreparedDeployment, option: ClassOption, cluster: Cluster, class_id: int, tp: int
+    prepared: PreparedDeployment, option: ClassOption, cluster: Cluster, class_id: int, tp: int, memo: PrepareMemo
 ) -> tuple[int, int] | None:
     """TP within a node, PP across nodes: the fewest stages (nodes with ≥ tp devices) that fit."""
     assert prepared.profile is not None
-    nodes = sum(
-        1
-        for node_id in cluster.class_nodes.get(class_id, [])
-        if (prepared.eligible_nodes is None or node_id in prepared.eligible_nodes)
-        and len(cluster.nodes[node_id].gids_by_class[class_id]) >= tp
-    )
+    key = (class_id, tp, _scope_key(prepared))
+    nodes = memo.stage_nodes.get(key)
+    if nodes is None:
+        nodes = memo.stage_nodes[key] = sum(
+            1
+            for node_id in cluster.class_nodes.get(class_id, [])
+            if (prepared.eligible_nodes is None or node_id in prepared.eligible_nodes)
+            and len(cluster.nodes[node_id].gids_by_class[class_id]) >= tp
+        )
     limit = min(nodes, MAX_PIPELINE_STAGES, prepared.profile.num_layers)
     for pp in range(2, limit + 1):
         if prepared.demand(option, tp, pp).fits:

@@ -134,9 +134,14 @@ class SupervisorHarness:
         return {pid for pid in found if is_running(pid)}
 
     def cleanup(self) -> None:
-        for pid in self.marked_pids():
+        killed = self.marked_pids()
+        for pid in killed:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
         while self.marked_pids() and time.monotonic() < deadline:
             time.sleep(0.02)
+        # Engines this test process started are its children: collect them so no zombie outlives the test.
+        for pid in killed:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)

@@ -166,6 +166,12 @@ def test_fixed_port_taken_by_another_instance_is_refused(harness: SupervisorHarn
             with pytest.raises(ValueError, match=f"launch.port {first.port} is already used by instance 'a'"):
                 await supervisor.put("b", harness.body(port=first.port))  # type: ignore[arg-type]
             assert supervisor.get("b") is None
+            running, _ = await supervisor.put("c", harness.body())
+            with pytest.raises(ValueError, match="already used by instance 'a'"):
+                await supervisor.put("c", harness.body(port=first.port))  # type: ignore[arg-type]
+            unchanged = supervisor.get("c")
+            assert unchanged is not None and unchanged.pid == running.pid  # refused before stopping it
+            assert is_running(running.pid)  # type: ignore[arg-type]
             with pytest.raises(ValueError, match="instance id"):
                 await supervisor.put("no/slashes", harness.body())
         finally:
@@ -285,6 +291,58 @@ def test_a_new_supervisor_adopts_a_running_engine_without_restarting_it(harness:
             await second.wait_state("a", READY, READY_TIMEOUT_SECONDS)
             again, changed = await second.put("a", harness.body())  # same body: still the adopted engine
             assert not changed and again.pid == status.pid
+        finally:
+            await second.close()
+
+    harness.run(scenario())
+
+
+def test_an_interrupted_delete_is_finished_by_the_next_supervisor(harness: SupervisorHarness) -> None:
+    """The agent died after marking the instance stopped but before its engine was gone."""
+
+    async def scenario() -> None:
+        first = harness.supervisor()
+        await first.start()
+        status, _ = await first.put("a", harness.body())
+        await first.close()
+        state_path = harness.state_dir / "instances.json"
+        saved = json.loads(state_path.read_text())
+        saved["instances"][0]["state"] = "stopped"
+        state_path.write_text(json.dumps(saved))
+
+        second = harness.supervisor()
+        await second.start()
+        try:
+            assert second.get("a") is None
+            assert not is_running(status.pid)  # type: ignore[arg-type]
+            assert json.loads(state_path.read_text())["instances"] == []
+        finally:
+            await second.close()
+
+    harness.run(scenario())
+
+
+def test_pids_from_before_a_reboot_are_neither_adopted_nor_signalled(harness: SupervisorHarness) -> None:
+    """After a reboot an equal (pid, start time) pair can name a stranger; the boot id tells."""
+
+    async def scenario() -> None:
+        first = harness.supervisor()
+        await first.start()
+        stranger, _ = await first.put("a", harness.body())  # stands for "some process after the reboot"
+        await first.close()
+        state_path = harness.state_dir / "instances.json"
+        saved = json.loads(state_path.read_text())
+        assert saved["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        saved["boot_id"] = "a-boot-before-this-one"
+        state_path.write_text(json.dumps(saved))
+
+        second = harness.supervisor()
+        await second.start()
+        try:
+            status = second.get("a")
+            assert status is not None
+            assert status.pid != stranger.pid and status.restarts == 1
+            assert is_running(stranger.pid)  # type: ignore[arg-type]  # not ours: left alone
         finally:
             await second.close()
 

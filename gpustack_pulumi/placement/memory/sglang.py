@@ -47,7 +47,8 @@ RESERVE_FLOOR_MIB = 10 * 1024  # on GPUs over 60 GiB
 RESERVE_FLOOR_ABOVE_GIB = 60
 SWA_FULL_TOKENS_RATIO = 0.8  # SWA pool sized at 0.8 × full-attention tokens
 MAMBA_FULL_MEMORY_RATIO = 0.9  # hybrid models: mamba state pool : full-attention pool
-PROCESS_OVERHEAD_BYTES = int(0.5 * GIB)  # CUDA context before SGLang measures free memory
+# CUDA context before SGLang measures free memory (same measurement as vLLM's, see vllm.py).
+PROCESS_OVERHEAD_BYTES = 548_995_072
 
 
 def tier_for(gpu_memory_bytes: int) -> SglangTier:

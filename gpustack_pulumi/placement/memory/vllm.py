@@ -58,16 +58,19 @@ NON_TORCH_TP1_BYTES = int(0.25 * GIB)
 NON_TORCH_MULTI_GPU_BYTES = int(2.1 * GIB)
 # CUDA-graph memory per captured size and decoder layer: 0.91 GiB / (51 sizes × 32 layers) [log].
 CUDA_GRAPH_BYTES_PER_SIZE_PER_LAYER = int(0.91 * GIB / (51 * 32))
-# CUDA context + NCCL communicators created before vLLM's memory snapshot: outside the budget [log].
-PROCESS_OVERHEAD_BYTES = int(0.5 * GIB)
+# CUDA context created before vLLM's memory snapshot: outside the budget. The log puts it at ≈0.5 GiB; a bare
+# context measured 548,995,072 B on an H100 (benchmarks/gpu_memory_probe.py, driver 580.159.04).
+PROCESS_OVERHEAD_BYTES = 548_995_072
 # In-flight tokens a sliding-window request may hold beyond its window under async scheduling (×mnbt).
 SLIDING_IN_FLIGHT_FACTOR = 2
 
 
 # The driver keeps part of the memory NVML reports as total out of CUDA's reach: vLLM sizes its budget from
 # ``torch.cuda.mem_get_info()`` total, NVML (and nvidia-smi, and the agent) report the larger figure.
-# H100 80GB HBM3: NVML 81,559 MiB, CUDA 79.19 GiB in the calibration log → 0.9943.
-CUDA_VISIBLE_RATIO = 0.9943
+# Measured with benchmarks/gpu_memory_probe.py on an H100 80GB HBM3 (driver 580.159.04, 2026-11-28): NVML total
+# 85,520,809,984 B, cuMemGetInfo total 85,017,493,504 B (79.18 GiB, the calibration log's 79.19) → 0.994115.
+# The 480 MiB difference is what NVML already reports as used on an idle GPU.
+CUDA_VISIBLE_RATIO = 0.994115
 
 
 def cuda_visible_memory(nvml_total_bytes: int) -> int:

@@ -224,6 +224,7 @@ class Supervisor:
         self._instances: dict[str, _Instance] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._monitor_task: asyncio.Task[None] | None = None
+        self._boot_id = procfs.boot_id()
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -234,6 +235,11 @@ class Supervisor:
             return
         self._logs_dir.mkdir(parents=True, exist_ok=True)
         saved = load_state(self._state_path)
+        if saved.boot_id is not None and saved.boot_id != self._boot_id:
+            # The machine rebooted: no engine survived, and any pid in the file now names a stranger.
+            logger.info("state was written before a reboot: starting every engine anew")
+            for record in saved.instances:
+                record.pid = record.pid_start_time = None
         for record in saved.instances:
             instance = _Instance.from_persisted(record)
             if instance.state == "stopped":
@@ -302,12 +308,17 @@ class Supervisor:
             current = self._instances.get(instance_id)
             if current is not None and current.body == body:
                 return current.status(), False
+            if body.launch.port:
+                # Refuse a taken fixed port before the old engine is stopped, not after.
+                self._assign_port(instance_id, body.launch.port, preferred=None)
             previous_port: int | None = None
             log_generation = -1
             if current is not None:
                 previous_port = current.port
                 log_generation = current.log_generation
                 current.state = "stopped"
+                current.message = "replacing with a new body"
+                self._persist()
                 await self._stop(current)
                 del self._instances[instance_id]
             port = self._assign_port(instance_id, body.launch.port, preferred=previous_port)
@@ -334,11 +345,12 @@ class Supervisor:
                 return False
             instance.state = "stopped"
             instance.message = "deleting"
+            self._persist()  # an agent that dies now finishes the stop when it starts again
             await self._stop(instance)
             del self._instances[instance_id]
             self._persist()
             remove_logs(self._logs_dir, instance_id)
-        self._locks.pop(instance_id, None)
+        # The lock stays: a put waiting on it must serialise with any later caller of the same id.
         return True
 
     def logs(self, instance_id: str, tail: int | None = None, *, previous: bool = False) -> list[str]:
@@ -701,6 +713,7 @@ class Supervisor:
 
     def _persist(self) -> None:
         state = SupervisorState(
-            instances=[self._instances[instance_id].persisted() for instance_id in sorted(self._instances)]
+            boot_id=self._boot_id,
+            instances=[self._instances[instance_id].persisted() for instance_id in sorted(self._instances)],
         )
         save_state(self._state_path, state)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROC_ROOT = Path("/proc")
+BOOT_ID_PATH = PROC_ROOT / "sys" / "kernel" / "random" / "boot_id"
 
 _STAT_STATE = 3
 _STAT_PPID = 4
@@ -66,6 +67,15 @@ def read_stat(pid: int) -> ProcessStat | None:
         pgrp=int(field(_STAT_PGRP)),
         start_time=int(field(_STAT_STARTTIME)),
     )
+
+
+def boot_id() -> str | None:
+    """This boot's random id (proc(5)). Start times count from boot, so they only identify a process within
+    one boot: after a reboot a pid with an equal start time is a stranger."""
+    try:
+        return BOOT_ID_PATH.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def process_start_time(pid: int) -> int | None:

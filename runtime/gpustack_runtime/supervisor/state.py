@@ -44,6 +44,9 @@ class SupervisorState(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     version: Literal[1] = 1
+    boot_id: str | None = Field(
+        default=None, description="/proc/sys/kernel/random/boot_id when written: pids are only valid within it."
+    )
     instances: list[PersistedInstance] = Field(default_factory=list)
 
 

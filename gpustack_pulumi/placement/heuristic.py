@@ -1,0 +1,221 @@
+"""The fast placer: first-fit decreasing by priority, best fit per device class through the indices.
+
+For one replica: per allowed device class, try its TP sizes smallest first and take the best-fit devices
+(one bisect); CPU-only nodes for llama.cpp likewise; only when no single node can take it, try the
+multi-node shape (TP within a node, PP across nodes). The scorers then pick among the per-class winners.
+Each decision is O(classes × log devices), so 20,000 replicas on 100,000 GPUs take about a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpustack_pulumi.placement.cluster import ClusterState
+from gpustack_pulumi.placement.demand import GIB
+from gpustack_pulumi.placement.filters import ClassOption, PreparedDeployment
+from gpustack_pulumi.placement.scorers import Candidate, ScoredCandidate, ScorePipeline
+
+# Multi-GPU best fit looks at this many feasible nodes (tightest first) for one whose devices share a
+# topology group, before settling for the tightest: the k8s "score a bounded number of nodes" idea.
+TOPOLOGY_LOOKAHEAD_NODES = 8
+
+# A node_selector scope or UUID list this small is scanned directly instead of indexed.
+SCAN_LIMIT_DEVICES = 64
+
+
+@dataclass
+class ReplicaTask:
+    prepared: PreparedDeployment
+    replica: int
+    previous: str | None = None  # why it left its previous place ("moved from ...: ...")
+
+
+def order_key(task: ReplicaTask) -> tuple:
+    """Priority first, then the biggest demand (first-fit decreasing), then names: fully deterministic."""
+    return (-task.prepared.deployment.priority, -task.prepared.size_key(), task.prepared.name, task.replica)
+
+
+class Placer:
+    def __init__(self, state: ClusterState, pipeline: ScorePipeline, strategy: str) -> None:
+        self.state = state
+        self.pipeline = pipeline
+        self.strategy = strategy
+
+    # --- one replica ---------------------------------------------------------------------------------
+    def candidates(self, prepared: PreparedDeployment) -> list[Candidate]:
+        avoid = self.state.dep_nodes.get(prepared.name) if self.strategy == "spread" else None
+        found: list[Candidate] = []
+        for option in prepared.options:
+            for tp in option.tps:
+                demand = prepared.demand(option, tp)
+                if not demand.fits:
+                    continue
+                node_gids = self.pick_devices(prepared, option, tp, 1, demand.claim_bytes, avoid)
+                if node_gids is not None:
+                    found.append(
+                        Candidate(option.class_id, option.engine, tp, 1, demand.claim_bytes,
+                                  demand.memory_fraction, node_gids, demand.detail)
+                    )
+                    break
+        if prepared.cpu_request is not None:
+            node = self.pick_cpu(prepared, avoid)
+            if node is not None:
+                found.append(
+                    Candidate(None, prepared.cpu_request.engine, 1, 1, prepared.cpu_host_bytes, None, [(node, [])],
+                              f"{prepared.cpu_host_bytes / GIB:.2f} GiB of host memory")
+                )
+        if found:
+            return found
+        for option in prepared.multi_node_options:
+            assert option.multi_node is not None
+            tp, pp = option.multi_node
+            demand = prepared.demand(option, tp, pp)
+            node_gids = self.pick_devices(prepared, option, tp, pp, demand.claim_bytes, avoid)
+            if node_gids is not None:
+                found.append(
+                    Candidate(option.class_id, option.engine, tp, pp, demand.claim_bytes, demand.memory_fraction,
+                              node_gids, demand.detail)
+                )
+        return found
+
+    def place(self, prepared: PreparedDeployment) -> ScoredCandidate | None:
+        candidates = self.candidates(prepared)
+        if not candidates:
+            return None
+        chosen = self.pipeline.select(candidates, self.state, prepared.name, prepared.deployment.mode)
+        self.apply(prepared.name, chosen.candidate)
+        return chosen
+
+    def apply(self, deployment: str, candidate: Candidate) -> None:
+        if candidate.class_id is None:
+            self.state.claim_host(deployment, candidate.node_gids[0][0], candidate.claim)
+        else:
+            self.state.claim(deployment, candidate.node_gids, candidate.claim)
+
+    # --- device choice -------------------------------------------------------------------------------
+    def _scope(self, prepared: PreparedDeployment) -> tuple[tuple, frozenset[int] | None]:
+        if prepared.eligible_nodes is None:
+            return (), None
+        return tuple(sorted(prepared.deployment.node_selector.items())), prepared.eligible_nodes
+
+    def pick_devices(
+        self,
+        prepared: PreparedDeployment,
+        option: ClassOption,
+        tp: int,
+        pp: int,
+        claim: int,
+        avoid: dict[int, int] | None,
+    ) -> list[tuple[int, list[int]]] | None:
+        """Best fit: ``pp`` distinct nodes, each with ``tp`` devices of the class having ≥ claim free."""
+        if prepared.eligible_gids is not None:
+            return self._scan_pick(prepared, option, tp, pp, claim, avoid)
+        scope_key, scope = self._scope(prepared)
+        if tp == 1 and pp == 1:
+            index = self.state.device_index(option.class_id, scope_key, scope)
+            fallback = None
+            node_of = self.state.cluster.dev_node
+            for _, gid in index.irange((claim, -1)):
+                node = node_of[gid]
+                if avoid and node in avoid:
+                    if fallback is None:
+                        fallback = (node, [gid])
+                    continue
+                return [(node, [gid])]
+            return [fallback] if fallback is not None else None
+        index = self.state.kth_index(option.class_id, tp, scope_key, scope)
+        chosen: list[tuple[int, list[int]]] = []
+        avoided: list[tuple[int, list[int]]] = []
+        looked = 0
+        first: tuple[int, list[int]] | None = None
+        for _, node in index.irange((claim, -1)):
+            gids, single_group = self._devices_on_node(node, option.class_id, tp, claim, None)
+            if pp == 1:
+                if avoid and node in avoid:
+                    if not avoided:
+                        avoided.append((node, gids))
+                    continue
+                if single_group:
+                    return [(node, gids)]
+                if first is None:
+                    first = (node, gids)
+                looked += 1
+                if looked >= TOPOLOGY_LOOKAHEAD_NODES:
+                    break
+                continue
+            chosen.append((node, gids))
+            if len(chosen) == pp:
+                return sorted(chosen)
+        if pp == 1:
+            if first is not None:
+                return [first]
+            return avoided or None
+        return None
+
+    def _scan_pick(
+        self,
+        prepared: PreparedDeployment,
+        option: ClassOption,
+        tp: int,
+        pp: int,
+        claim: int,
+        avoid: dict[int, int] | None,
+    ) -> list[tuple[int, list[int]]] | None:
+        """The same rule as the indices, by scanning the few devices a UUID selector allows."""
+        cluster = self.state.cluster
+        allowed = prepared.eligible_gids or frozenset()
+        nodes = sorted({cluster.dev_node[g] for g in allowed if cluster.dev_class[g] == option.class_id})
+        ranked = []
+        for node in nodes:
+            if prepared.eligible_nodes is not None and node not in prepared.eligible_nodes:
+                continue
+            gids, single = self._devices_on_node(node, option.class_id, tp, claim, allowed)
+            if len(gids) < tp:
+                continue
+            kth = min(self.state.free[g] for g in gids) if tp > 1 else self.state.free[gids[0]]
+            ranked.append((bool(avoid and node in avoid), not single, kth, node, gids))
+        ranked.sort()
+        if len(ranked) < pp:
+            return None
+        return sorted((node, gids) for *_, node, gids in ranked[:pp])
+
+    def _devices_on_node(
+        self, node: int, class_id: int, tp: int, claim: int, allowed: frozenset[int] | None
+    ) -> tuple[list[int], bool]:
+        """The ``tp`` tightest devices with ≥ claim free, inside one topology group when one has enough."""
+        cluster = self.state.cluster
+        free = self.state.free
+        fitting = [
+            (free[g], g)
+            for g in cluster.nodes[node].gids_by_class[class_id]
+            if free[g] >= claim and (allowed is None or g in allowed)
+        ]
+        fitting.sort()
+        if tp == 1:
+            return ([fitting[0][1]] if fitting else []), True
+        groups: dict[str | None, list[int]] = {}
+        for _, g in fitting:
+            groups.setdefault(cluster.dev_group[g], []).append(g)
+        best: list[int] | None = None
+        for group, members in sorted(groups.items(), key=lambda item: (item[0] is None, item[0] or "")):
+            if group is None or len(members) < tp:
+                continue
+            pick = members[:tp]
+            if best is None or sum(free[g] for g in pick) < sum(free[g] for g in best):
+                best = pick
+        if best is not None:
+            return sorted(best, key=lambda g: cluster.dev_index[g]), True
+        pick = [g for _, g in fitting[:tp]]
+        return sorted(pick, key=lambda g: cluster.dev_index[g]), False
+
+    def pick_cpu(self, prepared: PreparedDeployment, avoid: dict[int, int] | None) -> int | None:
+        index = self.state.cpu_index()
+        fallback = None
+        for _, node in index.irange((prepared.cpu_host_bytes, -1)):
+            if prepared.eligible_nodes is not None and node not in prepared.eligible_nodes:
+                continue
+            if avoid and node in avoid:
+                fallback = node if fallback is None else fallback
+                continue
+            return node
+        return fallback
