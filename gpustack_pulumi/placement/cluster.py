@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from gpustack_runtime.wire import CapacityDocument, Inventory
 from sortedcontainers import SortedList
 
-from gpustack_pulumi.placement.demand import DeviceClass
+from gpustack_pulumi.placement.demand import CLAIM_GRANULARITY_BYTES, DeviceClass
 
 CPU_VENDOR = "cpu"
 
@@ -58,6 +58,7 @@ class Cluster:
     gid_by_uuid: dict[str, int] = field(default_factory=dict)
     class_nodes: dict[int, list[int]] = field(default_factory=dict)
     cpu_nodes: list[int] = field(default_factory=list)
+    class_has_groups: list[bool] = field(default_factory=list)  # any device of the class has a topology group
 
     @property
     def device_count(self) -> int:
@@ -75,7 +76,7 @@ def build_cluster(inventory: Inventory, own_owner_prefix: str | None = None) -> 
     """Index an inventory. Allocations whose owner starts with ``own_owner_prefix`` are this planner's own
     (the previous plan accounts for them) and are not subtracted; all other allocations are respected."""
     documents: list[CapacityDocument] = sorted(inventory.nodes, key=lambda doc: doc.name)
-    class_ids: dict[DeviceClass, int] = {}
+    class_ids: dict[tuple, int] = {}
     classes: list[DeviceClass] = []
     cluster = Cluster(
         nodes=[],
@@ -104,11 +105,14 @@ def build_cluster(inventory: Inventory, own_owner_prefix: str | None = None) -> 
         gids: list[int] = []
         by_class: dict[int, list[int]] = {}
         for device in sorted(doc.devices, key=lambda d: d.index):
-            dclass = DeviceClass(device.vendor, device.product, device.memory_total, device.compute_capability)
-            class_id = class_ids.get(dclass)
+            class_key = (device.vendor, device.product, device.memory_total, device.compute_capability)
+            class_id = class_ids.get(class_key)
             if class_id is None:
-                class_id = class_ids[dclass] = len(classes)
-                classes.append(dclass)
+                class_id = class_ids[class_key] = len(classes)
+                classes.append(DeviceClass(*class_key))
+                cluster.class_has_groups.append(False)
+            if device.topology_group is not None:
+                cluster.class_has_groups[class_id] = True
             gid = len(cluster.dev_node)
             if (node_id, device.index) in cluster.gid_of:
                 raise ValueError(f"inventory: node '{doc.name}' lists device index {device.index} twice")
@@ -126,12 +130,12 @@ def build_cluster(inventory: Inventory, own_owner_prefix: str | None = None) -> 
             cluster.dev_total.append(device.memory_total)
             cluster.dev_uuid.append(device.uuid)
             cluster.dev_group.append(device.topology_group)
-            cluster.dev_base_free.append(device.memory_total - allocated_others - foreign)
+            cluster.dev_base_free.append(_whole_units(device.memory_total - allocated_others - foreign))
             cluster.gid_of[(node_id, device.index)] = gid
             cluster.gid_by_uuid[device.uuid] = gid
             gids.append(gid)
             by_class.setdefault(class_id, []).append(gid)
-        host_free = None if doc.memory_total is None else doc.memory_total - host_alloc
+        host_free = None if doc.memory_total is None else _whole_units(doc.memory_total - host_alloc)
         cluster.nodes.append(
             NodeInfo(node_id, doc.name, dict(doc.labels), gids, by_class, doc.memory_total, host_free)
         )
@@ -141,6 +145,11 @@ def build_cluster(inventory: Inventory, own_owner_prefix: str | None = None) -> 
         if not gids:
             cluster.cpu_nodes.append(node_id)
     return cluster
+
+
+def _whole_units(free: int) -> int:
+    """Free memory rounded down to the claim granularity (claims are rounded up to it)."""
+    return (free // CLAIM_GRANULARITY_BYTES) * CLAIM_GRANULARITY_BYTES
 
 
 def kth_largest(values: list[int], k: int) -> int:

@@ -20,6 +20,15 @@ from typing import Protocol
 from gpustack_pulumi.analysis.profile import ModelProfile
 
 GIB = 1024**3
+MIB = 1024**2
+
+# Claims are whole MiB (rounded up) and free memory whole MiB (rounded down, cluster.py): the heuristic and
+# the exact solver then see the same integers, and the solver can count in MiB without rounding errors.
+CLAIM_GRANULARITY_BYTES = MIB
+
+
+def round_up_claim(value: int) -> int:
+    return -(-value // CLAIM_GRANULARITY_BYTES) * CLAIM_GRANULARITY_BYTES
 
 # Fixed per-instance overhead for engines without a memory model: GPUStack's "framework_overhead" for LLMs
 # (2 GiB; gpustack/policies/utils.py estimate_model_vram, "CUDA graphs can take additional 1~3 GiB"). It
@@ -274,6 +283,9 @@ class DemandCache:
         found = self._device.get(key)
         if found is None:
             found = self.engine_model(request.engine).device_demand(profile, request, tp, pp, memory)
+            if found.fits:
+                rounded = round_up_claim(found.claim_bytes)
+                found = DeviceDemand(rounded <= memory, rounded, found.memory_fraction, found.detail)
             self._device[key] = found
         return found
 
@@ -281,5 +293,5 @@ class DemandCache:
         key = (profile_key, request)
         found = self._host.get(key)
         if found is None:
-            found = self._host[key] = self.engine_model(request.engine).host_demand(profile, request)
+            found = self._host[key] = round_up_claim(self.engine_model(request.engine).host_demand(profile, request))
         return found

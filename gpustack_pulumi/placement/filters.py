@@ -8,6 +8,7 @@ empty device); the sizing failure is a rejection too. Every rejection is kept fo
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,6 +49,7 @@ class ClassOption:
     tps: list[int]  # valid TP sizes that fit on one node, smallest first (first = the preferred shape)
     max_per_node: int
     multi_node: tuple[int, int] | None = None  # (tp, pp) when only a multi-node shape fits
+    demands: dict[tuple[int, int], DeviceDemand] = field(default_factory=dict)  # memo per (tp, pp)
 
 
 @dataclass
@@ -64,19 +66,28 @@ class PreparedDeployment:
     cpu_request: DemandRequest | None = None
     cpu_host_bytes: int = 0
     rejections: list[Rejection] = field(default_factory=list)
+    scope_key: tuple = ()  # the sorted node_selector items: names the index scope
+    _size: int | None = None
 
     @property
     def name(self) -> str:
         return self.deployment.name
 
     def demand(self, option: ClassOption, tp: int, pp: int = 1) -> DeviceDemand:
-        assert self.profile is not None
-        return self.cache.device(
-            self.profile_key, self.profile, option.request, tp, pp, option.dclass.memory_total
-        )
+        found = option.demands.get((tp, pp))
+        if found is None:
+            assert self.profile is not None
+            found = self.cache.device(self.profile_key, self.profile, option.request, tp, pp, option.dclass.memory_total)
+            option.demands[(tp, pp)] = found
+        return found
 
     def size_key(self) -> int:
         """Bytes of the cheapest preferred shape: biggest first is first-fit decreasing."""
+        if self._size is None:
+            self._size = self._compute_size()
+        return self._size
+
+    def _compute_size(self) -> int:
         sizes = []
         for option in self.options:
             if option.tps:
@@ -184,16 +195,42 @@ class PrepareMemo:
     """Answers shared by many deployments of one plan: node_selector scopes, devices per node, TP sizes."""
 
     scopes: dict[tuple, frozenset[int]] = field(default_factory=dict)
+    prepared: dict[tuple, PreparedDeployment] = field(default_factory=dict)  # by spec_key
     per_node: dict[tuple, int] = field(default_factory=dict)
     stage_nodes: dict[tuple, int] = field(default_factory=dict)
     valid_tps: dict[tuple, list[int]] = field(default_factory=dict)
 
 
+def spec_key(deployment: Deployment) -> tuple:
+    """Everything but name, replicas and priority: deployments with equal keys are prepared once."""
+    return (
+        deployment.model,
+        deployment.engine,
+        deployment.max_model_len,
+        deployment.concurrency,
+        deployment.mode,
+        deployment.quantization,
+        deployment.kv_cache_dtype,
+        tuple(sorted(deployment.node_selector.items())),
+        tuple(deployment.gpu_selector),
+    )
+
+
 def prepare(
     deployment: Deployment, cluster: Cluster, cache: DemandCache, memo: PrepareMemo | None = None
 ) -> PreparedDeployment:
-    """PreFilter + Filter + sizing for one deployment."""
+    """PreFilter + Filter + sizing for one deployment (shared with earlier deployments of the same spec)."""
     memo = memo if memo is not None else PrepareMemo()
+    key = spec_key(deployment)
+    template = memo.prepared.get(key)
+    if template is None:
+        template = memo.prepared[key] = _prepare(deployment, cluster, cache, memo)
+    if template.deployment is deployment:
+        return template
+    return dataclasses.replace(template, deployment=deployment)
+
+
+def _prepare(deployment: Deployment, cluster: Cluster, cache: DemandCache, memo: PrepareMemo) -> PreparedDeployment:
     quantization = deployment.quantization
     prepared = PreparedDeployment(deployment, None, (deployment.model, quantization), cache)
     try:
@@ -202,6 +239,7 @@ def prepare(
         prepared.error = Rejection("ModelAnalysis", f"model '{deployment.model}' cannot be analysed: {error}")
         return prepared
     prepared.profile = profile
+    prepared.scope_key = tuple(sorted(deployment.node_selector.items()))
     max_len = deployment.max_model_len or profile.max_model_len
     if max_len > profile.max_model_len:
         prepared.error = Rejection(

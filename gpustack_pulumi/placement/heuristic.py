@@ -19,9 +19,6 @@ from gpustack_pulumi.placement.scorers import Candidate, ScoredCandidate, ScoreP
 # topology group, before settling for the tightest: the k8s "score a bounded number of nodes" idea.
 TOPOLOGY_LOOKAHEAD_NODES = 8
 
-# A node_selector scope or UUID list this small is scanned directly instead of indexed.
-SCAN_LIMIT_DEVICES = 64
-
 
 @dataclass
 class ReplicaTask:
@@ -33,6 +30,11 @@ class ReplicaTask:
 def order_key(task: ReplicaTask) -> tuple:
     """Priority first, then the biggest demand (first-fit decreasing), then names: fully deterministic."""
     return (-task.prepared.deployment.priority, -task.prepared.size_key(), task.prepared.name, task.replica)
+
+
+def smallest_first_key(task: ReplicaTask) -> tuple:
+    """Priority first, then the smallest demand: places the most replicas when not everything fits."""
+    return (-task.prepared.deployment.priority, task.prepared.size_key(), task.prepared.name, task.replica)
 
 
 class Placer:
@@ -78,6 +80,42 @@ class Placer:
                 )
         return found
 
+    def place_all(self, tasks: list[ReplicaTask]) -> list[tuple[ReplicaTask, ScoredCandidate | None]]:
+        """Place ``tasks`` (sorted by ``order_key``). When some do not fit, also try smallest-first and keep
+        the better result: more replicas per priority tier, then fewer GPUs, then fewer nodes."""
+        first = [(task, self.place(task.prepared)) for task in tasks]
+        if all(chosen is not None for _, chosen in first):
+            return first
+        first_quality = self._quality(first)
+        self.undo(first)
+        second = [(task, self.place(task.prepared)) for task in sorted(tasks, key=smallest_first_key)]
+        if self._quality(second) > first_quality:
+            return second
+        self.undo(second)
+        return [(task, self.place(task.prepared)) for task in tasks]
+
+    def _quality(self, placed: list[tuple[ReplicaTask, ScoredCandidate | None]]) -> tuple:
+        tiers: dict[int, int] = {}
+        for task, chosen in placed:
+            if chosen is not None:
+                priority = task.prepared.deployment.priority
+                tiers[priority] = tiers.get(priority, 0) + 1
+        by_tier = tuple(tiers.get(p, 0) for p in sorted({t.prepared.deployment.priority for t, _ in placed},
+                                                          reverse=True))
+        gpus = sum(1 for users in self.state.users if users)
+        nodes = sum(1 for users in self.state.node_users if users)
+        return (*by_tier, -gpus, -nodes)
+
+    def undo(self, placed: list[tuple[ReplicaTask, ScoredCandidate | None]]) -> None:
+        for task, chosen in reversed(placed):
+            if chosen is None:
+                continue
+            candidate = chosen.candidate
+            if candidate.class_id is None:
+                self.state.claim_host(task.prepared.name, candidate.node_gids[0][0], candidate.claim, sign=-1)
+            else:
+                self.state.release(task.prepared.name, candidate.node_gids, candidate.claim)
+
     def place(self, prepared: PreparedDeployment) -> ScoredCandidate | None:
         candidates = self.candidates(prepared)
         if not candidates:
@@ -93,10 +131,6 @@ class Placer:
             self.state.claim(deployment, candidate.node_gids, candidate.claim)
 
     # --- device choice -------------------------------------------------------------------------------
-    def _scope(self, prepared: PreparedDeployment) -> tuple[tuple, frozenset[int] | None]:
-        if prepared.eligible_nodes is None:
-            return (), None
-        return tuple(sorted(prepared.deployment.node_selector.items())), prepared.eligible_nodes
 
     def pick_devices(
         self,
@@ -110,7 +144,7 @@ class Placer:
         """Best fit: ``pp`` distinct nodes, each with ``tp`` devices of the class having ≥ claim free."""
         if prepared.eligible_gids is not None:
             return self._scan_pick(prepared, option, tp, pp, claim, avoid)
-        scope_key, scope = self._scope(prepared)
+        scope_key, scope = prepared.scope_key, prepared.eligible_nodes
         if tp == 1 and pp == 1:
             index = self.state.device_index(option.class_id, scope_key, scope)
             fallback = None
@@ -128,8 +162,10 @@ class Placer:
         avoided: list[tuple[int, list[int]]] = []
         looked = 0
         first: tuple[int, list[int]] | None = None
+        grouped = self.state.cluster.class_has_groups[option.class_id]
         for _, node in index.irange((claim, -1)):
             gids, single_group = self._devices_on_node(node, option.class_id, tp, claim, None)
+            single_group = single_group or not grouped  # no NVLink anywhere in the class: nothing to prefer
             if pp == 1:
                 if avoid and node in avoid:
                     if not avoided:

@@ -34,7 +34,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
-from gpustack_runtime import __version__
 from gpustack_runtime.auth import TokenCheck
 from gpustack_runtime.capacity import (
     HostFacts,
@@ -43,7 +42,7 @@ from gpustack_runtime.capacity import (
     read_host_facts,
     split_device_usage,
 )
-from gpustack_runtime.config import AgentConfig
+from gpustack_runtime.config import AgentConfig, agent_version
 from gpustack_runtime.devices.base import DeviceBackend, DeviceSnapshot
 from gpustack_runtime.ledger import Admitted, DeviceUsage, DuplicateDeviceError, Ledger
 from gpustack_runtime.metrics import (
@@ -267,7 +266,9 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         await supervisor.start()
         runtime.ledger.sync_instances(supervisor.list())
         sweeper = asyncio.create_task(_sweep_reservations(runtime.ledger, config.reservation_sweep_seconds))
-        logger.info("agent %s serving node %s with the %s device backend", __version__, config.node_name, backend.name)
+        logger.info(
+            "agent %s serving node %s with the %s device backend", agent_version(), config.node_name, backend.name
+        )
         try:
             yield
         finally:
@@ -281,7 +282,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
     authenticated = [Depends(TokenCheck(config.token))]
     app = FastAPI(
         title="gpustack-agent",
-        version=__version__,
+        version=agent_version(),
         description=__doc__,
         lifespan=lifespan,
         docs_url=None,
@@ -292,16 +293,20 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
     app.add_exception_handler(AdmissionRefused, _render_admission_refused)
     app.add_middleware(RequestLatencyMiddleware, histogram=request_histogram)
 
+    # Every route is ``async def``: FastAPI would run plain ``def`` routes in a thread pool, and the supervisor
+    # may only be used from its event loop. What the routes do synchronously (ledger, device snapshot) takes
+    # well under a millisecond.
+
     @app.get("/openapi.json", include_in_schema=False, dependencies=authenticated)
-    def openapi_document() -> JSONResponse:
+    async def openapi_document() -> JSONResponse:
         return JSONResponse(app.openapi())
 
     @app.get("/docs", include_in_schema=False, dependencies=authenticated)
-    def interactive_docs() -> HTMLResponse:
+    async def interactive_docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="gpustack-agent")
 
     @app.get("/healthz", tags=["agent"])
-    def healthz() -> HealthStatus:
+    async def healthz() -> HealthStatus:
         """Liveness; the only endpoint without a token."""
         return HealthStatus()
 
@@ -312,12 +317,12 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         responses={**ERROR_RESPONSES, 200: {"content": {CONTENT_TYPE_LATEST: {}}}},
         response_class=Response,
     )
-    def metrics() -> Response:
+    async def metrics() -> Response:
         """Prometheus text format: device memory and utilisation, instance state, request latency."""
         return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/node", tags=["node"], dependencies=authenticated, responses=ERROR_RESPONSES)
-    def node() -> NodeInfo:
+    async def node() -> NodeInfo:
         """Host facts and the full device snapshots (processes, utilisation, power)."""
         snapshots, _ = runtime.read_devices()
         return NodeInfo(
@@ -329,14 +334,14 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         )
 
     @app.get("/v1/capacity", tags=["node"], dependencies=authenticated, responses=ERROR_RESPONSES)
-    def capacity() -> CapacityDocument:
+    async def capacity() -> CapacityDocument:
         """Devices with live and allocated memory, and the allocations of instances and reservations."""
         return runtime.capacity()
 
     # --- reservations ----------------------------------------------------------------------------------
 
     @app.get("/v1/reservations", tags=["reservations"], dependencies=authenticated, responses=ERROR_RESPONSES)
-    def list_reservations() -> list[ReservationStatus]:
+    async def list_reservations() -> list[ReservationStatus]:
         """Live reservations, confirmed or not."""
         return [record.to_status() for record in runtime.ledger.reservations()]
 
@@ -346,7 +351,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         dependencies=authenticated,
         responses=NOT_FOUND_RESPONSES,
     )
-    def get_reservation(reservation_id: ItemId) -> ReservationStatus:
+    async def get_reservation(reservation_id: ItemId) -> ReservationStatus:
         for record in runtime.ledger.reservations():
             if record.id == reservation_id:
                 return record.to_status()
@@ -358,7 +363,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         dependencies=authenticated,
         responses={**ADMISSION_RESPONSES, 201: {"model": ReservationStatus, "description": "Created."}},
     )
-    def put_reservation(reservation_id: ItemId, body: ReservationBody, response: Response) -> ReservationStatus:
+    async def put_reservation(reservation_id: ItemId, body: ReservationBody, response: Response) -> ReservationStatus:
         """Create (201), renew or replace (200) a lease. It expires ``ttl_seconds`` after this PUT unless an
         instance with the same id confirms it."""
         _, usages = runtime.read_devices()
@@ -378,7 +383,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         status_code=status.HTTP_204_NO_CONTENT,
         responses=NOT_FOUND_RESPONSES,
     )
-    def delete_reservation(reservation_id: ItemId) -> Response:
+    async def delete_reservation(reservation_id: ItemId) -> Response:
         if not runtime.ledger.delete_reservation(reservation_id):
             raise _not_found("reservation", reservation_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -386,7 +391,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
     # --- instances -------------------------------------------------------------------------------------
 
     @app.get("/v1/instances", tags=["instances"], dependencies=authenticated, responses=ERROR_RESPONSES)
-    def list_instances() -> list[InstanceStatus]:
+    async def list_instances() -> list[InstanceStatus]:
         return sorted(supervisor.list(), key=lambda instance: instance.id)
 
     @app.get(
@@ -395,7 +400,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         dependencies=authenticated,
         responses=NOT_FOUND_RESPONSES,
     )
-    def get_instance(instance_id: ItemId) -> InstanceStatus:
+    async def get_instance(instance_id: ItemId) -> InstanceStatus:
         found = supervisor.get(instance_id)
         if found is None:
             raise _not_found("instance", instance_id)
@@ -452,7 +457,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         response_class=PlainTextResponse,
         responses={**NOT_FOUND_RESPONSES, 200: {"content": {"text/plain": {}}}},
     )
-    def instance_logs(
+    async def instance_logs(
         instance_id: ItemId,
         tail: Annotated[int, Query(ge=0, le=MAX_LOG_TAIL_LINES)] = DEFAULT_LOG_TAIL_LINES,
         follow: bool = False,

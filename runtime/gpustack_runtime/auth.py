@@ -31,7 +31,7 @@ class TokenCheck:
     def matches(self, candidate: str) -> bool:
         return hmac.compare_digest(candidate.encode(), self._expected)
 
-    def __call__(
+    async def __call__(  # async: a plain function would be run in FastAPI's thread pool, a hop per request
         self,
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),  # noqa: B008

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
-from gpustack_runtime import __version__
+from gpustack_runtime.config import agent_version
 from gpustack_runtime.devices.base import DeviceSnapshot
 from gpustack_runtime.ledger import Claim, DeviceUsage
 from gpustack_runtime.wire import CapacityDocument, DeviceCapacity
@@ -79,14 +79,12 @@ def read_host_facts() -> HostFacts:
         architecture=uname.machine,
         cpu_count=os.cpu_count() or 0,
         memory_total=_memory_total_bytes(),
-        agent_version=__version__,
+        agent_version=agent_version(),
         python_version=platform.python_version(),
     )
 
 
-def split_device_usage(
-    snapshots: Sequence[DeviceSnapshot], process_trees: Mapping[str, set[int]]
-) -> list[DeviceUsage]:
+def split_device_usage(snapshots: Sequence[DeviceSnapshot], process_trees: Mapping[str, set[int]]) -> list[DeviceUsage]:
     """Attribute each device process's memory to the instance whose process tree holds it, or to
     ``foreign`` when none does."""
     owner_of_pid = {pid: instance_id for instance_id, pids in process_trees.items() for pid in pids}

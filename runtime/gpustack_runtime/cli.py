@@ -21,13 +21,13 @@ from pathlib import Path
 
 from pydantic import SecretStr, ValidationError
 
-from gpustack_runtime import __version__
 from gpustack_runtime.config import (
     DEFAULT_AGENT_PORT,
     DEFAULT_MEMORY_SAFETY_MARGIN_BYTES,
     DEFAULT_PORT_RANGE,
     MIB,
     AgentConfig,
+    agent_version,
     parse_labels,
     parse_port_range,
 )
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The gpustack-pulumi node agent: live GPU capacity, reservations and engine supervision "
         "over an HTTP API with a bearer token.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {agent_version()}")
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: %(default)s).")
     parser.add_argument(
         "--port", type=int, default=DEFAULT_AGENT_PORT, help="TCP port to listen on (default: %(default)s)."
@@ -162,9 +162,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = parser.parse_args(argv)
     logging.getLogger().setLevel(args.log_level.upper())
     config = config_from_args(parser, args)

@@ -5,11 +5,16 @@ Every default lives here once, next to the reason for its value.
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from gpustack_runtime import __version__
+
+DISTRIBUTION_NAME = "gpustack-runtime"
 
 MIB = 1024 * 1024
 
@@ -74,8 +79,7 @@ class AgentConfig(BaseModel):
         for key in labels:
             if not LABEL_KEY_PATTERN.fullmatch(key):
                 raise ValueError(
-                    f"label key {key!r} must be letters, digits and '_.-/', starting and ending with a "
-                    "letter or digit"
+                    f"label key {key!r} must be letters, digits and '_.-/', starting and ending with a letter or digit"
                 )
         return labels
 
@@ -122,3 +126,12 @@ def parse_port_range(text: str) -> tuple[int, int]:
     if not sep or not (1 <= low <= high <= 65535):
         raise ValueError(f"port range {text!r} must be LOW-HIGH with 1 <= LOW <= HIGH <= 65535")
     return low, high
+
+
+def agent_version() -> str:
+    """The installed distribution's version (what pip installed and ``install.sh`` compares), falling back to
+    the package's ``__version__`` when it runs from a source tree that is not installed."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        return __version__

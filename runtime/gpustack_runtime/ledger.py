@@ -289,8 +289,7 @@ class Ledger:
             self._expire_locked()
             claims = self._counted_claims_locked(exclude_instance=None, exclude_reservation=None)
             return {
-                device.index: self._shortfall_inputs(device, claims, exclude_instance=None)[-1]
-                for device in devices
+                device.index: self._shortfall_inputs(device, claims, exclude_instance=None)[-1] for device in devices
             }
 
     # --- instances ---------------------------------------------------------------------------------
@@ -415,9 +414,7 @@ class Ledger:
             self._persist_locked()
         return expired
 
-    def _counted_claims_locked(
-        self, *, exclude_instance: str | None, exclude_reservation: str | None
-    ) -> list[Claim]:
+    def _counted_claims_locked(self, *, exclude_instance: str | None, exclude_reservation: str | None) -> list[Claim]:
         claims = [claim for iid, claim in sorted(self._instances.items()) if iid != exclude_instance]
         claims += [
             record.to_claim()
@@ -431,14 +428,9 @@ class Ledger:
     ) -> tuple[int, int, int]:
         """(allocated, used_by_instances, available) on one device."""
         allocated = sum(c.memory_bytes_per_device for c in claims if device.index in c.device_indices)
-        used_by_instances = sum(
-            used for iid, used in device.instance_bytes.items() if iid != exclude_instance
-        )
+        used_by_instances = sum(used for iid, used in device.instance_bytes.items() if iid != exclude_instance)
         available = (
-            device.memory_total
-            - self.safety_margin_bytes
-            - max(allocated, used_by_instances)
-            - device.foreign_bytes
+            device.memory_total - self.safety_margin_bytes - max(allocated, used_by_instances) - device.foreign_bytes
         )
         return allocated, used_by_instances, available
 

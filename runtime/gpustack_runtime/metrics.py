@@ -147,12 +147,8 @@ class RequestLatencyMiddleware:
             await self.app(scope, receive, send_and_record_status)
         finally:
             route = scope.get("route")
-            template = (
-                route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else UNMATCHED_ROUTE
-            )
-            self.histogram.labels(scope["method"], template, str(status_code)).observe(
-                time.perf_counter() - started
-            )
+            template = route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else UNMATCHED_ROUTE
+            self.histogram.labels(scope["method"], template, str(status_code)).observe(time.perf_counter() - started)
 
 
 def new_request_histogram(registry: CollectorRegistry) -> Histogram:

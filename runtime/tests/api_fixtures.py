@@ -127,13 +127,9 @@ class LiveAgent:
         self.backend = backend
         port = server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        self.client = httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30.0
-        )
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30.0)
 
-    def wait_state(
-        self, instance_id: str, states: set[InstanceState], timeout: float = 15.0
-    ) -> InstanceStatus:
+    def wait_state(self, instance_id: str, states: set[InstanceState], timeout: float = 15.0) -> InstanceStatus:
         """Poll ``GET /v1/instances/{id}`` until the state is one of ``states``."""
         deadline = time.monotonic() + timeout
         while True:

@@ -38,6 +38,7 @@ MARKER_ENV = "GPUSTACK_TEST_ENGINE_MARKER"
 """Every engine a harness starts carries this variable, so cleanup finds it (and its children) in /proc."""
 
 PORT_BLOCK = 32
+EPHEMERAL_PORT_RANGE_PATH = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 T = TypeVar("T")
 
@@ -80,8 +81,10 @@ class SupervisorHarness:
         self.tmp_path = tmp_path
         self.state_dir = tmp_path / "state"
         self.marker = uuid.uuid4().hex
-        # A random block: other engineers' tests run at the same time and also start servers.
-        low = random.randrange(41000, 49000, PORT_BLOCK)
+        # A random block (other tests on this machine start servers too) below the kernel's ephemeral range:
+        # a port the kernel may hand to any outgoing connection can be taken between bind-test and listen.
+        ephemeral_low = int(EPHEMERAL_PORT_RANGE_PATH.read_text().split()[0])
+        low = random.randrange(20000, max(20000 + PORT_BLOCK, ephemeral_low - PORT_BLOCK), PORT_BLOCK)
         self.port_range = (low, low + PORT_BLOCK - 1)
 
     def supervisor(self, **overrides: Any) -> Supervisor:

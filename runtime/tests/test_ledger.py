@@ -37,9 +37,7 @@ class FakeClock:
         return self.now
 
 
-def instance(
-    owner: str = "stack/dep", devices: tuple[int, ...] = (0,), memory: int = 10 * GIB
-) -> InstanceBody:
+def instance(owner: str = "stack/dep", devices: tuple[int, ...] = (0,), memory: int = 10 * GIB) -> InstanceBody:
     return InstanceBody(
         owner=owner,
         launch=LaunchBody(argv=["engine"]),
@@ -51,9 +49,7 @@ def instance(
 def reservation(
     owner: str = "stack/dep", devices: tuple[int, ...] = (0,), memory: int = 10 * GIB, ttl: float = 60
 ) -> ReservationBody:
-    return ReservationBody(
-        owner=owner, device_indices=list(devices), memory_bytes_per_device=memory, ttl_seconds=ttl
-    )
+    return ReservationBody(owner=owner, device_indices=list(devices), memory_bytes_per_device=memory, ttl_seconds=ttl)
 
 
 def gpus(count: int = 2, total: int = 80 * GIB) -> list[DeviceUsage]:
@@ -310,9 +306,7 @@ def test_racing_claims_that_together_exceed_a_device_get_exactly_one_rejection(l
 def test_available_bytes_follows_the_rule(ledger: Ledger) -> None:
     ledger.admit_instance("a", instance(memory=20 * GIB), gpus(1))
     ledger.put_reservation("r", reservation(memory=10 * GIB), gpus(1))
-    devices = [
-        DeviceUsage(index=0, memory_total=80 * GIB, foreign_bytes=5 * GIB, instance_bytes={"a": 25 * GIB})
-    ]
+    devices = [DeviceUsage(index=0, memory_total=80 * GIB, foreign_bytes=5 * GIB, instance_bytes={"a": 25 * GIB})]
 
     # max(allocated 30, used by instances 25) = 30
     assert ledger.available_bytes(devices) == {0: 80 * GIB - MARGIN - 30 * GIB - 5 * GIB}

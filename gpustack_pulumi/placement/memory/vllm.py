@@ -330,19 +330,13 @@ def activation_peak(profile: ModelProfile, *, tp: int, max_num_batched_tokens: i
 
 
 def _active_intermediate(profile: ModelProfile) -> int:
-    """MLP width one token activates: the dense width, or top-k × expert width (+ shared experts)."""
-    widths = []
-    for comp in profile.components:
-        if comp.name == "mlp" and comp.layers:
-            widths.append(comp.parameters // comp.layers // (3 * profile.hidden_size))
-        if comp.name in ("experts", "shared_experts") and comp.layers:
-            widths.append(comp.active_parameters // comp.layers // (3 * profile.hidden_size))
-    experts_and_shared = sum(
-        c.active_parameters // c.layers // (3 * profile.hidden_size)
-        for c in profile.components
-        if c.name in ("experts", "shared_experts") and c.layers
-    )
-    return max([*widths, experts_and_shared, 1])
+    """MLP width one token activates: the dense width, or top-k × expert width plus the shared experts."""
+
+    def width(name: str) -> int:
+        comp = profile.component(name)  # type: ignore[arg-type]
+        return comp.active_parameters // comp.layers // (3 * profile.hidden_size) if comp and comp.layers else 0
+
+    return max(width("mlp"), width("experts") + width("shared_experts"), 1)
 
 
 def _largest_fitting_len(cap: KvCapacity, max_len: int) -> int:

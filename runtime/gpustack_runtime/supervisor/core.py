@@ -456,17 +456,21 @@ class Supervisor:
         instance.restart_due = None
         self._logs_dir.mkdir(parents=True, exist_ok=True)
         prune_logs(self._logs_dir, instance.id, instance.log_generation)
+        reason: str | None = None
+        argv = instance.body.launch.argv
         try:
             argv, environment = await self._command(instance)
             log_file = log_path(self._logs_dir, instance.id, instance.log_generation)
             pid = spawn_engine(argv, environment, log_file)
-        except (OSError, ValueError) as error:
+        except ValueError as error:
+            reason = str(error)
+        except OSError as error:
+            reason = f"{argv[0]!r}: {error.strerror or error}"
+        if reason is not None:
             instance.state = "failed"
             instance.pid = None
             instance.pid_start_time = None
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            program = instance.body.launch.argv[0]
-            instance.message = f"cannot start the engine {program!r}: {reason}"
+            instance.message = f"cannot start the engine: {reason}"
             logger.warning("instance %s: %s", instance.id, instance.message)
             return
         instance.pid = pid
@@ -592,7 +596,7 @@ class Supervisor:
             return True, None  # gone and collected by its parent, or the pid is another process's now
         if stat.running:
             return False, None
-        return True, procfs.reap(instance.pid)  # a zombie: collect it if it is our child
+        return procfs.collect_exit(instance.pid)  # a zombie: collect it if it is our child
 
     def _on_exit(self, instance: _Instance, exit_code: int | None, now: float) -> None:
         if instance.pid is not None:

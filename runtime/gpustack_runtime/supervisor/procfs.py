@@ -130,19 +130,22 @@ def group_members(pgid: int) -> list[int]:
     return [stat.pid for stat in all_stats() if stat.pgrp == pgid and stat.running]
 
 
-def reap(pid: int) -> int | None:
-    """Collect the exit status of ``pid`` if it is an exited child of this process.
+def collect_exit(pid: int) -> tuple[bool, int | None]:
+    """Collect the exit status of ``pid`` if it is a child of this process. Returns (finished, exit code):
 
-    Returns the exit code the way :mod:`subprocess` reports it (negative signal number for a signal), or None
-    when ``pid`` still runs or is not our child (then whoever is its parent collects it).
+    - (True, code): our child exited; the code as :mod:`subprocess` reports it (-N for signal N);
+    - (False, None): our child has not finished. That includes a leader that already shows as a zombie while
+      the other threads of a multi-threaded engine are still exiting: the kernel lets it be collected only
+      after the last thread is gone;
+    - (True, None): not our child (or collected already); whoever is its parent collects it.
     """
     try:
         waited_pid, wait_status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return None
+        return True, None
     if waited_pid == 0:
-        return None
-    return os.waitstatus_to_exitcode(wait_status)
+        return False, None
+    return True, os.waitstatus_to_exitcode(wait_status)
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:
@@ -176,11 +179,11 @@ async def terminate_group(pgid: int, leader_start_time: int | None, grace_second
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_seconds
     killed = False
+    leader_finished = False
     while True:
-        collected = reap(pgid)
-        if collected is not None:
-            exit_code = collected
-        if not group_members(pgid):
+        if not leader_finished:
+            leader_finished, exit_code = collect_exit(pgid)
+        if leader_finished and not group_members(pgid):
             return exit_code
         if not killed and loop.time() >= deadline:
             _signal_group(pgid, signal.SIGKILL)

@@ -20,6 +20,7 @@ CHILD_CODE = """
 import signal, sys, time
 if sys.argv[1] == "ignore":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("child ready", flush=True)
 while True:
     time.sleep(1)
 """
@@ -65,7 +66,9 @@ def main(argv: list[str]) -> int:
         print(line, flush=True)
     if options.spawn_child:
         mode = "ignore" if options.child_ignores_sigterm else "default"
-        child = subprocess.Popen([sys.executable, "-c", CHILD_CODE, mode])
+        child = subprocess.Popen([sys.executable, "-c", CHILD_CODE, mode], stdout=subprocess.PIPE)
+        assert child.stdout is not None
+        child.stdout.readline()  # its signal disposition is set: tests may rely on it once we are ready
         with open(options.spawn_child, "w") as pid_file:
             pid_file.write(str(child.pid))
     if options.ignore_sigterm:

@@ -1,0 +1,480 @@
+"""The exact placer for small problems: OR-Tools CP-SAT, lexicographic objective, bounded time.
+
+Objective, strictly in this order (integer weights, so CP-SAT optimises it exactly):
+1. placed replicas, weighted so that one replica of a higher priority outweighs all lower ones;
+2. (spread only) fewest extra replicas of one deployment on one node;
+3. fewest GPUs used, 4. fewest nodes used, 5. fewest ranks (the smallest TP).
+
+Variables per replica and option (device class × TP × PP, or CPU): a choice ``u``; per node ``y`` (the
+node holds a stage) and per device ``z`` (the device holds a rank) with ``Σ_node z = TP·y`` and
+``Σ y = PP·u``; device capacity ``Σ claim·z ≤ free``. Replicas of one deployment are interchangeable, so
+``placed[i] ≥ placed[i+1]`` breaks that symmetry. The heuristic's plan is the hint and the fallback: the
+result is never worse than the heuristic. Determinism: one worker, a fixed seed, and a deterministic work
+limit equal to the wall-clock budget (which remains a hard stop).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+from gpustack_pulumi.placement.cluster import ClusterState
+from gpustack_pulumi.placement.demand import CLAIM_GRANULARITY_BYTES
+from gpustack_pulumi.placement.heuristic import Placer, ReplicaTask
+from gpustack_pulumi.placement.models import Strategy
+from gpustack_pulumi.placement.scorers import Candidate, ScoredCandidate, ScorePipeline
+
+# Time kept back from the budget for model building and extraction, so the whole call stays inside it.
+SOLVE_MARGIN_FRACTION = 0.2
+
+# Memory is modelled in MiB: claims and free memory are whole MiB already (demand.CLAIM_GRANULARITY_BYTES),
+# so this is exact. Byte-sized coefficients (~10^11) slow CP-SAT's propagation by orders of magnitude.
+SOLVER_UNIT_BYTES = CLAIM_GRANULARITY_BYTES
+
+
+def _units_up(value: int) -> int:
+    return -(-value // SOLVER_UNIT_BYTES)
+
+
+def _units_down(value: int | None) -> int:
+    return max(0, value or 0) // SOLVER_UNIT_BYTES
+
+
+@dataclass
+class ExactResult:
+    assignments: list[tuple[ReplicaTask, ScoredCandidate | None]]
+    used_exact: bool
+    optimal: bool
+    objective: int
+    bound: int | None = None  # CP-SAT's proven upper bound of the placed-replicas objective
+    base_weight: int = 1  # objective weight of one replica of the lowest priority
+    placed_optimal: bool = False  # the placed replicas are proven optimal (GPUs/nodes may not be)
+
+
+@dataclass
+class _Option:
+    task: int
+    class_id: int | None
+    engine: str
+    tp: int
+    pp: int
+    claim: int
+    fraction: float | None
+    detail: str
+    nodes: list[tuple[int, list[int]]]  # eligible (node, devices with room for one rank)
+
+
+def _options(state: ClusterState, task: ReplicaTask, index: int) -> list[_Option]:
+    prepared = task.prepared
+    cluster = state.cluster
+    out: list[_Option] = []
+
+    def nodes_for(class_id: int, tp: int, claim: int) -> list[tuple[int, list[int]]]:
+        found = []
+        for node in cluster.class_nodes.get(class_id, []):
+            if prepared.eligible_nodes is not None and node not in prepared.eligible_nodes:
+                continue
+            gids = [
+                g
+                for g in cluster.nodes[node].gids_by_class[class_id]
+                if state.free[g] >= claim and (prepared.eligible_gids is None or g in prepared.eligible_gids)
+            ]
+            if len(gids) >= tp:
+                found.append((node, gids))
+        return found
+
+    for option in prepared.options:
+        for tp in option.tps:
+            demand = prepared.demand(option, tp)
+            if demand.fits:
+                nodes = nodes_for(option.class_id, tp, demand.claim_bytes)
+                if nodes:
+                    out.append(_Option(index, option.class_id, option.engine, tp, 1, demand.claim_bytes,
+                                       demand.memory_fraction, demand.detail, nodes))
+    if prepared.cpu_request is not None:
+        hosts = [
+            (n, []) for n in cluster.cpu_nodes
+            if (prepared.eligible_nodes is None or n in prepared.eligible_nodes)
+            and (state.host_free.get(n) or 0) >= prepared.cpu_host_bytes
+        ]
+        if hosts:
+            out.append(_Option(index, None, prepared.cpu_request.engine, 1, 1, prepared.cpu_host_bytes, None,
+                               "host memory", hosts))
+    if not prepared.options and prepared.cpu_request is None:
+        for option in prepared.multi_node_options:
+            assert option.multi_node is not None
+            tp, pp = option.multi_node
+            demand = prepared.demand(option, tp, pp)
+            nodes = nodes_for(option.class_id, tp, demand.claim_bytes)
+            if len(nodes) >= pp:
+                out.append(_Option(index, option.class_id, option.engine, tp, pp, demand.claim_bytes,
+                                   demand.memory_fraction, demand.detail, nodes))
+    return out
+
+
+def _tier_weights(tasks: list[ReplicaTask], base: int) -> dict[int, int]:
+    """Weight per priority so that one replica of a tier outweighs every replica of all lower tiers."""
+    counts: dict[int, int] = {}
+    for task in tasks:
+        priority = task.prepared.deployment.priority
+        counts[priority] = counts.get(priority, 0) + 1
+    weights: dict[int, int] = {}
+    below = 0
+    for priority in sorted(counts):
+        weights[priority] = below + base
+        below += counts[priority] * weights[priority]
+    return weights
+
+
+@dataclass
+class _Group:
+    """Replicas of one deployment: interchangeable, so the model counts them instead of naming them."""
+
+    tasks: list[ReplicaTask]
+    options: list[_Option]
+
+
+def _groups(state: ClusterState, tasks: list[ReplicaTask]) -> list[_Group]:
+    groups: dict[int, _Group] = {}
+    order: list[int] = []
+    for task in tasks:
+        key = id(task.prepared)
+        if key not in groups:
+            groups[key] = _Group([], _options(state, task, len(order)))
+            order.append(key)
+        groups[key].tasks.append(task)
+    return [groups[key] for key in order]
+
+
+def solve_exact(
+    state: ClusterState, tasks: list[ReplicaTask], strategy: Strategy, time_budget_s: float
+) -> ExactResult:
+    """Place ``tasks`` optimally on ``state`` (not modified); falls back to the heuristic's result.
+
+    Replicas of one deployment are counted (integer variables per device / node), which removes their
+    symmetry; identical unused devices of a node are ordered by the bytes they receive, which removes most
+    of the devices' symmetry.
+    """
+    from ortools.sat.python import cp_model
+
+    started = time.perf_counter()
+    heuristic_state = copy.deepcopy(state)
+    heuristic = run_heuristic(heuristic_state, tasks, strategy)
+
+    cluster = state.cluster
+    groups = _groups(state, tasks)
+    model = cp_model.CpModel()
+    load: dict[int, list] = {}  # gid -> [(count var, claim)]
+    eligibility: dict[int, list[tuple[int, int]]] = {}  # gid -> [(group, option)] with a variable on it
+    host_load: dict[int, list] = {}
+    dev_counts: dict[int, list] = {}
+    node_counts: dict[int, list] = {}
+    dep_node: dict[tuple[int, int], list] = {}
+    placed_vars = []
+    rank_terms = []
+    extract: list[tuple[int, _Option, object, dict[int, object], dict[int, object]]] = []
+    for gi, group in enumerate(groups):
+        m = len(group.tasks)
+        counts = []
+        for k, option in enumerate(group.options):
+            c = model.NewIntVar(0, m, f"c_{gi}_{k}")
+            counts.append(c)
+            rank_terms.append(option.tp * option.pp * c)
+            ys: dict[int, object] = {}
+            zs: dict[int, object] = {}
+            if option.class_id is None:
+                for node, _ in option.nodes:
+                    cap = min(m, _units_down(state.host_free.get(node)) // max(1, _units_up(option.claim)))
+                    y = model.NewIntVar(0, cap, f"h_{gi}_{k}_{node}")
+                    ys[node] = y
+                    host_load.setdefault(node, []).append((y, _units_up(option.claim)))
+                    node_counts.setdefault(node, []).append((y, m))
+                    dep_node.setdefault((gi, node), []).append(y)
+                model.Add(sum(ys.values()) == c)
+            else:
+                for node, gids in option.nodes:
+                    y = model.NewIntVar(0, m, f"y_{gi}_{k}_{node}")
+                    ys[node] = y
+                    node_counts.setdefault(node, []).append((y, m))
+                    dep_node.setdefault((gi, node), []).append(y)
+                    node_z = []
+                    for g in gids:
+                        cap = min(m, _units_down(state.free[g]) // max(1, _units_up(option.claim)))
+                        z = model.NewIntVar(0, cap, f"z_{gi}_{k}_{g}")
+                        zs[g] = z
+                        node_z.append(z)
+                        model.Add(z <= y)  # one rank of a replica per device
+                        load.setdefault(g, []).append((z, _units_up(option.claim)))
+                        eligibility.setdefault(g, []).append((gi, k))
+                        dev_counts.setdefault(g, []).append((z, m))
+                    model.Add(sum(node_z) == option.tp * y)
+                    if option.pp > 1:
+                        model.Add(y <= c)  # one stage of a replica per node
+                model.Add(sum(ys.values()) == option.pp * c)
+            extract.append((gi, option, c, ys, zs))
+        placed = model.NewIntVar(0, m, f"placed_{gi}")
+        model.Add(sum(counts) == placed)
+        placed_vars.append(placed)
+
+    for g, terms in load.items():
+        model.Add(sum(claim * z for z, claim in terms) <= _units_down(state.free[g]))
+    for node, terms in host_load.items():
+        model.Add(sum(claim * y for y, claim in terms) <= _units_down(state.host_free.get(node)))
+
+    new_devices = []
+    device_used: dict[int, object] = {}
+    for g, terms in dev_counts.items():
+        if state.users[g]:
+            continue
+        used = model.NewBoolVar(f"dev_{g}")
+        model.Add(sum(z for z, _ in terms) <= sum(bound for _, bound in terms) * used)
+        device_used[g] = used
+        new_devices.append(used)
+    new_nodes = []
+    node_used: dict[int, object] = {}
+    for node, terms in node_counts.items():
+        if state.node_users[node]:
+            continue
+        used = model.NewBoolVar(f"node_{node}")
+        model.Add(sum(y for y, _ in terms) <= sum(bound for _, bound in terms) * used)
+        new_nodes.append(used)
+        node_used[node] = used
+    buckets = _break_device_symmetry(model, state, load, eligibility, device_used)
+
+    excess_terms = []
+    excess_of: dict[tuple[int, int], tuple[object, int]] = {}
+    if strategy == "spread":
+        for (gi, node), terms in dep_node.items():
+            name = groups[gi].tasks[0].prepared.name
+            existing = state.dep_nodes.get(name, {}).get(node, 0)
+            bound = len(groups[gi].tasks) + existing
+            excess = model.NewIntVar(0, bound, f"excess_{gi}_{node}")
+            model.Add(excess >= sum(terms) + existing - 1)
+            excess_terms.append(excess)
+            excess_of[(gi, node)] = (excess, existing)
+
+    ranks = sum(o.tp * o.pp * len(group.tasks) for group in groups for o in group.options) + 1
+    node_weight = ranks + 1
+    device_weight = node_weight * (len(new_nodes) + 1)
+    spread_weight = device_weight * (len(new_devices) + 1)
+    base = (spread_weight * (len(tasks) + 1)) if excess_terms else device_weight * (len(new_devices) + 1)
+    tier = _tier_weights(tasks, base)
+    primary = sum(tier[group.tasks[0].prepared.deployment.priority] * placed_vars[gi] for gi, group in enumerate(groups))
+    secondary = (
+        -spread_weight * sum(excess_terms)
+        - device_weight * sum(new_devices)
+        - node_weight * sum(new_nodes)
+        - sum(rank_terms)
+    )
+    heuristic_value = _value(heuristic, tier, tasks, state, strategy, spread_weight, device_weight, node_weight)
+    base_weight = min(tier.values()) if tier else 1
+
+    # Lexicographic in two solves: first the placed replicas alone (their optimum is usually proven fast),
+    # then, with that many placed, the GPUs/nodes/ranks. Each solve gets half of what is left.
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = 0
+
+    def run(share: float) -> int:
+        remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
+        limit = max(0.01, remaining * share)
+        solver.parameters.max_time_in_seconds = limit
+        solver.parameters.max_deterministic_time = limit
+        return solver.Solve(model)
+
+    _hint_from(model, heuristic, groups, extract, placed_vars, device_used, node_used, excess_of, buckets)
+    model.Maximize(primary)
+    status = run(0.5)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return ExactResult(heuristic, False, False, heuristic_value, None, base_weight)
+    primary_optimal = status == cp_model.OPTIMAL
+    primary_value = int(round(solver.ObjectiveValue()))
+    primary_bound = int(round(solver.BestObjectiveBound()))
+    values = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(model.Proto().variables))]
+    model.Add(primary >= primary_value)
+    model.ClearHints()
+    for i, value in enumerate(values):
+        model.AddHint(model.GetIntVarFromProtoIndex(i), value)
+    model.Maximize(secondary)
+    status = run(1.0)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):  # pragma: no cover - the hint is feasible
+        return ExactResult(heuristic, False, False, heuristic_value, primary_bound, base_weight, primary_optimal)
+    exact_value = primary_value + int(round(solver.ObjectiveValue()))
+    optimal = primary_optimal and status == cp_model.OPTIMAL
+    if exact_value < heuristic_value:
+        return ExactResult(heuristic, False, False, heuristic_value, primary_bound, base_weight, primary_optimal)
+
+    assignments: list[tuple[ReplicaTask, ScoredCandidate | None]] = []
+    next_task = {gi: 0 for gi in range(len(groups))}
+    for gi, option, c, ys, zs in extract:
+        count = solver.Value(c)
+        if not count:
+            continue
+        group_tasks = groups[gi].tasks
+        for node_gids in _decompose(cluster, option, count, {n: solver.Value(y) for n, y in ys.items()},
+                                    {g: solver.Value(z) for g, z in zs.items()}):
+            task = group_tasks[next_task[gi]]
+            next_task[gi] += 1
+            candidate = Candidate(option.class_id, option.engine, option.tp, option.pp, option.claim,
+                                  option.fraction, node_gids, option.detail)
+            assignments.append((task, ScoredCandidate(candidate, 0, ())))
+    for gi, group in enumerate(groups):
+        assignments.extend((task, None) for task in group.tasks[next_task[gi]:])
+    return ExactResult(assignments, True, optimal, exact_value, primary_bound, base_weight, primary_optimal)
+
+
+def _hint_from(
+    model,
+    heuristic: list[tuple[ReplicaTask, ScoredCandidate | None]],
+    groups: list[_Group],
+    extract: list,
+    placed_vars: list,
+    device_used: dict[int, object],
+    node_used: dict[int, object],
+    excess_of: dict[tuple[int, int], tuple[object, int]],
+    buckets: list[list[int]],
+) -> None:
+    """The heuristic's assignment as a complete CP-SAT hint: the search starts from a feasible solution.
+
+    Identical devices are re-ordered the way the symmetry-breaking constraints want (heaviest first)."""
+    group_of = {id(task): gi for gi, group in enumerate(groups) for task in group.tasks}
+    chosen_by_key: dict[tuple[int, int | None, int, int], list] = {}
+    for task, chosen in heuristic:
+        if chosen is not None:
+            c = chosen.candidate
+            chosen_by_key.setdefault((group_of[id(task)], c.class_id, c.tp, c.pp), []).append(c.node_gids)
+    placed = [0] * len(groups)
+    ei_of = {id(c): ei for ei, (_, _, c, _, _) in enumerate(extract)}
+    z_counts: dict[tuple[int, int], int] = {}
+    device_ranks: dict[int, int] = {}
+    node_stages: dict[int, int] = {}
+    group_node: dict[tuple[int, int], int] = {}
+    for gi, option, c, ys, zs in extract:
+        key = (gi, option.class_id, option.tp, option.pp)
+        chosen = chosen_by_key.pop(key, [])
+        if not all(node in ys and all(g in zs for g in gids) for ng in chosen for node, gids in ng):
+            chosen = []
+        placed[gi] += len(chosen)
+        model.AddHint(c, len(chosen))
+        for node, y in ys.items():
+            count = sum(1 for ng in chosen for n, _ in ng if n == node)
+            model.AddHint(y, count)
+            node_stages[node] = node_stages.get(node, 0) + count
+            group_node[(gi, node)] = group_node.get((gi, node), 0) + count
+        for g in zs:
+            count = sum(1 for ng in chosen for _, gids in ng if g in gids)
+            z_counts[(ei_of[id(c)], g)] = count
+    # permute the contents of identical devices so that loads are non-increasing in index order
+    z_vars = {(ei_of[id(c)], g): z for _, _, c, _, zs in extract for g, z in zs.items()}
+    claim_of = {ei_of[id(c)]: _units_up(option.claim) for _, option, c, _, _ in extract}
+    for members in buckets:
+        contents = [{ei: n for (ei, g), n in z_counts.items() if g == member} for member in members]
+        contents.sort(key=lambda content: -sum(claim_of[ei] * n for ei, n in content.items()))
+        for member, content in zip(members, contents, strict=True):
+            for key in [key for key in z_counts if key[1] == member]:
+                z_counts[key] = content.get(key[0], 0)
+    for key, z in z_vars.items():
+        count = z_counts.get(key, 0)
+        model.AddHint(z, count)
+        device_ranks[key[1]] = device_ranks.get(key[1], 0) + count
+    for gi, var in enumerate(placed_vars):
+        model.AddHint(var, placed[gi])
+    for g, var in device_used.items():
+        model.AddHint(var, 1 if device_ranks.get(g) else 0)
+    for node, var in node_used.items():
+        model.AddHint(var, 1 if node_stages.get(node) else 0)
+    for (gi, node), (var, existing) in excess_of.items():
+        model.AddHint(var, max(0, group_node.get((gi, node), 0) + existing - 1))
+
+
+def _break_device_symmetry(
+    model, state: ClusterState, load: dict[int, list], eligibility: dict[int, list], device_used: dict[int, object]
+) -> list[list[int]]:
+    """Identical unused devices of one node (class, free, group, eligibility) are interchangeable: order them
+    by the bytes they receive."""
+    cluster = state.cluster
+    buckets: dict[tuple, list[int]] = {}
+    for g, terms in load.items():
+        if state.users[g]:
+            continue
+        signature = (cluster.dev_node[g], cluster.dev_class[g], state.free[g], cluster.dev_group[g],
+                     tuple(eligibility[g]))
+        buckets.setdefault(signature, []).append(g)
+    for members in buckets.values():
+        members.sort(key=lambda g: cluster.dev_index[g])
+        for first, second in zip(members, members[1:], strict=False):
+            model.Add(
+                sum(claim * z for z, claim in load[first]) >= sum(claim * z for z, claim in load[second])
+            )
+            if first in device_used and second in device_used:
+                model.Add(device_used[first] >= device_used[second])
+    return [members for members in buckets.values() if len(members) > 1]
+
+
+def _decompose(
+    cluster, option: _Option, count: int, stages: dict[int, int], ranks: dict[int, int]
+) -> list[list[tuple[int, list[int]]]]:
+    """Turn per-node stage counts and per-device rank counts into ``count`` replicas (largest first)."""
+    if option.class_id is None:
+        out = []
+        for node in sorted(stages):
+            out.extend([[(node, [])]] * stages[node])
+        return out
+    stages = dict(stages)
+    ranks = dict(ranks)
+    replicas = []
+    for _ in range(count):
+        nodes = sorted((n for n in stages if stages[n] > 0), key=lambda n: (-stages[n], n))[: option.pp]
+        node_gids = []
+        for node in sorted(nodes):
+            stages[node] -= 1
+            on_node = [g for g in ranks if cluster.dev_node[g] == node and ranks[g] > 0]
+            chosen = sorted(on_node, key=lambda g: (-ranks[g], cluster.dev_index[g]))[: option.tp]
+            for g in chosen:
+                ranks[g] -= 1
+            node_gids.append((node, sorted(chosen, key=lambda g: cluster.dev_index[g])))
+        replicas.append(node_gids)
+    return replicas
+
+
+def run_heuristic(
+    state: ClusterState, tasks: list[ReplicaTask], strategy: Strategy
+) -> list[tuple[ReplicaTask, ScoredCandidate | None]]:
+    placer = Placer(state, ScorePipeline(strategy), strategy)
+    return placer.place_all(tasks)
+
+
+def _value(
+    assignments: list[tuple[ReplicaTask, ScoredCandidate | None]],
+    tier: dict[int, int],
+    tasks: list[ReplicaTask],
+    state: ClusterState,
+    strategy: Strategy,
+    spread_weight: int,
+    device_weight: int,
+    node_weight: int,
+) -> int:
+    """The solver's objective for a given assignment (to compare the heuristic's on equal terms)."""
+    value = 0
+    devices: set[int] = set()
+    nodes: set[int] = set()
+    dep_nodes: dict[tuple[str, int], int] = {}
+    for task, chosen in assignments:
+        if chosen is None:
+            continue
+        c = chosen.candidate
+        value += tier[task.prepared.deployment.priority] - c.tp * c.pp
+        for node, gids in c.node_gids:
+            if not state.node_users[node]:
+                nodes.add(node)
+            key = (task.prepared.name, node)
+            dep_nodes[key] = dep_nodes.get(key, 0) + 1
+            devices.update(g for g in gids if not state.users[g])
+    value -= device_weight * len(devices) + node_weight * len(nodes)
+    if strategy == "spread":
+        for (deployment, node), count in dep_nodes.items():
+            existing = state.dep_nodes.get(deployment, {}).get(node, 0)
+            value -= spread_weight * max(0, count + existing - 1)
+    del tasks
+    return value
