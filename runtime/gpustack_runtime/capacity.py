@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 from gpustack_runtime.config import agent_version
 from gpustack_runtime.devices.base import DeviceSnapshot
 from gpustack_runtime.ledger import Claim, DeviceUsage
-from gpustack_runtime.wire import CapacityDocument, DeviceCapacity
+from gpustack_runtime.wire import CapacityDocument
 
 OS_RELEASE = Path("/etc/os-release")
 MEMINFO = Path("/proc/meminfo")
@@ -130,18 +130,11 @@ def build_capacity_document(
     for snapshot in snapshots:
         usage = usage_by_index.get(snapshot.index)
         devices.append(
-            DeviceCapacity(
-                index=snapshot.index,
-                uuid=snapshot.uuid,
-                vendor=snapshot.vendor,
-                product=snapshot.product,
-                memory_total=snapshot.memory_total,
-                memory_used=snapshot.memory_used,
-                memory_allocated=allocated.get(snapshot.index, 0),
-                compute_capability=snapshot.compute_capability,
-                topology_group=snapshot.topology_group,
-                memory_foreign=usage.foreign_bytes if usage is not None else None,
-                memory_available=max(0, available_by_device.get(snapshot.index, 0)),
+            snapshot.to_capacity(memory_allocated=allocated.get(snapshot.index, 0)).model_copy(
+                update={
+                    "memory_foreign": usage.foreign_bytes if usage is not None else None,
+                    "memory_available": max(0, available_by_device.get(snapshot.index, 0)),
+                }
             )
         )
     return CapacityDocument(

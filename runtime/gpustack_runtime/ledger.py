@@ -22,6 +22,9 @@ where
 * memory that the driver reports as used but that no visible process holds (driver reserve, processes in
   other PID namespaces) is covered by the safety margin only.
 
+An instance's claim counts from its admission until it is deleted, whatever its state: the memory of a
+failed or restarting engine is still promised to its owner.
+
 Reservations are leases: each expires ``ttl_seconds`` after its last PUT unless an instance with the same id
 confirms it; a confirmed reservation no longer counts (the instance's claim does) and stays until the instance
 or the reservation is deleted. Reservations are persisted in ``reservations.json`` (atomic replace) so an

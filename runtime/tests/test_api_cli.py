@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 from api_fixtures import TOKEN, engine_body
-from fakenvml.build import build_fake_nvml
 from gpustack_runtime.cli import build_parser, config_from_args, main
 
 AGENT_COMMAND = Path(sys.executable).with_name("gpustack-agent")
@@ -136,9 +135,9 @@ def test_agent_serves_capacity_and_leaves_engines_running_on_sigterm(tmp_path: P
                 os.killpg(engine_pid, signal.SIGKILL)
 
 
-def test_agent_reads_gpus_through_nvml(tmp_path: Path, token_file: Path) -> None:
+def test_agent_reads_gpus_through_nvml(tmp_path: Path, token_file: Path, fake_nvml_library: Path) -> None:
     """The real NVML code path against the fake libnvidia-ml.so.1 (found through LD_LIBRARY_PATH)."""
-    library = build_fake_nvml(tmp_path / "lib")
+    library = fake_nvml_library
     machine = tmp_path / "machine.json"
     machine.write_text(
         json.dumps(

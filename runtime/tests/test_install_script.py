@@ -311,6 +311,12 @@ def test_a_later_run_keeps_the_token_and_reports_changed_flags(layout: Layout, r
     new_token = layout.install("--port=10222", source=runtime_wheel, token="rotated-token-7")
     assert "token written" in new_token.stdout and "unit unchanged" in new_token.stdout
     assert layout.token.read_text() == "rotated-token-7\n"
+    token_file = layout.root / "new-token"
+    token_file.write_text("from-a-file-9\n")
+    from_file = layout.install("--port=10222", "--token-file", str(token_file), source=runtime_wheel, token=None)
+    assert "token written" in from_file.stdout
+    assert layout.token.read_text() == "from-a-file-9\n"
+    assert stat.S_IMODE(layout.token.stat().st_mode) == 0o600
 
 
 def test_upgrade_installs_the_new_version_into_the_same_venv(
