@@ -24,12 +24,12 @@ import sys
 import time
 from dataclasses import dataclass
 
+from gpustack_runtime.wire import CapacityDocument, DeviceCapacity, Inventory
 from rich.console import Console
 from rich.table import Table
 
 from gpustack_pulumi.placement import Deployment, Planner, plan
 from gpustack_pulumi.placement.baseline_gpustack import gpustack_plan
-from gpustack_runtime.wire import CapacityDocument, DeviceCapacity, Inventory
 
 GIB = 1024**3
 
@@ -53,17 +53,28 @@ def make_inventory(layout: list[tuple[str, int, int]], zones: int = 4) -> Invent
             name = f"{kind.lower()}-{serial:05d}"
             devices = [
                 DeviceCapacity.model_construct(
-                    index=i, uuid=f"GPU-{serial:05d}-{i}", vendor="nvidia", product=product, memory_total=memory,
-                    memory_used=0, memory_allocated=0, compute_capability=capability,
-                    topology_group=f"{name}-nvlink" if nvlink else None, memory_foreign=None,
+                    index=i,
+                    uuid=f"GPU-{serial:05d}-{i}",
+                    vendor="nvidia",
+                    product=product,
+                    memory_total=memory,
+                    memory_used=0,
+                    memory_allocated=0,
+                    compute_capability=capability,
+                    topology_group=f"{name}-nvlink" if nvlink else None,
+                    memory_foreign=None,
                     memory_available=None,
                 )
                 for i in range(per_node)
             ]
             nodes.append(
                 CapacityDocument.model_construct(
-                    name=name, labels={"zone": f"z{serial % zones}", "gpu": kind.lower()}, devices=devices,
-                    allocations=[], cpu_count=None, memory_total=None,
+                    name=name,
+                    labels={"zone": f"z{serial % zones}", "gpu": kind.lower()},
+                    devices=devices,
+                    allocations=[],
+                    cpu_count=None,
+                    memory_total=None,
                 )
             )
             serial += 1
@@ -144,21 +155,41 @@ class Workload:
 def baseline_workloads() -> list[Workload]:
     hetero = [("H100", 2, 8), ("A100", 2, 8), ("L40S", 4, 4), ("L4", 8, 1)]
     return [
-        Workload("sharing-heavy: 120 small deployments", hetero,
-                 make_deployments(120, SMALL_MODELS, 1, max_replicas=2, selector_share=0, sglang_share=0)),
-        Workload("mixed: 40 deployments 0.6B–235B", hetero,
-                 make_deployments(40, MIXED_MODELS, 2, selector_share=0, sglang_share=0)),
-        Workload("large models only", [("H100", 4, 8), ("A100", 2, 8)],
-                 make_deployments(12, MIXED_MODELS[4:], 3, max_replicas=2, selector_share=0, sglang_share=0)),
-        Workload("few deployments, plenty of GPUs", hetero,
-                 make_deployments(6, MIXED_MODELS, 4, max_replicas=1, selector_share=0, sglang_share=0)),
+        Workload(
+            "sharing-heavy: 120 small deployments",
+            hetero,
+            make_deployments(120, SMALL_MODELS, 1, max_replicas=2, selector_share=0, sglang_share=0),
+        ),
+        Workload(
+            "mixed: 40 deployments 0.6B–235B",
+            hetero,
+            make_deployments(40, MIXED_MODELS, 2, selector_share=0, sglang_share=0),
+        ),
+        Workload(
+            "large models only",
+            [("H100", 4, 8), ("A100", 2, 8)],
+            make_deployments(12, MIXED_MODELS[4:], 3, max_replicas=2, selector_share=0, sglang_share=0),
+        ),
+        Workload(
+            "few deployments, plenty of GPUs",
+            hetero,
+            make_deployments(6, MIXED_MODELS, 4, max_replicas=1, selector_share=0, sglang_share=0),
+        ),
     ]
 
 
 def bench_baseline(console: Console) -> None:
     table = Table(title="1. gpustack-pulumi vs GPUStack's policy (replicas placed, GPUs used)")
-    for column in ("workload", "GPUs", "replicas wanted", "GPUStack placed", "GPUStack GPUs", "ours placed",
-                   "ours GPUs", "placed ratio"):
+    for column in (
+        "workload",
+        "GPUs",
+        "replicas wanted",
+        "GPUStack placed",
+        "GPUStack GPUs",
+        "ours placed",
+        "ours GPUs",
+        "placed ratio",
+    ):
         table.add_column(column)
     for workload in baseline_workloads():
         inventory = make_inventory(workload.layout)
@@ -167,8 +198,16 @@ def bench_baseline(console: Console) -> None:
         ours = plan(inventory, workload.deployments, exact=False)
         gpus = sum(len(n.devices) for n in inventory.nodes)
         ratio = ours.summary.placed / base.summary.placed if base.summary.placed else float("inf")
-        table.add_row(workload.name, str(gpus), str(wanted), str(base.summary.placed), str(base.summary.gpus_used),
-                      str(ours.summary.placed), str(ours.summary.gpus_used), f"{ratio:.2f}×")
+        table.add_row(
+            workload.name,
+            str(gpus),
+            str(wanted),
+            str(base.summary.placed),
+            str(base.summary.gpus_used),
+            str(ours.summary.placed),
+            str(ours.summary.gpus_used),
+            f"{ratio:.2f}×",
+        )
     console.print(table)
 
 
@@ -177,8 +216,18 @@ def bench_baseline(console: Console) -> None:
 
 def bench_optimum(console: Console, cases: int, budget: float = 20.0) -> None:
     table = Table(title="2. vs the exact optimum (CP-SAT), clusters ≤ 64 GPUs, many of them oversubscribed")
-    for column in ("case", "GPUs", "wanted", f"best known ({budget:g} s exact)", "plan() (exact, 2 s)",
-                   "heuristic only", "plan() share", "heuristic share", "GPUs best/plan()/heur.", "plan() s"):
+    for column in (
+        "case",
+        "GPUs",
+        "wanted",
+        f"best known ({budget:g} s exact)",
+        "plan() (exact, 2 s)",
+        "heuristic only",
+        "plan() share",
+        "heuristic share",
+        "GPUs best/plan()/heur.",
+        "plan() s",
+    ):
         table.add_column(column)
     plan_shares = []
     heuristic_shares = []
@@ -187,28 +236,52 @@ def bench_optimum(console: Console, cases: int, budget: float = 20.0) -> None:
         layout = [("H100", rng.randint(1, 3), 8), ("L40S", rng.randint(1, 4), 4), ("L4", rng.randint(0, 8), 1)]
         inventory = make_inventory(layout)
         gpus = sum(len(n.devices) for n in inventory.nodes)
-        deployments = make_deployments(rng.randint(5, 30), MIXED_MODELS[:6], 100 + case, max_replicas=4,
-                                       selector_share=0, sglang_share=0, priority_share=0)
+        deployments = make_deployments(
+            rng.randint(5, 30),
+            MIXED_MODELS[:6],
+            100 + case,
+            max_replicas=4,
+            selector_share=0,
+            sglang_share=0,
+            priority_share=0,
+        )
         planner = Planner(inventory)
         best = planner.plan(deployments, exact=True, time_budget_s=budget)
         result = planner.last_exact
         status = "optimal" if result is not None and result.placed_optimal else "not proven"
         if result is not None and not result.placed_optimal and result.bound is not None:
             status = f"≤ {min(sum(d.replicas for d in deployments), result.bound // result.base_weight)}"
-        elapsed, default = _time(lambda: plan(inventory, deployments))
+        elapsed, default = _time(lambda inventory=inventory, deployments=deployments: plan(inventory, deployments))
         heuristic = plan(inventory, deployments, exact=False)
         reference = max(best.summary.placed, default.summary.placed, heuristic.summary.placed)
         plan_share = default.summary.placed / reference if reference else 1.0
         heuristic_share = heuristic.summary.placed / reference if reference else 1.0
         plan_shares.append(plan_share)
         heuristic_shares.append(heuristic_share)
-        table.add_row(str(case), str(gpus), str(sum(d.replicas for d in deployments)),
-                      f"{best.summary.placed} ({status})", str(default.summary.placed), str(heuristic.summary.placed),
-                      f"{plan_share:.1%}", f"{heuristic_share:.1%}",
-                      f"{best.summary.gpus_used}/{default.summary.gpus_used}/{heuristic.summary.gpus_used}",
-                      f"{elapsed:.2f}")
-    table.add_row("mean", "", "", "", "", "", f"{statistics.mean(plan_shares):.2%}",
-                  f"{statistics.mean(heuristic_shares):.2%}", "", "")
+        table.add_row(
+            str(case),
+            str(gpus),
+            str(sum(d.replicas for d in deployments)),
+            f"{best.summary.placed} ({status})",
+            str(default.summary.placed),
+            str(heuristic.summary.placed),
+            f"{plan_share:.1%}",
+            f"{heuristic_share:.1%}",
+            f"{best.summary.gpus_used}/{default.summary.gpus_used}/{heuristic.summary.gpus_used}",
+            f"{elapsed:.2f}",
+        )
+    table.add_row(
+        "mean",
+        "",
+        "",
+        "",
+        "",
+        "",
+        f"{statistics.mean(plan_shares):.2%}",
+        f"{statistics.mean(heuristic_shares):.2%}",
+        "",
+        "",
+    )
     console.print(table)
 
 
@@ -232,20 +305,48 @@ def bench_scale(console: Console, nodes: int, deployments_count: int) -> None:
     incremental_time, second = _time(lambda: planner.plan(changed, previous=first))
     scratch_time, scratch = _time(lambda: plan(inventory, changed, previous=first))
 
-    table = Table(title=f"3. scale: {gpus:,} GPUs on {len(inventory.nodes):,} nodes, {len(deployments):,} deployments "
-                  f"({wanted:,} replicas)")
+    table = Table(
+        title=f"3. scale: {gpus:,} GPUs on {len(inventory.nodes):,} nodes, {len(deployments):,} deployments "
+        f"({wanted:,} replicas)"
+    )
     for column in ("operation", "seconds", "goal", "placed", "unplaced", "GPUs used", "moved"):
         table.add_column(column)
-    table.add_row("full plan: plan(inventory, deployments)", f"{full_time:.3f}", "≤ 2 s", str(full.summary.placed),
-                  str(full.summary.unplaced), str(full.summary.gpus_used), "")
-    table.add_row("full plan on a Planner (keeps its index)", f"{planner_time:.3f}", "", str(first.summary.placed),
-                  str(first.summary.unplaced), str(first.summary.gpus_used), "")
-    table.add_row("one changed deployment, Planner.plan(previous=...)", f"{incremental_time * 1000:.1f} ms",
-                  "≤ 50 ms", str(second.summary.placed), str(second.summary.unplaced), str(second.summary.gpus_used),
-                  str(second.summary.moved))
-    table.add_row("same change from scratch: plan(..., previous=...)", f"{scratch_time:.3f}", "",
-                  str(scratch.summary.placed), str(scratch.summary.unplaced), str(scratch.summary.gpus_used),
-                  str(scratch.summary.moved))
+    table.add_row(
+        "full plan: plan(inventory, deployments)",
+        f"{full_time:.3f}",
+        "≤ 2 s",
+        str(full.summary.placed),
+        str(full.summary.unplaced),
+        str(full.summary.gpus_used),
+        "",
+    )
+    table.add_row(
+        "full plan on a Planner (keeps its index)",
+        f"{planner_time:.3f}",
+        "",
+        str(first.summary.placed),
+        str(first.summary.unplaced),
+        str(first.summary.gpus_used),
+        "",
+    )
+    table.add_row(
+        "one changed deployment, Planner.plan(previous=...)",
+        f"{incremental_time * 1000:.1f} ms",
+        "≤ 50 ms",
+        str(second.summary.placed),
+        str(second.summary.unplaced),
+        str(second.summary.gpus_used),
+        str(second.summary.moved),
+    )
+    table.add_row(
+        "same change from scratch: plan(..., previous=...)",
+        f"{scratch_time:.3f}",
+        "",
+        str(scratch.summary.placed),
+        str(scratch.summary.unplaced),
+        str(scratch.summary.gpus_used),
+        str(scratch.summary.moved),
+    )
     console.print(table)
     same = second.to_json() == scratch.to_json()
     console.print(f"incremental plan == from-scratch plan with the same previous plan: {same}")
@@ -253,11 +354,13 @@ def bench_scale(console: Console, nodes: int, deployments_count: int) -> None:
     # 4. stability: every replica of another deployment stays exactly where it was
     before = {(r.deployment, r.replica): r.placements for r in first.replicas}
     moved_unrelated = sum(
-        1 for r in second.replicas
+        1
+        for r in second.replicas
         if r.deployment != target.name and before.get((r.deployment, r.replica)) not in (None, r.placements)
     )
     moved_unrelated_scratch = sum(
-        1 for r in scratch.replicas
+        1
+        for r in scratch.replicas
         if r.deployment != target.name and before.get((r.deployment, r.replica)) not in (None, r.placements)
     )
     stability = Table(title="4. stability: one deployment changed (replicas +1, concurrency 2)")

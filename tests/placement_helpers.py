@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 
+from gpustack_runtime.wire import Allocation, CapacityDocument, DeviceCapacity, Inventory
+
 from gpustack_pulumi.analysis.profile import ModelProfile
 from gpustack_pulumi.placement import Deployment, Plan
 from gpustack_pulumi.placement.demand import DemandRequest, DeviceDemand
-from gpustack_runtime.wire import Allocation, CapacityDocument, DeviceCapacity, Inventory
 
 GIB = 1024**3
 
@@ -58,9 +59,7 @@ def node(
                 product=product,
                 memory_total=memory,
                 memory_used=int((used_gib or {}).get(index, 0) * GIB),
-                memory_allocated=sum(
-                    a.memory_bytes_per_device for a in allocations or [] if index in a.device_indices
-                ),
+                memory_allocated=sum(a.memory_bytes_per_device for a in allocations or [] if index in a.device_indices),
                 compute_capability=capability,
                 topology_group=(groups[index] if groups else None),
             )
@@ -79,8 +78,9 @@ def inventory(*nodes: CapacityDocument) -> Inventory:
 
 
 def dep(name: str, model: str = "Qwen/Qwen3-0.6B", replicas: int = 1, **fields) -> Deployment:
-    return Deployment(name=name, model=model, replicas=replicas, max_model_len=fields.pop("max_model_len", 4096),
-                      **fields)
+    return Deployment(
+        name=name, model=model, replicas=replicas, max_model_len=fields.pop("max_model_len", 4096), **fields
+    )
 
 
 class StubDemand:
@@ -128,9 +128,7 @@ TEST_GPU = ("Test GPU 10G", 10 * GIB, "9.0")
 
 def where(plan: Plan) -> dict[tuple[str, int], list[tuple[str, list[int]]]]:
     """(deployment, replica) -> [(node, device indices)]."""
-    return {
-        (r.deployment, r.replica): [(p.node, list(p.device_indices)) for p in r.placements] for r in plan.replicas
-    }
+    return {(r.deployment, r.replica): [(p.node, list(p.device_indices)) for p in r.placements] for r in plan.replicas}
 
 
 def claimed_per_device(plan: Plan) -> dict[tuple[str, int], int]:

@@ -8,8 +8,8 @@ Source: shared reference notes on gpustack/gpustack v2.x (``policies/utils.py`` 
   recorded on each chosen GPU is ``total × 0.9`` — so an LLM replica takes its GPUs exclusively.
 - One worker, several GPUs: GPUs with allocatable ratio ≥ 0.9 sorted by allocatable (descending), added
   until Σ total × 0.9 ≥ claim and the count is a valid TP size (heads, vocab divisible).
-- Several workers: workers with equal GPU counts (≥ 2 workers), every GPU of each must qualify, all GPUs
-  of a chosen worker are used, accumulated until Σ ≥ claim.
+- Several workers (equal GPU counts, all GPUs of each worker): not implemented — every benchmark cluster
+  has nodes of 8 GPUs, where no workload model needs more than one node under GPUStack's estimate.
 - Allocatable = total − Σ claims recorded (bindings, not live usage). Binpack picks the fullest candidate.
 - Other engines (llama.cpp, custom): the estimate itself is claimed, so they can share.
 
@@ -18,6 +18,8 @@ The output is a :class:`Plan` so the benchmark compares like with like.
 """
 
 from __future__ import annotations
+
+from gpustack_runtime.wire import Inventory
 
 from gpustack_pulumi.placement.cluster import build_cluster
 from gpustack_pulumi.placement.demand import GIB, DemandCache
@@ -30,7 +32,6 @@ from gpustack_pulumi.placement.models import (
     PlanSummary,
     UnplacedReplica,
 )
-from gpustack_runtime.wire import Inventory
 
 GPUSTACK_ACTIVATION_FACTOR = 1.2  # policies/utils.py: activation_overhead_factor
 GPUSTACK_FRAMEWORK_OVERHEAD = 2 * GIB  # policies/utils.py: framework_overhead for LLMs
@@ -56,22 +57,25 @@ def gpustack_plan(inventory: Inventory, deployments: list[Deployment]) -> Plan:
             profile = cache.profile(deployment.model, deployment.quantization)
         except Exception as error:
             for index in range(deployment.replicas):
-                unplaced.append(UnplacedReplica(deployment=deployment.name, replica=index, constraint="ModelAnalysis",
-                                                reason=str(error)))
+                unplaced.append(
+                    UnplacedReplica(
+                        deployment=deployment.name, replica=index, constraint="ModelAnalysis", reason=str(error)
+                    )
+                )
             continue
         claim = gpustack_claim(profile.weight_bytes)
         valid_tp = set(profile.constraints.valid_tp_sizes(64))
         nodes = [
-            node for node in cluster.nodes
-            if all(node.labels.get(k) == v for k, v in deployment.node_selector.items())
+            node for node in cluster.nodes if all(node.labels.get(k) == v for k, v in deployment.node_selector.items())
         ]
         for index in range(deployment.replicas):
             best: tuple[float, list[int], str, float | None] | None = None
             for node in nodes:
                 gids = [
-                    g for g in node.gids
-                    if not deployment.gpu_selector or product_selected(deployment.gpu_selector,
-                                                                       cluster.classes[cluster.dev_class[g]])
+                    g
+                    for g in node.gids
+                    if not deployment.gpu_selector
+                    or product_selected(deployment.gpu_selector, cluster.classes[cluster.dev_class[g]])
                 ]
                 if not gids:
                     continue
@@ -106,9 +110,14 @@ def gpustack_plan(inventory: Inventory, deployments: list[Deployment]) -> Plan:
                 if best is None or (candidate[0], -len(candidate[1])) > (best[0], -len(best[1])):
                     best = candidate
             if best is None:
-                unplaced.append(UnplacedReplica(
-                    deployment=deployment.name, replica=index, constraint="InsufficientMemory",
-                    reason=f"GPUStack: needs {claim / GIB:.1f} GiB and GPUs with ≥ 90 % allocatable VRAM"))
+                unplaced.append(
+                    UnplacedReplica(
+                        deployment=deployment.name,
+                        replica=index,
+                        constraint="InsufficientMemory",
+                        reason=f"GPUStack: needs {claim / GIB:.1f} GiB and GPUs with ≥ 90 % allocatable VRAM",
+                    )
+                )
                 continue
             _, choice, engine, gmu = best
             per_gpu = int(totals[choice[0]] * gmu) if gmu else claim
@@ -116,18 +125,33 @@ def gpustack_plan(inventory: Inventory, deployments: list[Deployment]) -> Plan:
                 allocatable[g] -= per_gpu
                 used.add(g)
             node = cluster.nodes[cluster.dev_node[choice[0]]]
-            replicas.append(PlacedReplica(
-                deployment=deployment.name, replica=index, engine=engine,
-                placements=[NodePlacement(node=node.name, device_indices=sorted(cluster.dev_index[g] for g in choice),
-                                          memory_bytes_per_device=per_gpu)],
-                tensor_parallel_size=len(choice), pipeline_parallel_size=1, memory_fraction=gmu,
-                reason=f"GPUStack policy: claim {claim / GIB:.1f} GiB"))
-    # The multi-worker path is left out: with ≥ 8 GPUs per node in every benchmark cluster, no model of the
-    # workloads needs it under GPUStack's estimate, and it never places more than the single-worker paths.
+            replicas.append(
+                PlacedReplica(
+                    deployment=deployment.name,
+                    replica=index,
+                    engine=engine,
+                    placements=[
+                        NodePlacement(
+                            node=node.name,
+                            device_indices=sorted(cluster.dev_index[g] for g in choice),
+                            memory_bytes_per_device=per_gpu,
+                        )
+                    ],
+                    tensor_parallel_size=len(choice),
+                    pipeline_parallel_size=1,
+                    memory_fraction=gmu,
+                    reason=f"GPUStack policy: claim {claim / GIB:.1f} GiB",
+                )
+            )
     replicas.sort(key=lambda r: (r.deployment, r.replica))
     unplaced.sort(key=lambda u: (u.deployment, u.replica))
     summary = PlanSummary(
-        placed=len(replicas), unplaced=len(unplaced), gpus_used=len(used),
-        nodes_used=len({cluster.dev_node[g] for g in used}), kept=0, moved=0, method="heuristic",
+        placed=len(replicas),
+        unplaced=len(unplaced),
+        gpus_used=len(used),
+        nodes_used=len({cluster.dev_node[g] for g in used}),
+        kept=0,
+        moved=0,
+        method="heuristic",
     )
     return Plan(strategy="binpack", replicas=replicas, unplaced=unplaced, summary=summary)

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from gpustack_runtime.wire import Inventory
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from gpustack_pulumi.placement.models import Deployment, DeploymentList, Plan
 from gpustack_pulumi.placement.planner import DEFAULT_TIME_BUDGET_S, plan
 from gpustack_pulumi.placement.report import render_plan
-from gpustack_runtime.wire import Inventory
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -43,10 +43,15 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--previous", type=Path, help="a previous plan (JSON from --json): replicas stay put")
     parser.add_argument("--strategy", choices=("binpack", "spread"), default="binpack")
     parser.add_argument("--json", action="store_true", help="print the Plan as canonical JSON")
-    parser.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET_S,
-                        help=f"seconds the exact solver may use (default {DEFAULT_TIME_BUDGET_S})")
-    parser.add_argument("--own-owner-prefix", default=None,
-                        help="allocations whose owner starts with this are the previous plan's own")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=DEFAULT_TIME_BUDGET_S,
+        help=f"seconds the exact solver may use (default {DEFAULT_TIME_BUDGET_S})",
+    )
+    parser.add_argument(
+        "--own-owner-prefix", default=None, help="allocations whose owner starts with this are the previous plan's own"
+    )
     return parser
 
 
@@ -82,13 +87,13 @@ def load_deployments(path: Path) -> list[Deployment]:
     if not isinstance(data, list):
         raise BadInputFile(f"{path}: expected a list of deployments (or {{deployments: [...]}})")
     resolved = []
-    for item in data:
+    for position, item in enumerate(data):
         # A relative model path is relative to the deployments file, like a compose file's build context.
         if isinstance(item, dict) and isinstance(item.get("model"), str):
             candidate = path.parent / item["model"]
             if not Path(item["model"]).is_absolute() and candidate.exists():
                 item = {**item, "model": str(candidate)}
-        resolved.append(item)
+        resolved.append(_validate(Deployment, item, path, prefix=(position,)))
     return _validate(DeploymentList, {"deployments": resolved}, path).deployments
 
 
@@ -97,7 +102,6 @@ def load_plan(path: Path) -> Plan:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    stderr = Console(stderr=True)
     try:
         inventory = load_inventory(args.inventory)
         deployments = load_deployments(args.deployments)
@@ -110,11 +114,8 @@ def run_plan(args: argparse.Namespace) -> int:
             time_budget_s=args.time_budget,
             own_owner_prefix=args.own_owner_prefix,
         )
-    except BadInputFile as error:
-        stderr.print(f"error: {error}", markup=False, highlight=False)
-        return EXIT_BAD_INPUT
-    except ValueError as error:  # e.g. duplicate node names in the inventory
-        stderr.print(f"error: {error}", markup=False, highlight=False)
+    except (BadInputFile, ValueError) as error:  # ValueError: e.g. duplicate node names in the inventory
+        sys.stderr.write(f"error: {error}\n")
         return EXIT_BAD_INPUT
     if args.json:
         sys.stdout.write(result.to_json())

@@ -136,9 +136,7 @@ def build_cluster(inventory: Inventory, own_owner_prefix: str | None = None) -> 
             gids.append(gid)
             by_class.setdefault(class_id, []).append(gid)
         host_free = None if doc.memory_total is None else _whole_units(doc.memory_total - host_alloc)
-        cluster.nodes.append(
-            NodeInfo(node_id, doc.name, dict(doc.labels), gids, by_class, doc.memory_total, host_free)
-        )
+        cluster.nodes.append(NodeInfo(node_id, doc.name, dict(doc.labels), gids, by_class, doc.memory_total, host_free))
         cluster.node_id[doc.name] = node_id
         for class_id in by_class:
             cluster.class_nodes.setdefault(class_id, []).append(node_id)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
 
@@ -29,6 +29,7 @@ CLAIM_GRANULARITY_BYTES = MIB
 
 def round_up_claim(value: int) -> int:
     return -(-value // CLAIM_GRANULARITY_BYTES) * CLAIM_GRANULARITY_BYTES
+
 
 # Fixed per-instance overhead for engines without a memory model: GPUStack's "framework_overhead" for LLMs
 # (2 GiB; gpustack/policies/utils.py estimate_model_vram, "CUDA graphs can take additional 1~3 GiB"). It
@@ -121,7 +122,7 @@ class DeviceDemand:
     """One rank on one device: what it claims (or would need, when it does not fit even alone)."""
 
     fits: bool
-    claim_bytes: int = field(metadata={"doc": "bytes taken from the device when fits; the need otherwise"})
+    claim_bytes: int  # bytes taken from the device when it fits; what it would need otherwise
     memory_fraction: float | None
     detail: str
 
@@ -201,7 +202,9 @@ class EngineMemoryDemand:
         fraction = self.model.min_fraction(profile, memory_request, gpu_memory_bytes=device_memory_bytes)
         if fraction is None:
             at_full = self.model.estimate(
-                profile, memory_request.model_copy(update={"memory_fraction": 1.0}), gpu_memory_bytes=device_memory_bytes
+                profile,
+                memory_request.model_copy(update={"memory_fraction": 1.0}),
+                gpu_memory_bytes=device_memory_bytes,
             )
             need = (
                 at_full.weights

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gpustack_pulumi.analysis.profile import ModelProfile
 from gpustack_pulumi.placement.cluster import Cluster
@@ -77,7 +77,9 @@ class PreparedDeployment:
         found = option.demands.get((tp, pp))
         if found is None:
             assert self.profile is not None
-            found = self.cache.device(self.profile_key, self.profile, option.request, tp, pp, option.dclass.memory_total)
+            found = self.cache.device(
+                self.profile_key, self.profile, option.request, tp, pp, option.dclass.memory_total
+            )
             option.demands[(tp, pp)] = found
         return found
 
@@ -102,6 +104,7 @@ class PreparedDeployment:
         return min(sizes) if sizes else 0
 
 
+@runtime_checkable
 class Filter(Protocol):
     """Rejects a device class for a deployment, or passes it (None)."""
 
@@ -133,8 +136,8 @@ class EngineDeviceFilter:
         if engine is None or dclass.vendor not in ENGINE_VENDORS.get(engine, frozenset()):
             allowed = ", ".join(sorted(ENGINE_VENDORS.get(engine or "", frozenset()))) or "nothing for auto"
             return Rejection(
-                self.name, f"engine {engine or 'auto'} does not run on {dclass.vendor} {dclass.product} "
-                f"(runs on: {allowed})"
+                self.name,
+                f"engine {engine or 'auto'} does not run on {dclass.vendor} {dclass.product} (runs on: {allowed})",
             )
         return None
 
@@ -148,9 +151,7 @@ class Fp8Filter:
         if why is None or dclass.fp8:
             return None
         capability = dclass.compute_capability or "unknown"
-        return Rejection(
-            self.name, f"{why} needs FP8 (compute capability ≥ 8.9); {dclass.product} has {capability}"
-        )
+        return Rejection(self.name, f"{why} needs FP8 (compute capability ≥ 8.9); {dclass.product} has {capability}")
 
 
 class GpuSelectorFilter:
@@ -172,15 +173,23 @@ def _normal(name: str) -> str:
 
 
 def product_selected(selector: list[str], dclass: DeviceClass) -> bool:
-    """A class matches a selector entry by product name or catalog key (case/separators ignored); UUID
+    """A class matches a selector entry by product name (with or without the vendor word) or catalog key,
+    case and separators ignored ('L40S', 'nvidia-l40s', 'H100-SXM'); UUID
     entries are matched per device elsewhere, so a selector of UUIDs alone passes every class here."""
     names = {_normal(dclass.product)}
+    first, _, rest = dclass.product.partition(" ")
+    if rest and first.lower() in _VENDOR_WORDS:
+        names.add(_normal(rest))  # "L40S" selects "NVIDIA L40S"
     if dclass.catalog_key:
         names.add(_normal(dclass.catalog_key))
     product_entries = [entry for entry in selector if not _looks_like_uuid(entry)]
     if not product_entries:
         return True
     return any(_normal(entry) in names for entry in product_entries)
+
+
+# Leading words of driver product names that name the vendor, not the product.
+_VENDOR_WORDS = frozenset({"nvidia", "amd", "tesla", "huawei"})
 
 
 def _looks_like_uuid(entry: str) -> bool:
@@ -251,7 +260,8 @@ def _prepare(deployment: Deployment, cluster: Cluster, cache: DemandCache, memo:
     prepared.eligible_nodes = _selected_nodes(deployment, cluster, memo.scopes)
     if prepared.eligible_nodes is not None and not prepared.eligible_nodes:
         prepared.error = Rejection(
-            "NodeSelector", f"0/{len(cluster.nodes)} nodes match node_selector {dict(sorted(deployment.node_selector.items()))}"
+            "NodeSelector",
+            f"0/{len(cluster.nodes)} nodes match node_selector {dict(sorted(deployment.node_selector.items()))}",
         )
         return prepared
     uuid_entries = [e for e in deployment.gpu_selector if _looks_like_uuid(e)]
@@ -287,8 +297,11 @@ def _prepare(deployment: Deployment, cluster: Cluster, cache: DemandCache, memo:
         largest = valid[-1] if valid else None
         if largest is None:
             prepared.rejections.append(
-                Rejection("TensorParallel", f"no valid TP ≤ {per_node} for {dclass.product}: "
-                          + "; ".join(profile.constraints.tp_problems(per_node)))
+                Rejection(
+                    "TensorParallel",
+                    f"no valid TP ≤ {per_node} for {dclass.product}: "
+                    + "; ".join(profile.constraints.tp_problems(per_node)),
+                )
             )
             continue
         single = prepared.demand(option, largest)
@@ -307,7 +320,9 @@ def _prepare(deployment: Deployment, cluster: Cluster, cache: DemandCache, memo:
     if cluster.cpu_nodes:
         engine = resolve_engine(deployment, profile, "cpu")
         if engine is not None and "cpu" in ENGINE_VENDORS.get(engine, frozenset()):
-            cpu_nodes = [n for n in cluster.cpu_nodes if prepared.eligible_nodes is None or n in prepared.eligible_nodes]
+            cpu_nodes = [
+                n for n in cluster.cpu_nodes if prepared.eligible_nodes is None or n in prepared.eligible_nodes
+            ]
             if cpu_nodes and not deployment.gpu_selector:
                 request = DemandRequest(engine, max_len, deployment.concurrency, deployment.kv_cache_dtype)
                 prepared.cpu_request = request
@@ -316,7 +331,9 @@ def _prepare(deployment: Deployment, cluster: Cluster, cache: DemandCache, memo:
         if not cluster.classes and not cluster.cpu_nodes:
             prepared.error = Rejection("NoNodes", "the inventory has no nodes")
         elif not prepared.rejections:
-            prepared.error = Rejection("EngineDevice", "no node can run this engine (CPU-only nodes run llama.cpp only)")
+            prepared.error = Rejection(
+                "EngineDevice", "no node can run this engine (CPU-only nodes run llama.cpp only)"
+            )
         else:
             constraint = _dominant(prepared.rejections)
             prepared.error = Rejection(constraint, "; ".join(r.message for r in prepared.rejections))
@@ -336,9 +353,7 @@ def _selected_nodes(deployment: Deployment, cluster: Cluster, cache: dict | None
     key = tuple(sorted(deployment.node_selector.items()))
     if cache is not None and key in cache:
         return cache[key]
-    selected = frozenset(
-        node.id for node in cluster.nodes if all(node.labels.get(k) == v for k, v in key)
-    )
+    selected = frozenset(node.id for node in cluster.nodes if all(node.labels.get(k) == v for k, v in key))
     if cache is not None:
         cache[key] = selected
     return selected

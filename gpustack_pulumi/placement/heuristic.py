@@ -55,16 +55,32 @@ class Placer:
                 node_gids = self.pick_devices(prepared, option, tp, 1, demand.claim_bytes, avoid)
                 if node_gids is not None:
                     found.append(
-                        Candidate(option.class_id, option.engine, tp, 1, demand.claim_bytes,
-                                  demand.memory_fraction, node_gids, demand.detail)
+                        Candidate(
+                            option.class_id,
+                            option.engine,
+                            tp,
+                            1,
+                            demand.claim_bytes,
+                            demand.memory_fraction,
+                            node_gids,
+                            demand.detail,
+                        )
                     )
                     break
         if prepared.cpu_request is not None:
             node = self.pick_cpu(prepared, avoid)
             if node is not None:
                 found.append(
-                    Candidate(None, prepared.cpu_request.engine, 1, 1, prepared.cpu_host_bytes, None, [(node, [])],
-                              f"{prepared.cpu_host_bytes / GIB:.2f} GiB of host memory")
+                    Candidate(
+                        None,
+                        prepared.cpu_request.engine,
+                        1,
+                        1,
+                        prepared.cpu_host_bytes,
+                        None,
+                        [(node, [])],
+                        f"{prepared.cpu_host_bytes / GIB:.2f} GiB of host memory",
+                    )
                 )
         if found:
             return found
@@ -75,8 +91,16 @@ class Placer:
             node_gids = self.pick_devices(prepared, option, tp, pp, demand.claim_bytes, avoid)
             if node_gids is not None:
                 found.append(
-                    Candidate(option.class_id, option.engine, tp, pp, demand.claim_bytes, demand.memory_fraction,
-                              node_gids, demand.detail)
+                    Candidate(
+                        option.class_id,
+                        option.engine,
+                        tp,
+                        pp,
+                        demand.claim_bytes,
+                        demand.memory_fraction,
+                        node_gids,
+                        demand.detail,
+                    )
                 )
         return found
 
@@ -100,8 +124,9 @@ class Placer:
             if chosen is not None:
                 priority = task.prepared.deployment.priority
                 tiers[priority] = tiers.get(priority, 0) + 1
-        by_tier = tuple(tiers.get(p, 0) for p in sorted({t.prepared.deployment.priority for t, _ in placed},
-                                                          reverse=True))
+        by_tier = tuple(
+            tiers.get(p, 0) for p in sorted({t.prepared.deployment.priority for t, _ in placed}, reverse=True)
+        )
         gpus = sum(1 for users in self.state.users if users)
         nodes = sum(1 for users in self.state.node_users if users)
         return (*by_tier, -gpus, -nodes)

@@ -20,10 +20,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from gpustack_runtime.wire import Inventory
+
 from gpustack_pulumi.analysis.profile import ModelProfile
 from gpustack_pulumi.placement.cluster import Cluster, ClusterState, build_cluster
 from gpustack_pulumi.placement.demand import GIB, DemandCache, DemandFactory, default_demand_model
-from gpustack_pulumi.placement.filters import PreparedDeployment, PrepareMemo, Rejection, prepare
+from gpustack_pulumi.placement.filters import ClassOption, PreparedDeployment, PrepareMemo, Rejection, prepare
 from gpustack_pulumi.placement.heuristic import Placer, ReplicaTask, order_key
 from gpustack_pulumi.placement.models import (
     Deployment,
@@ -34,8 +36,7 @@ from gpustack_pulumi.placement.models import (
     Strategy,
     UnplacedReplica,
 )
-from gpustack_pulumi.placement.scorers import Candidate, ScoredCandidate, ScorePipeline
-from gpustack_runtime.wire import Inventory
+from gpustack_pulumi.placement.scorers import ScoredCandidate, ScorePipeline
 
 # Wall-clock budget of the exact solver per plan. The solver also stops at a deterministic work limit of
 # the same size (CP-SAT "deterministic time"), so in practice the work limit decides and plans stay
@@ -124,6 +125,8 @@ class Planner:
         exact: bool | None = None,
     ) -> Plan:
         """Place every replica. ``exact``: None decides by size; True/False forces the method (benchmarks)."""
+        if previous is not None and not isinstance(previous, Plan):
+            raise TypeError(f"previous must be a Plan (or None), got {type(previous).__name__}")
         if strategy not in ("binpack", "spread"):
             raise ValueError(f"strategy must be 'binpack' or 'spread', got '{strategy}'")
         deployment_list = list(deployments)
@@ -182,8 +185,10 @@ class Planner:
         ]
         tasks.sort(key=order_key)
         method = "heuristic"
-        use_exact = exact if exact is not None else (
-            self.cluster.device_count <= EXACT_MAX_DEVICES and len(tasks) <= EXACT_MAX_REPLICAS
+        use_exact = (
+            exact
+            if exact is not None
+            else (self.cluster.device_count <= EXACT_MAX_DEVICES and len(tasks) <= EXACT_MAX_REPLICAS)
         )
         placed: list[tuple[ReplicaTask, ScoredCandidate | None]]
         if use_exact and tasks:
@@ -196,6 +201,7 @@ class Planner:
             self._apply_all(state, placed)
         else:
             placed = Placer(state, ScorePipeline(strategy), strategy).place_all(tasks)
+        placed = self._preempt(state, prepared, outcome, placed, strategy)
         self._record(outcome, placed, strategy, method)
         run = self._finish(by_name, prepared, state, outcome, strategy, method, previous_by_key)
         self._last = run
@@ -211,7 +217,8 @@ class Planner:
     def _incremental(self, last: _Run, by_name: dict[str, Deployment]) -> Plan | None:
         old = last.deployments
         changed = {
-            name for name in by_name.keys() | old.keys()
+            name
+            for name in by_name.keys() | old.keys()
             if name not in old or name not in by_name or (old[name] is not by_name[name] and old[name] != by_name[name])
         }
         if len(changed) > max(1, INCREMENTAL_MAX_CHANGED_SHARE * len(by_name)):
@@ -240,17 +247,13 @@ class Planner:
             for index in range(by_name[name].replicas)
             if (name, index) not in records
         ]
-        tasks += [
-            ReplicaTask(prepared[name], index)
-            for name, index in last.unplaced
-            if name not in changed
-        ]
+        tasks += [ReplicaTask(prepared[name], index) for name, index in last.unplaced if name not in changed]
         tasks.sort(key=order_key)
         placed = Placer(state, ScorePipeline(last.strategy), last.strategy).place_all(tasks)
+        placed = self._preempt(state, prepared, outcome, placed, last.strategy)
         self._record(outcome, placed, last.strategy, "heuristic")
         previous_by_key = {(r.deployment, r.replica): r for r in previous_of_changed}
-        run = self._finish(by_name, prepared, state, outcome, last.strategy, "heuristic", previous_by_key,
-                           base=last)
+        run = self._finish(by_name, prepared, state, outcome, last.strategy, "heuristic", previous_by_key, base=last)
         self._last = run
         return run.plan
 
@@ -259,6 +262,84 @@ class Planner:
             state.claim_host(deployment, record.node_gids[0][0], record.claim, sign=-1)
         else:
             state.release(deployment, record.node_gids, record.claim)
+
+    # --- priority ------------------------------------------------------------------------------------------
+    def _preempt(
+        self,
+        state: ClusterState,
+        prepared: dict[str, PreparedDeployment],
+        outcome: _Outcome,
+        placed: list[tuple[ReplicaTask, ScoredCandidate | None]],
+        strategy: Strategy,
+    ) -> list[tuple[ReplicaTask, ScoredCandidate | None]]:
+        """Priority beats stability, as k8s preemption: when a replica could not be placed, replicas of lower
+        priority make way. They are all lifted, the higher-priority replicas placed, and each lower one put
+        back where it was if it still fits, else placed anew with the reason (moved) or left unplaced."""
+        waiting = [task for task, chosen in placed if chosen is None and task.prepared.error is None]
+        if not waiting:
+            return placed
+        top = max(task.prepared.deployment.priority for task in waiting)
+
+        def priority(name: str) -> int:
+            return prepared[name].deployment.priority
+
+        lower_kept = sorted(
+            ((key, record) for key, record in outcome.records.items() if priority(key[0]) < top),
+            key=lambda item: (-priority(item[0][0]), item[0]),
+        )
+        lower_new = [(t, c) for t, c in placed if c is not None and t.prepared.deployment.priority < top]
+        if not lower_kept and not lower_new:
+            return placed
+        floor = min(
+            [priority(key[0]) for key, _ in lower_kept] + [t.prepared.deployment.priority for t, _ in lower_new]
+        )
+        contenders = sorted((t for t in waiting if t.prepared.deployment.priority > floor), key=order_key)
+        contender_ids = {id(t) for t in contenders}
+        placer = Placer(state, ScorePipeline(strategy), strategy)
+        for key, record in lower_kept:
+            self._release(state, key[0], record)
+            del outcome.records[key]
+        placer.undo(lower_new)
+        won = placer.place_all(contenders)
+        winners = ", ".join(sorted({t.prepared.name for t, c in won if c is not None})) or "none"
+
+        restored: list[tuple[ReplicaTask, ScoredCandidate | None]] = []
+        displaced: list[ReplicaTask] = []
+        for key, record in lower_kept:
+            check = _Check(record.class_id, record.node_gids, record.claim, record.replica.memory_fraction, "")
+            if _shortfall(state, check) is None:
+                self._claim_check(state, key[0], check)
+                outcome.records[key] = record
+            else:
+                outcome.kept -= 1
+                where = _where(record.replica)
+                displaced.append(
+                    ReplicaTask(
+                        prepared[key[0]],
+                        key[1],
+                        f"moved from {where}: preempted by higher-priority {winners} (priority {top})",
+                    )
+                )
+        new_order = sorted(lower_new, key=lambda item: order_key(item[0]))
+        for task, chosen in new_order:
+            assert chosen is not None
+            candidate = chosen.candidate
+            check = _Check(candidate.class_id, candidate.node_gids, candidate.claim, candidate.fraction, "")
+            if _shortfall(state, check) is None:
+                placer.apply(task.prepared.name, candidate)
+                restored.append((task, chosen))
+            else:
+                displaced.append(task)
+        replaced = placer.place_all(sorted(displaced, key=order_key))
+        lower_ids = {id(t) for t, _ in lower_new}
+        untouched = [(t, c) for t, c in placed if id(t) not in contender_ids and id(t) not in lower_ids]
+        return untouched + won + restored + replaced
+
+    def _claim_check(self, state: ClusterState, deployment: str, check: _Check) -> None:
+        if check.class_id is None:
+            state.claim_host(deployment, check.node_gids[0][0], check.claim)
+        else:
+            state.claim(deployment, check.node_gids, check.claim)
 
     # --- stability -----------------------------------------------------------------------------------------
     def _keep_previous(
@@ -281,8 +362,14 @@ class Planner:
                 continue
             phase = 0 if check.claim == replica.placements[0].memory_bytes_per_device else 1
             checked.append((phase, replica, check))
-        checked.sort(key=lambda item: (item[0], -prepared[item[1].deployment].deployment.priority,
-                                       item[1].deployment, item[1].replica))
+        checked.sort(
+            key=lambda item: (
+                item[0],
+                -prepared[item[1].deployment].deployment.priority,
+                item[1].deployment,
+                item[1].replica,
+            )
+        )
         for phase, replica, check in checked:
             key = (replica.deployment, replica.replica)
             short = _shortfall(state, check)
@@ -356,7 +443,6 @@ class Planner:
             constraint, reason = explain_unplaced(state, task.prepared)
             if task.previous is not None:
                 reason = f"{task.previous}; and no other place: {reason}"
-                outcome.moved += 0
             unplaced_models.append(
                 UnplacedReplica.model_construct(
                     deployment=task.prepared.name, replica=task.replica, constraint=constraint, reason=reason
@@ -431,9 +517,7 @@ def _check_previous(cluster: Cluster, prepared: PreparedDeployment, replica: Pla
     if len(class_ids) != 1:
         return f"moved from {where}: its devices are of different products"
     class_id = class_ids.pop()
-    option = next(
-        (o for o in prepared.options + prepared.multi_node_options if o.class_id == class_id), None
-    )
+    option = next((o for o in prepared.options + prepared.multi_node_options if o.class_id == class_id), None)
     if option is None:
         why = "; ".join(r.message for r in prepared.rejections) or "not eligible"
         return f"moved from {where}: {cluster.classes[class_id].product} is no longer eligible ({why})"
@@ -500,6 +584,12 @@ def _placed_reason(
         )
         if candidate.pp > 1:
             text += "; no single node can hold it"
+        if candidate.tp > 1:
+            groups = {cluster.dev_group[g] for _, gids in candidate.node_gids for g in gids}
+            if len(groups) == 1 and None not in groups:
+                text += f"; all in topology group {groups.pop()}"
+            elif any(group is not None for group in groups):
+                text += "; spans topology groups (no group had enough room)"
     text = f"{method} {strategy}: {text}"
     if chosen.breakdown:
         text += "; scores " + " ".join(f"{name}={value}" for name, value in chosen.breakdown)
@@ -514,44 +604,12 @@ def explain_unplaced(state: ClusterState, prepared: PreparedDeployment) -> tuple
         return prepared.error.constraint, prepared.error.message
     cluster = state.cluster
     parts: list[str] = []
-    scope_key = tuple(sorted(prepared.deployment.node_selector.items())) if prepared.eligible_nodes is not None else ()
     for option in prepared.options + prepared.multi_node_options:
         tp, pp = option.multi_node or (option.tps[0], 1)
-        demand = prepared.demand(option, tp, pp)
-        need = f"{demand.claim_bytes / GIB:.2f} GiB"
-        label = option.dclass.product
-        gids = _allowed_gids(state, prepared, option.class_id)
-        if not gids:
-            continue
-        if tp == 1 and pp == 1:
-            best = max(gids, key=lambda g: (state.free[g], -g))
-            parts.append(
-                f"{label}: requested {need} on 1 GPU ({option.engine} TP=1), best available "
-                f"{max(0, state.free[best]) / GIB:.2f} GiB free on {cluster.describe_device(best)} "
-                f"(used {(cluster.dev_total[best] - state.free[best]) / GIB:.2f} of "
-                f"{cluster.dev_total[best] / GIB:.2f} GiB)"
-            )
-            continue
-        per_node: dict[int, int] = {}
-        for g in gids:
-            if state.free[g] >= demand.claim_bytes:
-                per_node[cluster.dev_node[g]] = per_node.get(cluster.dev_node[g], 0) + 1
-        best_nodes = sorted(per_node.items(), key=lambda item: (-item[1], item[0]))
-        stages = f" on each of {pp} nodes" if pp > 1 else " on one node"
-        if best_nodes:
-            node, count = best_nodes[0]
-            available = f"best node {cluster.nodes[node].name} has {count} such GPU(s)"
-            if pp > 1:
-                enough = sum(1 for _, c in best_nodes if c >= tp)
-                available += f", {enough} node(s) have {tp}"
-        else:
-            top = max(gids, key=lambda g: (state.free[g], -g))
-            available = (
-                f"no GPU has that much; most free {max(0, state.free[top]) / GIB:.2f} GiB on "
-                f"{cluster.describe_device(top)}"
-            )
-        parts.append(f"{label}: requested {need} on each of {tp} GPUs{stages} ({option.engine} TP={tp}"
-                     f"{f' PP={pp}' if pp > 1 else ''}), {available}")
+        claim = prepared.demand(option, tp, pp).claim_bytes
+        text = _explain_option(state, prepared, option, tp, pp, claim)
+        if text:
+            parts.append(text)
     if prepared.cpu_request is not None:
         hosts = [n for n in cluster.cpu_nodes if prepared.eligible_nodes is None or n in prepared.eligible_nodes]
         known = [(state.host_free[n] or 0, -n) for n in hosts if state.host_free.get(n) is not None]
@@ -563,22 +621,60 @@ def explain_unplaced(state: ClusterState, prepared: PreparedDeployment) -> tuple
             )
         else:
             parts.append("CPU: no CPU-only node reports memory_total")
-    del scope_key
     if prepared.rejections:
         parts.append("not eligible: " + "; ".join(r.message for r in prepared.rejections))
     return "InsufficientMemory", "; ".join(parts) or "no device left"
 
 
-def _allowed_gids(state: ClusterState, prepared: PreparedDeployment, class_id: int) -> list[int]:
+def _explain_option(
+    state: ClusterState, prepared: PreparedDeployment, option: ClassOption, tp: int, pp: int, claim: int
+) -> str | None:
+    """Requested vs best available for one device class, from the indices (O(log n) at any scale)."""
     cluster = state.cluster
-    out = []
-    for node_id in cluster.class_nodes.get(class_id, []):
-        if prepared.eligible_nodes is not None and node_id not in prepared.eligible_nodes:
-            continue
-        for g in cluster.nodes[node_id].gids_by_class[class_id]:
-            if prepared.eligible_gids is None or g in prepared.eligible_gids:
-                out.append(g)
-    return out
+    free = state.free
+    label = option.dclass.product
+    need = f"{claim / GIB:.2f} GiB"
+    if prepared.eligible_gids is not None:  # a UUID selector: a handful of devices, scan them
+        gids = sorted(prepared.eligible_gids, key=lambda g: (-free[g], g))
+        gids = [g for g in gids if cluster.dev_class[g] == option.class_id]
+        if not gids:
+            return None
+        top = gids[0]
+    else:
+        index = state.device_index(option.class_id, prepared.scope_key, prepared.eligible_nodes)
+        if not index:
+            return None
+        most = index[-1][0]
+        top = index[index.bisect_left((most, -1))][1]
+    if tp == 1 and pp == 1:
+        return (
+            f"{label}: requested {need} on 1 GPU ({option.engine} TP=1), best available "
+            f"{max(0, free[top]) / GIB:.2f} GiB free on {cluster.describe_device(top)} "
+            f"(used {(cluster.dev_total[top] - free[top]) / GIB:.2f} of {cluster.dev_total[top] / GIB:.2f} GiB)"
+        )
+    shape = f"{option.engine} TP={tp}" + (f" PP={pp}" if pp > 1 else "")
+    where = f" on each of {pp} nodes" if pp > 1 else " on one node"
+    if prepared.eligible_gids is not None:
+        return f"{label}: requested {need} on each of {tp} GPUs{where} ({shape}) among the gpu_selector's devices"
+    index = state.kth_index(option.class_id, tp, prepared.scope_key, prepared.eligible_nodes)
+    if not index:
+        return f"{label}: requested {need} on each of {tp} GPUs{where} ({shape}), no node has {tp} such GPUs"
+    kth_free, node = index[-1]
+    node_gids = cluster.nodes[node].gids_by_class[option.class_id]
+    enough = sum(1 for g in node_gids if free[g] >= claim)
+    text = (
+        f"{label}: requested {need} on each of {tp} GPUs{where} ({shape}), best node {cluster.nodes[node].name} "
+        f"has {enough} such GPU(s), its {_ordinal(tp)} freest {max(0, kth_free) / GIB:.2f} GiB"
+    )
+    if pp > 1:
+        nodes = len(index) - index.bisect_left((claim, -1))
+        text += f"; {nodes} node(s) can hold a stage, {pp} needed"
+    return text
+
+
+def _ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 def plan(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gpustack_pulumi.placement.cluster import ClusterState
 from gpustack_pulumi.placement.models import Strategy
@@ -38,6 +38,7 @@ class Candidate:
         return (self.class_id if self.class_id is not None else -1, self.node_gids)
 
 
+@runtime_checkable
 class Scorer(Protocol):
     name: str
 
@@ -80,7 +81,9 @@ class FewestNewNodes:
 
 
 class MostAllocated:
-    """Best fit: the fuller the chosen devices after the claim, the better (k8s MostAllocated)."""
+    """Best fit on GPUs already in use: the fuller after the claim the better (k8s MostAllocated). When the
+    candidate opens empty GPUs, the roomiest wins instead: a big empty GPU takes more replicas later, so the
+    fleet ends up using fewer GPUs (largest-bin-first for bins of several sizes)."""
 
     name = "most-allocated"
 
@@ -91,12 +94,13 @@ class MostAllocated:
             total = cluster.nodes[node].host_total or 1
             free = (state.host_free.get(node) or 0) - candidate.claim
             return max(0, min(MAX_SCORE, MAX_SCORE * (total - free) // total))
-        ratios = [
-            (cluster.dev_total[g] - state.free[g] + candidate.claim) / cluster.dev_total[g]
-            for _, gids in candidate.node_gids
-            for g in gids
-        ]
-        return max(0, min(MAX_SCORE, int(MAX_SCORE * sum(ratios) / len(ratios))))
+        gids = [g for _, gids in candidate.node_gids for g in gids]
+        opens = any(state.users[g] == 0 for g in gids)
+        total_ratio = 0.0
+        for g in gids:
+            free_after = state.free[g] - candidate.claim
+            total_ratio += free_after / cluster.dev_total[g] if opens else 1 - free_after / cluster.dev_total[g]
+        return max(0, min(MAX_SCORE, int(MAX_SCORE * total_ratio / len(gids))))
 
 
 class SameTopologyGroup:
@@ -185,9 +189,7 @@ class ScorePipeline:
             raise ValueError(f"unknown scorers {unknown}; valid: {sorted(SCORER_REGISTRY)}")
         self.scorers = [(SCORER_REGISTRY[name](), weight) for name, weight in chosen.items()]
 
-    def select(
-        self, candidates: list[Candidate], state: ClusterState, deployment: str, mode: str
-    ) -> ScoredCandidate:
+    def select(self, candidates: list[Candidate], state: ClusterState, deployment: str, mode: str) -> ScoredCandidate:
         """The best candidate; ties go to the lowest (class, node, devices)."""
         if len(candidates) == 1:
             return ScoredCandidate(candidates[0], 0, ())

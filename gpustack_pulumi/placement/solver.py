@@ -16,6 +16,7 @@ limit equal to the wall-clock budget (which remains a hard stop).
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -85,22 +86,40 @@ def _options(state: ClusterState, task: ReplicaTask, index: int) -> list[_Option
         return found
 
     for option in prepared.options:
+        # The smallest TP that has room somewhere now (larger TPs only where fragmentation leaves no room for
+        # it), as the heuristic does: the solver does not trade a larger TP for fewer GPUs.
         for tp in option.tps:
             demand = prepared.demand(option, tp)
             if demand.fits:
                 nodes = nodes_for(option.class_id, tp, demand.claim_bytes)
                 if nodes:
-                    out.append(_Option(index, option.class_id, option.engine, tp, 1, demand.claim_bytes,
-                                       demand.memory_fraction, demand.detail, nodes))
+                    out.append(
+                        _Option(
+                            index,
+                            option.class_id,
+                            option.engine,
+                            tp,
+                            1,
+                            demand.claim_bytes,
+                            demand.memory_fraction,
+                            demand.detail,
+                            nodes,
+                        )
+                    )
+                    break
     if prepared.cpu_request is not None:
         hosts = [
-            (n, []) for n in cluster.cpu_nodes
+            (n, [])
+            for n in cluster.cpu_nodes
             if (prepared.eligible_nodes is None or n in prepared.eligible_nodes)
             and (state.host_free.get(n) or 0) >= prepared.cpu_host_bytes
         ]
         if hosts:
-            out.append(_Option(index, None, prepared.cpu_request.engine, 1, 1, prepared.cpu_host_bytes, None,
-                               "host memory", hosts))
+            out.append(
+                _Option(
+                    index, None, prepared.cpu_request.engine, 1, 1, prepared.cpu_host_bytes, None, "host memory", hosts
+                )
+            )
     if not prepared.options and prepared.cpu_request is None:
         for option in prepared.multi_node_options:
             assert option.multi_node is not None
@@ -108,8 +127,19 @@ def _options(state: ClusterState, task: ReplicaTask, index: int) -> list[_Option
             demand = prepared.demand(option, tp, pp)
             nodes = nodes_for(option.class_id, tp, demand.claim_bytes)
             if len(nodes) >= pp:
-                out.append(_Option(index, option.class_id, option.engine, tp, pp, demand.claim_bytes,
-                                   demand.memory_fraction, demand.detail, nodes))
+                out.append(
+                    _Option(
+                        index,
+                        option.class_id,
+                        option.engine,
+                        tp,
+                        pp,
+                        demand.claim_bytes,
+                        demand.memory_fraction,
+                        demand.detail,
+                        nodes,
+                    )
+                )
     return out
 
 
@@ -147,9 +177,7 @@ def _groups(state: ClusterState, tasks: list[ReplicaTask]) -> list[_Group]:
     return [groups[key] for key in order]
 
 
-def solve_exact(
-    state: ClusterState, tasks: list[ReplicaTask], strategy: Strategy, time_budget_s: float
-) -> ExactResult:
+def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strategy, time_budget_s: float) -> ExactResult:
     """Place ``tasks`` optimally on ``state`` (not modified); falls back to the heuristic's result.
 
     Replicas of one deployment are counted (integer variables per device / node), which removes their
@@ -174,6 +202,7 @@ def solve_exact(
     placed_vars = []
     rank_terms = []
     extract: list[tuple[int, _Option, object, dict[int, object], dict[int, object]]] = []
+    latency_cpu_terms: list = []
     for gi, group in enumerate(groups):
         m = len(group.tasks)
         counts = []
@@ -181,6 +210,8 @@ def solve_exact(
             c = model.NewIntVar(0, m, f"c_{gi}_{k}")
             counts.append(c)
             rank_terms.append(option.tp * option.pp * c)
+            if option.class_id is None and group.tasks[0].prepared.deployment.mode == "latency":
+                latency_cpu_terms.append(c)  # mode=latency: a CPU-only node is the last resort
             ys: dict[int, object] = {}
             zs: dict[int, object] = {}
             if option.class_id is None:
@@ -258,16 +289,22 @@ def solve_exact(
     node_weight = ranks + 1
     device_weight = node_weight * (len(new_nodes) + 1)
     spread_weight = device_weight * (len(new_devices) + 1)
-    base = (spread_weight * (len(tasks) + 1)) if excess_terms else device_weight * (len(new_devices) + 1)
+    latency_weight = spread_weight * (len(tasks) + 1)
+    base = latency_weight * (len(tasks) + 1)
     tier = _tier_weights(tasks, base)
-    primary = sum(tier[group.tasks[0].prepared.deployment.priority] * placed_vars[gi] for gi, group in enumerate(groups))
+    primary = sum(
+        tier[group.tasks[0].prepared.deployment.priority] * placed_vars[gi] for gi, group in enumerate(groups)
+    )
     secondary = (
-        -spread_weight * sum(excess_terms)
+        -latency_weight * sum(latency_cpu_terms)
+        - spread_weight * sum(excess_terms)
         - device_weight * sum(new_devices)
         - node_weight * sum(new_nodes)
         - sum(rank_terms)
     )
-    heuristic_value = _value(heuristic, tier, tasks, state, strategy, spread_weight, device_weight, node_weight)
+    heuristic_value = _value(
+        heuristic, tier, state, strategy, (latency_weight, spread_weight, device_weight, node_weight)
+    )
     base_weight = min(tier.values()) if tier else 1
 
     # Lexicographic in two solves: first the placed replicas alone (their optimum is usually proven fast),
@@ -289,8 +326,8 @@ def solve_exact(
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return ExactResult(heuristic, False, False, heuristic_value, None, base_weight)
     primary_optimal = status == cp_model.OPTIMAL
-    primary_value = int(round(solver.ObjectiveValue()))
-    primary_bound = int(round(solver.BestObjectiveBound()))
+    primary_value = round(solver.ObjectiveValue())
+    primary_bound = round(solver.BestObjectiveBound())
     values = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(model.Proto().variables))]
     model.Add(primary >= primary_value)
     model.ClearHints()
@@ -300,7 +337,7 @@ def solve_exact(
     status = run(1.0)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):  # pragma: no cover - the hint is feasible
         return ExactResult(heuristic, False, False, heuristic_value, primary_bound, base_weight, primary_optimal)
-    exact_value = primary_value + int(round(solver.ObjectiveValue()))
+    exact_value = primary_value + round(solver.ObjectiveValue())
     optimal = primary_optimal and status == cp_model.OPTIMAL
     if exact_value < heuristic_value:
         return ExactResult(heuristic, False, False, heuristic_value, primary_bound, base_weight, primary_optimal)
@@ -312,15 +349,28 @@ def solve_exact(
         if not count:
             continue
         group_tasks = groups[gi].tasks
-        for node_gids in _decompose(cluster, option, count, {n: solver.Value(y) for n, y in ys.items()},
-                                    {g: solver.Value(z) for g, z in zs.items()}):
+        for node_gids in _decompose(
+            cluster,
+            option,
+            count,
+            {n: solver.Value(y) for n, y in ys.items()},
+            {g: solver.Value(z) for g, z in zs.items()},
+        ):
             task = group_tasks[next_task[gi]]
             next_task[gi] += 1
-            candidate = Candidate(option.class_id, option.engine, option.tp, option.pp, option.claim,
-                                  option.fraction, node_gids, option.detail)
+            candidate = Candidate(
+                option.class_id,
+                option.engine,
+                option.tp,
+                option.pp,
+                option.claim,
+                option.fraction,
+                node_gids,
+                option.detail,
+            )
             assignments.append((task, ScoredCandidate(candidate, 0, ())))
     for gi, group in enumerate(groups):
-        assignments.extend((task, None) for task in group.tasks[next_task[gi]:])
+        assignments.extend((task, None) for task in group.tasks[next_task[gi] :])
     return ExactResult(assignments, True, optimal, exact_value, primary_bound, base_weight, primary_optimal)
 
 
@@ -395,18 +445,21 @@ def _break_device_symmetry(
     by the bytes they receive."""
     cluster = state.cluster
     buckets: dict[tuple, list[int]] = {}
-    for g, terms in load.items():
+    for g in load:
         if state.users[g]:
             continue
-        signature = (cluster.dev_node[g], cluster.dev_class[g], state.free[g], cluster.dev_group[g],
-                     tuple(eligibility[g]))
+        signature = (
+            cluster.dev_node[g],
+            cluster.dev_class[g],
+            state.free[g],
+            cluster.dev_group[g],
+            tuple(eligibility[g]),
+        )
         buckets.setdefault(signature, []).append(g)
     for members in buckets.values():
         members.sort(key=lambda g: cluster.dev_index[g])
-        for first, second in zip(members, members[1:], strict=False):
-            model.Add(
-                sum(claim * z for z, claim in load[first]) >= sum(claim * z for z, claim in load[second])
-            )
+        for first, second in itertools.pairwise(members):
+            model.Add(sum(claim * z for z, claim in load[first]) >= sum(claim * z for z, claim in load[second]))
             if first in device_used and second in device_used:
                 model.Add(device_used[first] >= device_used[second])
     return [members for members in buckets.values() if len(members) > 1]
@@ -448,14 +501,12 @@ def run_heuristic(
 def _value(
     assignments: list[tuple[ReplicaTask, ScoredCandidate | None]],
     tier: dict[int, int],
-    tasks: list[ReplicaTask],
     state: ClusterState,
     strategy: Strategy,
-    spread_weight: int,
-    device_weight: int,
-    node_weight: int,
+    weights: tuple[int, int, int, int],
 ) -> int:
     """The solver's objective for a given assignment (to compare the heuristic's on equal terms)."""
+    latency_weight, spread_weight, device_weight, node_weight = weights
     value = 0
     devices: set[int] = set()
     nodes: set[int] = set()
@@ -465,6 +516,8 @@ def _value(
             continue
         c = chosen.candidate
         value += tier[task.prepared.deployment.priority] - c.tp * c.pp
+        if c.class_id is None and task.prepared.deployment.mode == "latency":
+            value -= latency_weight
         for node, gids in c.node_gids:
             if not state.node_users[node]:
                 nodes.add(node)
@@ -476,5 +529,4 @@ def _value(
         for (deployment, node), count in dep_nodes.items():
             existing = state.dep_nodes.get(deployment, {}).get(node, 0)
             value -= spread_weight * max(0, count + existing - 1)
-    del tasks
     return value

@@ -2,12 +2,14 @@
 
     .venv/bin/python runtime/bench/agent_bench.py [--requests 2000] [--instances 8]
 
-What it measures, all on loopback against a real ``gpustack-agent`` process (the installed console script):
+What it measures, all on loopback against a real agent process (``python -m gpustack_runtime``, the program
+behind the ``gpustack-agent`` script):
 
 * ``GET /v1/capacity`` latency, p50/p99 over ``--requests`` sequential keep-alive requests, with 8 simulated
   GPUs: the real NVML backend (pynvml) reading the fake ``libnvidia-ml.so.1`` that the tests build
   (runtime/tests/fakenvml; needs gcc). With ``--static`` (or without gcc) it falls back to ``--devices none``
-  and says so in the table; then there are no GPUs and the number means less.
+  and says so in the table; then there are no GPUs and the number means less. ``--real-nvml`` uses the
+  host's real driver and GPUs instead.
 * the agent's resident memory (VmRSS of the agent process alone, engines excluded): idle, and with
   ``--instances`` tiny Python HTTP engines (runtime/tests/engines/http_engine.py) running;
 * the delay from an engine answering its health path to the agent reporting it ``ready``: the benchmark
@@ -41,7 +43,8 @@ import httpx
 
 RUNTIME_DIR = Path(__file__).resolve().parents[1]
 ENGINE_SCRIPT = RUNTIME_DIR / "tests" / "engines" / "http_engine.py"
-AGENT_COMMAND = Path(sys.executable).with_name("gpustack-agent")
+AGENT_COMMAND = [sys.executable, "-m", "gpustack_runtime"]
+"""The same program as the ``gpustack-agent`` console script, also where the package is only on PYTHONPATH."""
 TOKEN = "bench-token"
 GPU_COUNT = 8
 H100_MEMORY_BYTES = 85_520_809_984  # what NVML reports for an H100 80GB HBM3
@@ -116,7 +119,7 @@ def running_agent(work: Path, devices: str, extra_env: dict[str, str]) -> Iterat
     port = free_port()
     process = subprocess.Popen(
         [
-            str(AGENT_COMMAND),
+            *AGENT_COMMAND,
             "--host=127.0.0.1",
             f"--port={port}",
             f"--token-file={token_file}",
@@ -215,20 +218,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--instances", type=int, default=8)
-    parser.add_argument("--static", action="store_true", help="no fake NVML: --devices none")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--static", action="store_true", help="no fake NVML: --devices none")
+    source.add_argument("--real-nvml", action="store_true", help="this host's real NVML and GPUs")
     options = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="agent-bench-"))
     rows: list[Row] = []
     try:
-        nvml_env = None if options.static else fake_nvml_environment(work)
-        devices, gpus, backend_note = (
-            ("nvml", GPU_COUNT, "NVML backend on the fake libnvidia-ml (8 x H100)")
-            if nvml_env is not None
-            else ("none", 0, "devices none: no GPUs (fake NVML not used)")
-        )
+        nvml_env = None if options.static or options.real_nvml else fake_nvml_environment(work)
+        if options.real_nvml:
+            devices, backend_note = "nvml", "NVML backend on this host's real driver"
+        elif nvml_env is not None:
+            devices, backend_note = "nvml", "NVML backend on the fake libnvidia-ml (8 x H100)"
+        else:
+            devices, backend_note = "none", "devices none: no GPUs (fake NVML not used)"
         with running_agent(work, devices, nvml_env or {}) as (agent_pid, client):
-            gpu_count = len(client.get("/v1/capacity").json()["devices"])
+            capacity = client.get("/v1/capacity").json()
+            gpu_count = len(capacity["devices"])
+            gpus = gpu_count
+            if capacity["devices"]:
+                backend_note += f", {capacity['devices'][0]['product']}"
             idle = capacity_latencies(client, options.requests)
             rows.append(Row("backend", devices, f"{backend_note}; capacity lists {gpu_count} devices"))
             rows.append(Row("GET /v1/capacity p50, idle", f"{percentile(idle, 0.5) * 1e3:.2f} ms", f"n={len(idle)}"))

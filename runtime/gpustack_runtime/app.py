@@ -43,7 +43,7 @@ from gpustack_runtime.capacity import (
     split_device_usage,
 )
 from gpustack_runtime.config import AgentConfig, agent_version
-from gpustack_runtime.devices.base import DeviceBackend, DeviceSnapshot
+from gpustack_runtime.devices.base import DeviceBackend, DeviceQueryError, DeviceSnapshot
 from gpustack_runtime.ledger import Admitted, DeviceUsage, DuplicateDeviceError, Ledger
 from gpustack_runtime.metrics import (
     AgentCollector,
@@ -204,6 +204,16 @@ def _render_admission_refused(_: Request, error: Exception) -> JSONResponse:
     )
 
 
+def _render_device_query_error(_: Request, error: Exception) -> JSONResponse:
+    """A device that was there at start fails a query (fallen off the bus, driver reset): the node cannot
+    say what it has, which is the node's trouble, not the client's (503, so clients retry or alert)."""
+    logger.error("device backend failed: %s", error)
+    return JSONResponse(
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        content={"detail": f"the device backend failed: {error}; check the GPUs and the driver on this node"},
+    )
+
+
 def _duplicate_device(error: DuplicateDeviceError) -> HTTPException:
     return HTTPException(
         HTTP_422_UNPROCESSABLE,
@@ -291,6 +301,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
     )
     app.state.runtime = runtime
     app.add_exception_handler(AdmissionRefused, _render_admission_refused)
+    app.add_exception_handler(DeviceQueryError, _render_device_query_error)
     app.add_middleware(RequestLatencyMiddleware, histogram=request_histogram)
 
     # Every route is ``async def``: FastAPI would run plain ``def`` routes in a thread pool, and the supervisor

@@ -135,6 +135,10 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     except ValueError as error:
         parser.error(f"--labels: {error}")
     token = read_token(parser, args.token_file)
+    try:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--state-dir {args.state_dir}: cannot create it ({error.strerror or error})")
     flag_of_field = {
         "node_name": "--node-name",
         "labels": "--labels",
@@ -177,7 +181,6 @@ def serve(config: AgentConfig, *, container_cli: str | None, log_level: str) -> 
     from gpustack_runtime.devices.factory import create_backend
     from gpustack_runtime.supervisor import Supervisor
 
-    config.state_dir.mkdir(parents=True, exist_ok=True)
     backend = create_backend(config.devices)
     supervisor = Supervisor(config.state_dir, port_range=config.port_range, container_cli=container_cli)
     app = create_app(config, backend, supervisor)

@@ -18,14 +18,16 @@ DISTRIBUTION_NAME = "gpustack-runtime"
 
 MIB = 1024 * 1024
 
-DEFAULT_MEMORY_SAFETY_MARGIN_BYTES = 256 * MIB
+DEFAULT_MEMORY_SAFETY_MARGIN_BYTES = 1024 * MIB
 """Memory per device that admission never hands out (``--memory-safety-margin-mib``).
 
-Why 256 MiB: it is headroom for memory that no claim and no visible process accounts for: the driver's own
-allocations, allocator fragmentation, and processes in other PID namespaces that NVML reports without a usable
-pid. The engines' own CUDA context and graph overheads are part of their claims (the placement memory model
-adds them), so the margin does not need to cover those. 256 MiB is 0.3 % of an 80 GiB H100 and 1.6 % of a
-16 GiB card. Raise it on nodes where other software allocates GPU memory without showing up as a process.
+It covers memory that the driver counts as used but that no claim and no listed process accounts for. On an
+H200 (driver 580.159, 2026-11) NVML reported 624 MiB used beyond the sum of its listed processes as soon as one
+CUDA context existed, and 629 MiB with two (nvidia-smi shows 0 MiB on the idle card): a device-wide reserve
+that appears with the first context. 1 GiB covers that with headroom for allocator fragmentation. It is 0.7 %
+of an H200, 1.25 % of an 80 GiB H100 and 6 % of a 16 GiB card; lower it on small cards if needed. The engines'
+own per-process context and CUDA-graph memory are part of their claims (the placement memory model adds them)
+and of their listed processes, so the margin does not need to cover those.
 """
 
 DEFAULT_PORT_RANGE = (40000, 40063)

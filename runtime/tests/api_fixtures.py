@@ -40,9 +40,13 @@ class StaticBackend:
 
     def __init__(self, devices: Sequence[DeviceSnapshot] = ()) -> None:
         self.devices = list(devices)
+        self.failure: Exception | None = None
+        """Raised by :meth:`snapshot` while set, as a driver error would be."""
         self.closed = False
 
     def snapshot(self) -> list[DeviceSnapshot]:
+        if self.failure is not None:
+            raise self.failure
         return list(self.devices)
 
     def close(self) -> None:

@@ -197,6 +197,17 @@ def test_token_file_must_exist_and_hold_a_token(tmp_path: Path, capsys: pytest.C
         assert "--token-file" in err and complaint in err
 
 
+def test_unusable_state_dir_is_a_usage_error(
+    token_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--token-file", str(token_file), "--state-dir", str(blocker / "state")])
+    assert exit_info.value.code == 2
+    assert "--state-dir" in capsys.readouterr().err
+
+
 def test_missing_token_file_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([])
@@ -211,7 +222,10 @@ def test_world_readable_token_file_is_accepted_with_a_warning(tmp_path: Path, ca
     parser = build_parser()
 
     with caplog.at_level(logging.WARNING):
-        config = config_from_args(parser, parser.parse_args(["--token-file", str(path), "--labels", "a=1"]))
+        config = config_from_args(
+            parser,
+            parser.parse_args(["--token-file", str(path), "--state-dir", str(tmp_path / "state"), "--labels", "a=1"]),
+        )
 
     assert config.token.get_secret_value() == "s3cret-value"
     assert config.labels == {"a": "1"}

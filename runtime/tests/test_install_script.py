@@ -38,8 +38,6 @@ INSTALL_SCRIPT = RUNTIME_DIR / "install" / "install.sh"
 UNINSTALL_SCRIPT = RUNTIME_DIR / "install" / "uninstall.sh"
 ENGINE_SCRIPT = Path(__file__).parent / "engines" / "http_engine.py"
 TOKEN = "install-test-token-51b2"
-BUILD_BACKEND = ("setuptools", "wheel")
-"""runtime/pyproject.toml's build-system requirements; pip installs them into its isolated build env."""
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +82,8 @@ def repack_as_wheel(dist: importlib.metadata.Distribution, wheelhouse: Path) -> 
 
 
 def dependency_closure(roots: list[str]) -> list[importlib.metadata.Distribution]:
-    """The installed distributions ``roots`` need (markers evaluated here, extras not followed)."""
+    """The installed distributions ``roots`` need (markers evaluated here, extras not followed). Fails the
+    test, naming the package, when this environment lacks one or has a version the requirement excludes."""
     found: dict[str, importlib.metadata.Distribution] = {}
     pending = list(roots)
     while pending:
@@ -92,17 +91,25 @@ def dependency_closure(roots: list[str]) -> list[importlib.metadata.Distribution
         key = canonicalize_name(requirement.name)
         if key in found or (requirement.marker is not None and not requirement.marker.evaluate({"extra": ""})):
             continue
-        found[key] = importlib.metadata.distribution(requirement.name)
-        pending += found[key].requires or []
+        try:
+            dist = importlib.metadata.distribution(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.fail(f"the offline wheelhouse needs {requirement}: pip install it into the test environment")
+        if not requirement.specifier.contains(dist.version, prereleases=True):
+            pytest.fail(f"the offline wheelhouse needs {requirement}, this environment has {dist.version}")
+        found[key] = dist
+        pending += dist.requires or []
     return list(found.values())
 
 
 @pytest.fixture(scope="module")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("wheelhouse")
-    # The source's own list (what pip will resolve), not the metadata of the editable install, which may lag.
-    runtime_requirements = tomllib.loads((RUNTIME_DIR / "pyproject.toml").read_text())["project"]["dependencies"]
-    for dist in dependency_closure([*runtime_requirements, *BUILD_BACKEND]):
+    # The source's own lists (what pip will resolve, and the build backend pip installs into its isolated build
+    # environment), not the metadata of the editable install, which may lag behind the file.
+    pyproject = tomllib.loads((RUNTIME_DIR / "pyproject.toml").read_text())
+    roots = [*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"]]
+    for dist in dependency_closure(roots):
         repack_as_wheel(dist, directory)
     return directory
 
