@@ -204,7 +204,7 @@ def _file_writing_launcher(argv: list[str], config_files: list[ConfigFile], env:
     return ["/bin/sh", "-c", script, "gpustack-launch", *argv]
 
 
-class EngineRefusal(Exception):  # noqa: N818 - a refusal is a value the caller reports, not a crash
+class EngineRefusal(Exception):
     """An engine cannot run this replica as asked: which option, why, and what would work instead."""
 
     def __init__(self, engine: str, option: str, reason: str, alternatives: list[str] | None = None) -> None:

@@ -52,7 +52,9 @@ class CustomEngine:
             try:
                 fields = [field for _, field, _, _ in string.Formatter().parse(argument) if field is not None]
             except ValueError as error:
-                refusals.append(EngineRefusal(NAME, "custom_argv", f"{argument!r}: {error}", ["escape braces as {{ }}"]))
+                refusals.append(
+                    EngineRefusal(NAME, "custom_argv", f"{argument!r}: {error}", ["escape braces as {{ }}"])
+                )
                 continue
             for field in fields:
                 if field not in PLACEHOLDERS:
@@ -63,7 +65,9 @@ class CustomEngine:
                 used.add(field)
             if argument.split("=", 1)[0] in SECRET_FLAGS:
                 refusals.append(
-                    EngineRefusal(NAME, "custom_argv", f"{argument} puts a secret in argv", ["api_key_secret (env API_KEY)"])
+                    EngineRefusal(
+                        NAME, "custom_argv", f"{argument} puts a secret in argv", ["api_key_secret (env API_KEY)"]
+                    )
                 )
         if "port" not in used and not context.options.port:
             refusals.append(

@@ -106,7 +106,9 @@ class EngineOptions(OptionsModel):
     llamacpp_server: LlamaCppServer = Field(
         default="llama-cpp-python", description="llama.cpp front end: the Python server or llama-server."
     )
-    python: str = Field(default="python3", description="Interpreter of Python-launched engines (SGLang, llama-cpp-python).")
+    python: str = Field(
+        default="python3", description="Interpreter of Python-launched engines (SGLang, llama-cpp-python)."
+    )
     n_gpu_layers: int | None = Field(default=None, ge=-1, description="llama.cpp layers offloaded; None: all.")
     custom_argv: list[str] | None = Field(
         default=None, description="engine 'custom': argv template with {model}, {port}, {tp}, ... placeholders."

@@ -37,7 +37,13 @@ API_KEY_ENV = "SGLANG_API_KEY"  # read by the launcher, not by SGLang
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"  # with --enable-metrics
 # Our method names -> SGLang's --speculative-algorithm (NEXTN is SGLang's name for MTP drafting).
-SPECULATIVE_ALGORITHMS = {"eagle3": "EAGLE3", "eagle": "EAGLE", "mtp": "NEXTN", "ngram": "NGRAM", "draft_model": "STANDALONE"}
+SPECULATIVE_ALGORITHMS = {
+    "eagle3": "EAGLE3",
+    "eagle": "EAGLE",
+    "mtp": "NEXTN",
+    "ngram": "NGRAM",
+    "draft_model": "STANDALONE",
+}
 # SGLang's automatic (steps, topk, draft tokens) when none are given (engines-and-memory.md §6).
 DEFAULT_SPECULATIVE_SHAPE = (3, 1, 4)
 GB = 10**9  # --hicache-size is in GB
@@ -82,7 +88,9 @@ class SglangEngine:
                         NAME,
                         "speculative.method",
                         f"{spec.method} has no SGLang {version.version} algorithm",
-                        sorted(m for m, a in SPECULATIVE_ALGORITHMS.items() if a in (version.speculative_algorithms or [])),
+                        sorted(
+                            m for m, a in SPECULATIVE_ALGORITHMS.items() if a in (version.speculative_algorithms or [])
+                        ),
                     )
                 )
         offload = context.options.kv_offload
@@ -94,21 +102,27 @@ class SglangEngine:
         if tuning.speculative is not None and context.replica.pipeline_parallel_size > 1:
             refusals.append(
                 EngineRefusal(
-                    NAME, "speculative", "SGLang speculative decoding is incompatible with pipeline parallelism",
+                    NAME,
+                    "speculative",
+                    "SGLang speculative decoding is incompatible with pipeline parallelism",
                     ["speculative: off", "pipeline_parallel_size 1"],
                 )
             )
         if tuning.speculative is not None and tuning.speculative.method == "mtp" and not context.profile.mtp_parameters:
             refusals.append(
                 EngineRefusal(
-                    NAME, "speculative.method", f"mtp (NEXTN) needs MTP layers, which {context.profile.model_id} lacks",
+                    NAME,
+                    "speculative.method",
+                    f"mtp (NEXTN) needs MTP layers, which {context.profile.model_id} lacks",
                     ["eagle3 with a draft_model", "ngram"],
                 )
             )
         if context.is_multi_node and context.head_node not in context.node_addresses:
             refusals.append(
                 EngineRefusal(
-                    NAME, "node_addresses", f"multi-node replica needs the address of head node {context.head_node}",
+                    NAME,
+                    "node_addresses",
+                    f"multi-node replica needs the address of head node {context.head_node}",
                     [f"node_addresses: {{{context.head_node}: <ip>}}"],
                 )
             )

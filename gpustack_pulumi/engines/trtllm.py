@@ -53,7 +53,9 @@ class TrtLlmEngine:
         version, refusals = resolve_version(NAME, context)
         refusals += self._static_refusals(context)
         if version is not None and not refusals:
-            refusals += flag_refusals(NAME, version, self._render(context, version, tune(NAME, context, online_fp8=False))[0])
+            refusals += flag_refusals(
+                NAME, version, self._render(context, version, tune(NAME, context, online_fp8=False))[0]
+            )
         return refusals
 
     def launch_specs(self, context: EngineContext) -> list[LaunchSpec]:
@@ -109,7 +111,9 @@ class TrtLlmEngine:
             max_seqs = max(LATENCY_MIN_BATCH, 2 ** math.ceil(math.log2(context.deployment.concurrency)))
             reasons.append(f"max_batch_size {max_seqs}: mode latency, concurrency {context.deployment.concurrency}")
         else:
-            reasons.append(f"max_batch_size {max_seqs}, max_num_tokens {max_tokens}: vLLM's batch defaults for this GPU")
+            reasons.append(
+                f"max_batch_size {max_seqs}, max_num_tokens {max_tokens}: vLLM's batch defaults for this GPU"
+            )
         argv = [
             "trtllm-serve", context.model_path,
             "--host", options.host,
@@ -163,7 +167,9 @@ class TrtLlmEngine:
         """(claim − weights − overhead) / (device − weights − overhead): TensorRT-LLM sizes its KV cache as a
         fraction of the memory free after loading the weights."""
         placement = context.replica.placements[0]
-        weights = context.profile.weights_per_rank(context.replica.tensor_parallel_size, context.replica.pipeline_parallel_size)
+        weights = context.profile.weights_per_rank(
+            context.replica.tensor_parallel_size, context.replica.pipeline_parallel_size
+        )
         free_after_load = context.head_accelerator.memory_bytes - weights - SIMPLE_OVERHEAD_BYTES
         kv_budget = placement.memory_bytes_per_device - weights - SIMPLE_OVERHEAD_BYTES
         low, high = KV_FRACTION_BOUNDS

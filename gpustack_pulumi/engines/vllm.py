@@ -37,7 +37,13 @@ API_KEY_ENV = "VLLM_API_KEY"
 HEALTH_PATH = "/health"  # unauthenticated even with an API key (the key guards /v1, /v2, /inference)
 METRICS_PATH = "/metrics"
 PERFORMANCE_MODE = {"latency": "interactivity", "throughput": "throughput"}  # balanced: vLLM's default
-SPECULATIVE_METHODS = {"eagle3": "eagle3", "eagle": "eagle", "mtp": "mtp", "ngram": "ngram", "draft_model": "draft_model"}
+SPECULATIVE_METHODS = {
+    "eagle3": "eagle3",
+    "eagle": "eagle",
+    "mtp": "mtp",
+    "ngram": "ngram",
+    "draft_model": "draft_model",
+}
 # LMCache connector settings (LMCache docs, as GPUStack sets them): chunk of 256 tokens, local CPU backend.
 LMCACHE_CHUNK_SIZE = 256
 GB = 10**9  # LMCACHE_MAX_LOCAL_CPU_SIZE and --kv-offloading-size are in (decimal) GB / GiB-as-float
@@ -88,7 +94,9 @@ class VllmEngine:
             refusals.append(EngineRefusal(NAME, "speculative.method", spec.method, sorted(SPECULATIVE_METHODS)))
         if context.options.kv_offload is not None and context.options.kv_offload.backend == "hicache":
             refusals.append(
-                EngineRefusal(NAME, "kv_offload.backend", "hicache is SGLang's", ["lmcache", "native", "engine: sglang"])
+                EngineRefusal(
+                    NAME, "kv_offload.backend", "hicache is SGLang's", ["lmcache", "native", "engine: sglang"]
+                )
             )
         if context.is_multi_node:
             missing = [p.node for p in context.replica.placements if p.node not in context.node_addresses]
@@ -114,7 +122,9 @@ class VllmEngine:
         if tuning.speculative is not None and tuning.speculative.method == "mtp" and not context.profile.mtp_parameters:
             refusals.append(
                 EngineRefusal(
-                    NAME, "speculative.method", f"mtp needs MTP layers, which {context.profile.model_id} lacks",
+                    NAME,
+                    "speculative.method",
+                    f"mtp needs MTP layers, which {context.profile.model_id} lacks",
                     ["eagle3 with a draft_model", "ngram"],
                 )
             )

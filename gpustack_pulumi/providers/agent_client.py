@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import httpx
-
 from gpustack_runtime.wire import (
     CapacityDocument,
     InstanceBody,

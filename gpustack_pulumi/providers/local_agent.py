@@ -60,7 +60,9 @@ class LocalAgentProvider(ResourceProvider):
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = [key for key in RESTART_KEYS if olds.get(key) != news.get(key)]
+        # Outputs hold the port that was picked; a requested port of 0 ("any") matches it.
+        wanted = {**news, "port": news.get("port") or olds.get("port")}
+        changed = [key for key in RESTART_KEYS if olds.get(key) != wanted.get(key)]
         return DiffResult(changes=bool(changed), replaces=changed, delete_before_replace=True)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -86,7 +88,7 @@ class LocalAgentProvider(ResourceProvider):
         if props.get("port_range"):
             argv += ["--port-range", str(props["port_range"])]
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         endpoint = f"http://{host}:{port}"

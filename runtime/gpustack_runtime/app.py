@@ -341,6 +341,8 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
             labels=config.labels,
             host=runtime.host,
             backend=backend.name,
+            # Every backend of gpustack_runtime.devices has it; the DeviceBackend protocol does not require it.
+            driver_version=getattr(backend, "driver_version", None),
             devices=snapshots,
         )
 

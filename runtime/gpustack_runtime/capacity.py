@@ -46,6 +46,7 @@ class NodeInfo(BaseModel):
     labels: dict[str, str]
     host: HostFacts
     backend: str = Field(description="Device backend in use: 'nvml', 'ascend' or 'none'.")
+    driver_version: str | None = Field(default=None, description="The device driver's version, when known.")
     devices: list[DeviceSnapshot]
 
 

@@ -19,8 +19,13 @@ where
   than it claimed is counted at its real use, one that uses less is still counted at its claim;
 * ``foreign`` is the live memory of device processes that are in no instance's process tree: a training job
   started by hand, a stray engine. The agent cannot take it back, so it cannot promise it;
-* memory that the driver reports as used but that no visible process holds (driver reserve, processes in
-  other PID namespaces) is covered by the safety margin only.
+* memory that the driver reports as used but that no listed process holds (the driver's device-wide reserve
+  that appears with the first CUDA context, about 624 MiB on an H200) is covered by the safety margin only
+  (see ``DEFAULT_MEMORY_SAFETY_MARGIN_BYTES``).
+
+NVML reports the pids of the host's PID namespace. An agent that runs in a container without the host's PID
+namespace (Kubernetes ``hostPID: false``) cannot match them to its engines, so its engines' memory counts as
+foreign on top of their claims: admission errs on the safe side, by up to the engines' usage.
 
 An instance's claim counts from its admission until it is deleted, whatever its state: the memory of a
 failed or restarting engine is still promised to its owner.

@@ -42,6 +42,7 @@ MARGIN_MIB=${GPUSTACK_AGENT_MEMORY_SAFETY_MARGIN_MIB:-}
 TOKEN_FROM=${GPUSTACK_AGENT_TOKEN_FROM:-}
 SYSTEMD=${GPUSTACK_AGENT_SYSTEMD:-auto}
 PIP_ARGS=()
+PRINT_UNIT=no
 
 usage() {
     cat <<EOF
@@ -69,6 +70,7 @@ Agent flags written into the unit:
 
 systemd:
   --no-systemd         write the unit file but never call systemctl (containers, tests)
+  --print-unit         print the unit these flags give and exit (installs nothing, needs no token)
   -h, --help           this text
 EOF
 }
@@ -117,6 +119,7 @@ while [[ $# -gt 0 ]]; do
         --node-name) need_value "$arg" $#; NODE_NAME=$2; shift 2 ;;
         --memory-safety-margin-mib) need_value "$arg" $#; MARGIN_MIB=$2; shift 2 ;;
         --no-systemd) SYSTEMD=no; shift ;;
+        --print-unit) PRINT_UNIT=yes; shift ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown option $arg (see --help)" ;;
     esac
@@ -141,6 +144,47 @@ done
 [[ -z $MARGIN_MIB || $MARGIN_MIB =~ ^[0-9]+$ ]] || die "--memory-safety-margin-mib '$MARGIN_MIB' must be >= 0"
 [[ $VENV == /* && $TOKEN_PATH == /* && $STATE_DIR == /* && $UNIT_DIR == /* ]] ||
     die "--venv, --token-path, --state-dir and --unit-dir must be absolute paths"
+
+# --- the unit, rendered from the flags -------------------------------------------------------------------
+
+exec_start="$VENV/bin/$PROGRAM --host $HOST --port $PORT --token-file $TOKEN_PATH --state-dir $STATE_DIR"
+exec_start+=" --devices $DEVICES --port-range $PORT_RANGE"
+[[ -n $LABELS ]] && exec_start+=" --labels $LABELS"
+[[ -n $NODE_NAME ]] && exec_start+=" --node-name $NODE_NAME"
+[[ -n $MARGIN_MIB ]] && exec_start+=" --memory-safety-margin-mib $MARGIN_MIB"
+
+render_unit() {
+    cat <<EOF
+# Written by gpustack-agent's install.sh; running it again rewrites this file.
+[Unit]
+Description=gpustack-pulumi node agent (GPU capacity, reservations, inference engine supervision)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart=$exec_start
+Restart=always
+RestartSec=5
+# KillMode=process: stopping or restarting the unit signals only the agent. The engines it started stay in
+# this unit's cgroup, and with the default (control-group) systemd would kill them together with the agent:
+# every agent upgrade or crash would take the served models down. A new agent adopts the running engines;
+# engines stop through the agent's API (DELETE /v1/instances/{id}) or uninstall.sh.
+KillMode=process
+# The agent's own graceful shutdown is bounded at a few seconds; this only covers a hung agent.
+TimeoutStopSec=30
+# Engine log files and client connections, one set per engine.
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+EOF
+}
+
+if [[ $PRINT_UNIT == yes ]]; then
+    render_unit
+    exit 0
+fi
 
 # The token is read and checked before anything is installed, so a missing token fails in a second.
 token=""
@@ -265,38 +309,7 @@ fi
 mkdir -p "$STATE_DIR" "$UNIT_DIR"
 chmod 700 "$STATE_DIR"
 
-exec_start="$VENV/bin/$PROGRAM --host $HOST --port $PORT --token-file $TOKEN_PATH --state-dir $STATE_DIR"
-exec_start+=" --devices $DEVICES --port-range $PORT_RANGE"
-[[ -n $LABELS ]] && exec_start+=" --labels $LABELS"
-[[ -n $NODE_NAME ]] && exec_start+=" --node-name $NODE_NAME"
-[[ -n $MARGIN_MIB ]] && exec_start+=" --memory-safety-margin-mib $MARGIN_MIB"
-
-unit_changed=$(write_if_different "$UNIT_DIR/$UNIT_NAME" 644 <<EOF
-# Written by gpustack-agent's install.sh; running it again rewrites this file.
-[Unit]
-Description=gpustack-pulumi node agent (GPU capacity, reservations, inference engine supervision)
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=simple
-ExecStart=$exec_start
-Restart=always
-RestartSec=5
-# KillMode=process: stopping or restarting the unit signals only the agent. The engines it started stay in
-# this unit's cgroup, and with the default (control-group) systemd would kill them together with the agent:
-# every agent upgrade or crash would take the served models down. A new agent adopts the running engines;
-# engines stop through the agent's API (DELETE /v1/instances/{id}) or uninstall.sh.
-KillMode=process
-# The agent's own graceful shutdown is bounded at a few seconds; this only covers a hung agent.
-TimeoutStopSec=30
-# Engine log files and client connections, one set per engine.
-LimitNOFILE=65536
-
-[Install]
-WantedBy=multi-user.target
-EOF
-)
+unit_changed=$(render_unit | write_if_different "$UNIT_DIR/$UNIT_NAME" 644)
 if [[ -n $unit_changed ]]; then
     CHANGED+=("unit written to $UNIT_DIR/$UNIT_NAME")
 else

@@ -154,6 +154,7 @@ def test_agent_reads_gpus_through_nvml(tmp_path: Path, token_file: Path, fake_nv
 
     with running_agent(args, env=env) as (_, client):
         document = client.get("/v1/capacity").json()
+        node = client.get("/v1/node").json()
         reserve = {"owner": "o", "device_indices": [1], "memory_bytes_per_device": 24 * 1024**3}
         refused = client.put("/v1/reservations/too-big", json=reserve)
 
@@ -162,6 +163,7 @@ def test_agent_reads_gpus_through_nvml(tmp_path: Path, token_file: Path, fake_nv
         (1, "GPU-a10g-1", 24 * 1024**3),
     ]
     assert refused.status_code == 409, "the whole card minus the safety margin is the most one can claim"
+    assert (node["backend"], node["driver_version"]) == ("nvml", "550.54.15")
 
 
 @pytest.mark.parametrize(

@@ -367,6 +367,19 @@ def test_bad_input_is_refused_naming_the_flag(layout: Layout, runtime_wheel: Pat
     assert not layout.venv.exists(), "bad input is refused before anything is installed"
 
 
+def test_print_unit_renders_the_unit_without_installing(layout: Layout) -> None:
+    result = subprocess.run(
+        ["bash", str(INSTALL_SCRIPT), *layout.place_args(), "--print-unit", "--devices=nvml", "--port=10333"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert f"ExecStart={layout.venv}/bin/gpustack-agent --host 0.0.0.0 --port 10333 " in result.stdout
+    assert "--devices nvml" in result.stdout and "KillMode=process" in result.stdout
+    assert not layout.root.exists(), "--print-unit installs nothing"
+
+
 @contextlib.contextmanager
 def installed_agent(layout: Layout) -> Iterator[tuple[subprocess.Popen[bytes], httpx.Client]]:
     """The installed agent, started like the unit starts it (its ExecStart), on a free loopback port."""

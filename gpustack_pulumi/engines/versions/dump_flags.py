@@ -44,8 +44,10 @@ def vllm_parser() -> tuple[str, str, argparse.ArgumentParser]:
         from vllm.entrypoints.common.cli_args import make_arg_parser
     except ImportError:  # before 0.2x the serve parser lived in the openai package
         from vllm.entrypoints.openai.cli_args import make_arg_parser
-    return vllm.__version__, "vllm.entrypoints.*.cli_args.make_arg_parser (vllm serve)", make_arg_parser(
-        FlexibleArgumentParser()
+    return (
+        vllm.__version__,
+        "vllm.entrypoints.*.cli_args.make_arg_parser (vllm serve)",
+        make_arg_parser(FlexibleArgumentParser()),
     )
 
 

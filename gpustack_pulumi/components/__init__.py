@@ -1,0 +1,24 @@
+"""What users import: GpuCluster, node pools and ModelDeployment.
+
+Component modules do not use ``from __future__ import annotations``: Pulumi's component tooling reads the
+argument and output annotations at runtime (shared reference: pulumi.md §1.1).
+"""
+
+from gpustack_pulumi.components.cluster import (
+    ComponentArgsError,
+    GpuCluster,
+    GpuClusterArgs,
+    LocalNodePool,
+    LocalNodePoolArgs,
+)
+from gpustack_pulumi.components.resources import AgentToken, LocalAgent
+
+__all__ = [
+    "AgentToken",
+    "ComponentArgsError",
+    "GpuCluster",
+    "GpuClusterArgs",
+    "LocalAgent",
+    "LocalNodePool",
+    "LocalNodePoolArgs",
+]

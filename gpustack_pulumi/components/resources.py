@@ -1,0 +1,35 @@
+# No `from __future__ import annotations`: Pulumi reads these annotations at runtime (see components/__init__.py).
+"""The dynamic resources the components create. Each binds a provider (in ``gpustack_pulumi.providers``) to typed
+outputs; the provider classes live in importable modules so state pickles them by reference."""
+
+from typing import Any
+
+import pulumi
+import pulumi.dynamic
+
+from gpustack_pulumi.providers.local_agent import LocalAgentProvider
+from gpustack_pulumi.providers.token import AgentTokenProvider
+
+
+class AgentToken(pulumi.dynamic.Resource, module="gpustack", name="AgentToken"):
+    """A random bearer token for the agents, kept secret in state."""
+
+    token: pulumi.Output[str]
+
+    def __init__(self, name: str, rotation: int = 0, opts: pulumi.ResourceOptions | None = None) -> None:
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["token"]))
+        super().__init__(AgentTokenProvider(), name, {"rotation": rotation, "token": None}, opts)
+
+
+class LocalAgent(pulumi.dynamic.Resource, module="gpustack", name="LocalAgent"):
+    """The node agent process on this machine."""
+
+    endpoint: pulumi.Output[str]
+    node_name: pulumi.Output[str]
+    pid: pulumi.Output[int]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["token"]))
+        super().__init__(
+            LocalAgentProvider(), name, {**props, "endpoint": None, "pid": None, "pid_start_time": None}, opts
+        )
