@@ -3,7 +3,7 @@
 
 import re
 import socket
-from typing import NotRequired, TypedDict, Union
+from typing import NotRequired, TypedDict
 
 import pulumi
 
@@ -83,7 +83,7 @@ def _local_pool_props(name: str, args: LocalNodePoolArgs) -> dict:
     }
 
 
-NodePool = Union[LocalNodePool]
+NodePool = LocalNodePool  # pools of other kinds (SSH hosts, AWS, Kubernetes) join this alias
 
 
 class GpuClusterArgs(TypedDict):
