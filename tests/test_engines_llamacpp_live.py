@@ -64,9 +64,7 @@ def test_generated_llamacpp_argv_serves_the_tiny_gguf(tiny_gguf: Path) -> None:
         reason="test",
     )
     options = EngineOptions(host="127.0.0.1", python=sys.executable, extra_args=["--n_threads", "1"])
-    (spec,) = launch_specs(
-        replica, profile, deployment, accelerators={"local": NodeAccelerator.cpu()}, options=options
-    )
+    (spec,) = launch_specs(replica, profile, deployment, accelerators={"local": NodeAccelerator.cpu()}, options=options)
     assert spec.image is None and spec.visible_devices == [] and spec.health_path == "/v1/models"
     assert engine_version("llama.cpp", spec.engine_version).flag_table.problems(spec.argv[spec.command_length :]) == []
 

@@ -7,14 +7,17 @@ from __future__ import annotations
 import shlex
 
 from gpustack_runtime.wire import Inventory
+from pydantic import BaseModel, ConfigDict
+
+from gpustack_pulumi.analysis import analyze
 
 from gpustack_pulumi.analysis.profile import ModelProfile
 from gpustack_pulumi.catalog import gpu_for_product
 from gpustack_pulumi.engines.auto import select_engine
-from gpustack_pulumi.engines.base import EngineContext, ExtraMemory, LaunchSpec, NodeAccelerator
+from gpustack_pulumi.engines.base import EngineContext, EngineRefusal, ExtraMemory, LaunchSpec, NodeAccelerator
 from gpustack_pulumi.engines.options import EngineOptions
 from gpustack_pulumi.engines.registry import get_engine
-from gpustack_pulumi.placement.models import Deployment, PlacedReplica
+from gpustack_pulumi.placement.models import Deployment, PlacedReplica, Plan
 
 
 def accelerators_from_inventory(inventory: Inventory, replica: PlacedReplica) -> dict[str, NodeAccelerator]:
@@ -133,3 +136,64 @@ def render_launch_specs(specs: list[LaunchSpec]) -> str:
         for reason in spec.reasons:
             lines.append(f"  why:     {reason}")
     return "\n".join(lines) + "\n"
+
+
+class ReplicaLaunch(BaseModel):
+    """The launch specs of one placed replica, or why the engine refused it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deployment: str
+    replica: int
+    specs: list[LaunchSpec]
+    refusal: str | None = None
+
+
+def launch_specs_for_plan(
+    plan: Plan,
+    deployments: list[Deployment],
+    inventory: Inventory,
+    *,
+    profiles: dict[str, ModelProfile] | None = None,
+    node_addresses: dict[str, str] | None = None,
+    options: dict[str, EngineOptions] | None = None,
+) -> list[ReplicaLaunch]:
+    """Every placed replica of ``plan`` with its LaunchSpecs (``gpustack-pulumi plan --show-launch``).
+
+    ``profiles`` and ``options`` are keyed by deployment name; a missing profile is analysed from the
+    deployment's model. Refusals are reported per replica, so one bad deployment does not hide the others.
+    """
+    by_name = {deployment.name: deployment for deployment in deployments}
+    profiles = dict(profiles or {})
+    launches = []
+    for replica in plan.replicas:
+        deployment = by_name[replica.deployment]
+        profile = profiles.get(deployment.name)
+        if profile is None:
+            profile = profiles[deployment.name] = analyze(deployment.model, deployment.quantization)
+        try:
+            specs = launch_specs(
+                replica,
+                profile,
+                deployment,
+                accelerators=accelerators_from_inventory(inventory, replica),
+                node_addresses=node_addresses,
+                options=(options or {}).get(deployment.name),
+            )
+        except EngineRefusal as refusal:
+            launches.append(
+                ReplicaLaunch(deployment=replica.deployment, replica=replica.replica, specs=[], refusal=str(refusal))
+            )
+            continue
+        launches.append(ReplicaLaunch(deployment=replica.deployment, replica=replica.replica, specs=specs))
+    return launches
+
+
+def render_plan_launches(launches: list[ReplicaLaunch]) -> str:
+    parts = []
+    for launch in launches:
+        if launch.refusal:
+            parts.append(f"{launch.deployment}[{launch.replica}] refused: {launch.refusal}\n")
+        else:
+            parts.append(render_launch_specs(launch.specs))
+    return "".join(parts)

@@ -26,10 +26,15 @@ class SpeculativeOptions(OptionsModel):
     method: SpeculativeMethod
     draft_model: str | None = Field(default=None, description="Draft model (eagle3, eagle, draft_model).")
     num_speculative_tokens: PositiveInt | None = Field(
-        default=None, description="Tokens proposed per step (vLLM num_speculative_tokens, SGLang draft tokens)."
+        default=None,
+        description="Tokens drafted per step: vLLM num_speculative_tokens, SGLang --speculative-num-steps and "
+        "TensorRT-LLM max_draft_len (None: each engine's default).",
     )
-    num_steps: PositiveInt | None = Field(default=None, description="SGLang --speculative-num-steps.")
+    num_steps: PositiveInt | None = Field(default=None, description="SGLang --speculative-num-steps override.")
     eagle_topk: PositiveInt | None = Field(default=None, description="SGLang --speculative-eagle-topk.")
+    num_draft_tokens: PositiveInt | None = Field(
+        default=None, description="SGLang --speculative-num-draft-tokens (None: steps × topk + 1)."
+    )
     prompt_lookup_min: PositiveInt | None = Field(default=None, description="ngram: shortest n-gram matched.")
     prompt_lookup_max: PositiveInt | None = Field(default=None, description="ngram: longest n-gram matched.")
     draft_model_bytes: int | None = Field(

@@ -224,14 +224,17 @@ class SglangEngine:
         if spec.draft_model:
             argv += ["--speculative-draft-model-path", spec.draft_model]
         if spec.method == "ngram":
-            if spec.num_speculative_tokens:
-                argv += ["--speculative-num-draft-tokens", str(spec.num_speculative_tokens)]
+            if spec.num_draft_tokens or spec.num_speculative_tokens:
+                argv += ["--speculative-num-draft-tokens", str(spec.num_draft_tokens or spec.num_speculative_tokens)]
             return argv
-        steps, topk, draft_tokens = DEFAULT_SPECULATIVE_SHAPE
+        default_steps, default_topk, _ = DEFAULT_SPECULATIVE_SHAPE
+        steps = spec.num_steps or spec.num_speculative_tokens or default_steps
+        topk = spec.eagle_topk or default_topk
+        draft_tokens = spec.num_draft_tokens or steps * topk + 1  # SGLang's (3, 1) -> 4
         argv += [
-            "--speculative-num-steps", str(spec.num_steps or steps),
-            "--speculative-eagle-topk", str(spec.eagle_topk or topk),
-            "--speculative-num-draft-tokens", str(spec.num_speculative_tokens or draft_tokens),
+            "--speculative-num-steps", str(steps),
+            "--speculative-eagle-topk", str(topk),
+            "--speculative-num-draft-tokens", str(draft_tokens),
         ]  # fmt: skip
         return argv
 

@@ -28,10 +28,6 @@ ONLINE_FP8_SOURCE = (
 DISTRIBUTED_PORT_BASE = 29500
 DISTRIBUTED_PORT_SPAN = 1000
 
-# MTP layers a model ships decide how many tokens it can draft; one step per layer is what vLLM and SGLang
-# run by default for DeepSeek-V3/R1 and GLM-4.5 (num_nextn_predict_layers = 1).
-MTP_TOKENS_PER_LAYER = 1
-
 
 @dataclass
 class Tuning:
@@ -146,7 +142,7 @@ def _tune_speculative(tuning: Tuning, context: EngineContext) -> None:
         tuning.speculative = preset.knobs.speculative
         tuning.reasons.append(f"speculative decoding {tuning.speculative.method}: from the preset")
     elif mode == "latency" and profile.mtp_parameters > 0:
-        tuning.speculative = SpeculativeOptions(method="mtp", num_speculative_tokens=MTP_TOKENS_PER_LAYER)
+        tuning.speculative = SpeculativeOptions(method="mtp")
         tuning.reasons.append(
             f"speculative decoding mtp: mode latency and the checkpoint ships MTP layers "
             f"({profile.mtp_parameters / 1e9:.1f}B parameters), so no draft model is needed"

@@ -5,8 +5,9 @@ Flags (engines-and-memory.md §5-§6, checked against the pinned parsers in ``ve
   placement's fraction), ``--max-model-len`` (always explicit: placement sized the KV cache for it);
 - multi-node (mp backend, the default since ≈0.18): head ``--nnodes N --node-rank 0 --master-addr A
   --master-port P``; workers the same with ``--node-rank k --headless``;
-- mode: ``--performance-mode interactivity|throughput`` (latency|throughput; balanced is vLLM's default),
-  expert parallel for MoE, online FP8 (see :mod:`tuning`);
+- mode: ``--performance-mode interactivity|throughput`` (latency|throughput; balanced is vLLM's default;
+  throughput doubles vLLM's batch defaults, latency also caps ``--max-num-seqs``), expert parallel for MoE,
+  online FP8 (see :mod:`tuning`);
 - ``--speculative-config`` JSON (eagle3/eagle/draft_model with a draft, mtp, ngram), LMCache through
   ``--kv-transfer-config`` plus ``LMCACHE_*`` env, or native ``--kv-offloading-size``;
 - the API key only as ``VLLM_API_KEY`` in the environment (vLLM reads it; it protects /v1, not /health).
@@ -37,6 +38,10 @@ API_KEY_ENV = "VLLM_API_KEY"
 HEALTH_PATH = "/health"  # unauthenticated even with an API key (the key guards /v1, /v2, /inference)
 METRICS_PATH = "/metrics"
 PERFORMANCE_MODE = {"latency": "interactivity", "throughput": "throughput"}  # balanced: vLLM's default
+# --performance-mode interactivity captures CUDA graphs for every batch size 1..32 (vllm/config/vllm.py,
+# 0.33.0); mode latency caps running sequences there (or at the deployment's concurrency, if larger) so every
+# decode step replays one of them. Throughput mode doubles vLLM's batch defaults itself.
+INTERACTIVITY_GRAPH_MAX_BATCH = 32
 SPECULATIVE_METHODS = {
     "eagle3": "eagle3",
     "eagle": "eagle",
@@ -46,6 +51,9 @@ SPECULATIVE_METHODS = {
 }
 # LMCache connector settings (LMCache docs, as GPUStack sets them): chunk of 256 tokens, local CPU backend.
 LMCACHE_CHUNK_SIZE = 256
+# num_speculative_tokens when none is given: one per MTP layer (DeepSeek-V3/R1 and GLM-4.5 ship one), three
+# for draft heads (vLLM's spec-decode docs examples).
+DEFAULT_SPECULATIVE_TOKENS = {"mtp": 1, "eagle3": 3, "eagle": 3, "draft_model": 3, "ngram": 3}
 GB = 10**9  # LMCACHE_MAX_LOCAL_CPU_SIZE and --kv-offloading-size are in (decimal) GB / GiB-as-float
 GIB = 2**30
 
@@ -215,6 +223,10 @@ class VllmEngine:
             if spelled:
                 argv += spelled
                 reasons.append(f"performance mode {mode}: deployment mode {context.deployment.mode}")
+        if context.deployment.mode == "latency":
+            seqs = max(INTERACTIVITY_GRAPH_MAX_BATCH, context.deployment.concurrency)
+            argv += ["--max-num-seqs", str(seqs)]
+            reasons.append(f"max_num_seqs {seqs}: mode latency keeps decode batches inside the captured CUDA graphs")
         if tuning.async_scheduling:
             argv.append("--async-scheduling")
         if tuning.speculative is not None:
@@ -236,7 +248,9 @@ class VllmEngine:
         config: dict[str, object] = {"method": SPECULATIVE_METHODS[spec.method]}
         if spec.draft_model:
             config["model"] = spec.draft_model
-        config["num_speculative_tokens"] = spec.num_speculative_tokens or (1 if spec.method == "mtp" else 3)
+        config["num_speculative_tokens"] = (
+            spec.num_speculative_tokens or spec.num_steps or DEFAULT_SPECULATIVE_TOKENS[spec.method]
+        )
         if spec.method == "ngram":
             config["prompt_lookup_max"] = spec.prompt_lookup_max or 4
             if spec.prompt_lookup_min:

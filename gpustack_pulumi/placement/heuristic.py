@@ -15,6 +15,10 @@ from gpustack_pulumi.placement.demand import GIB
 from gpustack_pulumi.placement.filters import ClassOption, PreparedDeployment
 from gpustack_pulumi.placement.scorers import Candidate, ScoredCandidate, ScorePipeline
 
+# The repair step (eject one placed replica, place the unplaced one, re-place the ejected one) stops after
+# this many tries: a work limit, not a clock, so plans stay deterministic.
+MAX_REPAIR_TRIES = 2000
+
 # Multi-GPU best fit looks at this many feasible nodes (tightest first) for one whose devices share a
 # topology group, before settling for the tightest: the k8s "score a bounded number of nodes" idea.
 TOPOLOGY_LOOKAHEAD_NODES = 8
@@ -114,9 +118,49 @@ class Placer:
         self.undo(first)
         second = [(task, self.place(task.prepared)) for task in sorted(tasks, key=smallest_first_key)]
         if self._quality(second) > first_quality:
-            return second
+            return self.repair(second)
         self.undo(second)
-        return [(task, self.place(task.prepared)) for task in tasks]
+        return self.repair([(task, self.place(task.prepared)) for task in tasks])
+
+    def repair(
+        self, placed: list[tuple[ReplicaTask, ScoredCandidate | None]]
+    ) -> list[tuple[ReplicaTask, ScoredCandidate | None]]:
+        """Local search for unplaced replicas, smallest first: lift one bigger placed replica of the same
+        priority whose devices could take it, place the unplaced one, re-place the lifted one; keep the move
+        only when both land (one more replica placed), else put everything back."""
+        placed = list(placed)
+        waiting = sorted(
+            (i for i, (task, chosen) in enumerate(placed) if chosen is None and task.prepared.error is None),
+            key=lambda i: smallest_first_key(placed[i][0]),
+        )
+        tries = 0
+        for ui in waiting:
+            task = placed[ui][0]
+            priority = task.prepared.deployment.priority
+            size = task.prepared.size_key()
+            classes = {option.class_id for option in task.prepared.options + task.prepared.multi_node_options}
+            for vi, (victim, chosen) in enumerate(placed):
+                if (
+                    chosen is None
+                    or victim.prepared.deployment.priority != priority
+                    or victim.prepared.size_key() <= size
+                    or chosen.candidate.class_id not in classes
+                ):
+                    continue
+                tries += 1
+                if tries > MAX_REPAIR_TRIES:
+                    return placed
+                self.undo([(victim, chosen)])
+                mine = self.place(task.prepared)
+                if mine is not None:
+                    moved = self.place(victim.prepared)
+                    if moved is not None:
+                        placed[ui] = (task, mine)
+                        placed[vi] = (victim, moved)
+                        break
+                    self.undo([(task, mine)])
+                self.apply(victim.prepared.name, chosen.candidate)
+        return placed
 
     def _quality(self, placed: list[tuple[ReplicaTask, ScoredCandidate | None]]) -> tuple:
         tiers: dict[int, int] = {}

@@ -9,7 +9,10 @@
 #      when the version there differs from the one the source holds: a new version upgrades in place;
 #   3. the bearer token, from stdin or a file, into a root-only file (default /etc/gpustack-agent/token,
 #      mode 0600); it is never printed and never put on a command line;
-#   4. the systemd unit gpustack-agent.service with the agent's flags;
+#   4. the systemd unit gpustack-agent.service with the agent's flags (its template is render_unit below,
+#      kept in this file so the script works alone, e.g. as cloud-init user data or piped to `bash -s` over
+#      ssh (then stdin carries the script: give the token with --token-file);
+#      --print-unit shows the unit without installing anything);
 #   5. if systemd runs (and --no-systemd is not given): daemon-reload, enable, and start, or restart when
 #      the package, the token or the unit changed.
 # The last line says what happened: "gpustack-agent: nothing changed" on a repeated run.
