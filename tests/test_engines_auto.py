@@ -77,7 +77,5 @@ def test_auto_replica_gets_the_choice_as_its_first_reason() -> None:
         reason="t",
     )
     deployment = Deployment(name="d", model="Qwen/Qwen3-8B", mode="latency")
-    (spec,) = launch_specs(
-        replica, profile, deployment, accelerators={"a": NodeAccelerator.from_gpu(gpu("H100-SXM"))}
-    )
+    (spec,) = launch_specs(replica, profile, deployment, accelerators={"a": NodeAccelerator.from_gpu(gpu("H100-SXM"))})
     assert spec.engine == "sglang" and spec.reasons[0].startswith("engine sglang (auto): measured preset")

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpustack_pulumi.engines import Engine, EngineContext, ExtraMemory, LaunchSpec
-from gpustack_pulumi.engines import registry
+from gpustack_pulumi.engines import Engine, EngineContext, ExtraMemory, LaunchSpec, registry
 from gpustack_pulumi.engines.registry import BUILTIN_ENGINES, ENTRY_POINT_GROUP, EngineRegistryError, get_engine
 from gpustack_pulumi.placement.models import KNOWN_ENGINES
 

@@ -57,7 +57,9 @@ def context(
         profile=analyze(model),
         options=EngineOptions(**options),
         accelerators={name: NodeAccelerator.from_gpu(spec) for name in names},
-        node_addresses=addresses if addresses is not None else {name: f"10.1.0.{i + 1}" for i, name in enumerate(names)},
+        node_addresses=addresses
+        if addresses is not None
+        else {name: f"10.1.0.{i + 1}" for i, name in enumerate(names)},
     )
 
 
@@ -116,6 +118,15 @@ def test_vllm_multi_node_head_and_headless_worker() -> None:
     assert worker.health_path is None and worker.metrics_path is None
 
 
+def test_vllm_multi_node_over_ray() -> None:
+    head, worker = specs_of(context("Qwen/Qwen3-32B", tp=4, nodes=2, multi_node_backend="ray", distributed_port=31500))
+    assert head.argv[:2] == ["/bin/sh", "-c"] and head.argv[2].startswith("ray start --head --port=31500")
+    assert head.argv[head.command_length - 2 : head.command_length] == ["vllm", "serve"]
+    assert flag_value(head.argv, "--distributed-executor-backend") == "ray" and "--nnodes" not in head.argv
+    assert worker.argv == ["ray", "start", "--address=10.1.0.1:31500", "--block"]
+    assert worker.health_path is None and "VLLM_API_KEY" not in worker.secret_env
+
+
 def test_sglang_multi_node_dist_init_addr_on_every_node() -> None:
     head, worker = specs_of(context("Qwen/Qwen3-32B", engine="sglang", tp=4, nodes=2, distributed_port=31000))
     assert flag_value(head.argv, "--dist-init-addr") == flag_value(worker.argv, "--dist-init-addr") == "10.1.0.1:31000"
@@ -153,6 +164,12 @@ def test_sglang_api_key_is_appended_in_process_not_in_argv() -> None:
     assert body.env["GPUSTACK_ARGV_FROM_ENV"] == "--api-key=SGLANG_API_KEY"
 
 
+def test_context_needs_an_accelerator_for_every_placed_node() -> None:
+    ctx = context("Qwen/Qwen3-32B", tp=4, nodes=2)
+    with pytest.raises(ValueError, match="accelerators: no entry for node.*gpu-1"):
+        EngineContext(**{**dict(ctx), "accelerators": {"gpu-0": ctx.accelerators["gpu-0"]}})
+
+
 def test_secret_flags_are_rejected_from_extra_args() -> None:
     with pytest.raises(ValueError, match="api_key_secret"):
         EngineOptions(extra_args=["--api-key", "sk-123"])
@@ -166,6 +183,7 @@ def test_secret_flags_are_rejected_from_extra_args() -> None:
 def test_modes_change_real_knobs_with_reasons() -> None:
     latency, balanced, throughput = (specs_of(context("Qwen/Qwen3-32B", mode=m))[0] for m in MODES)
     assert flag_value(latency.argv, "--performance-mode") == "interactivity"
+    assert flag_value(latency.argv, "--max-num-seqs") == "32" and "--max-num-seqs" not in throughput.argv
     assert "--performance-mode" not in balanced.argv
     assert flag_value(throughput.argv, "--performance-mode") == "throughput"
     assert flag_value(throughput.argv, "--quantization") == "fp8"  # online FP8 on an FP8 GPU

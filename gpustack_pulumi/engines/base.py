@@ -11,7 +11,7 @@ import json
 from typing import Literal, Protocol, runtime_checkable
 
 from gpustack_runtime.wire import InstanceBody, LaunchBody
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
 from gpustack_pulumi.analysis.profile import ModelProfile
 from gpustack_pulumi.catalog import GpuSpec
@@ -68,6 +68,16 @@ class EngineContext(EngineModel):
     node_addresses: dict[str, str] = Field(
         default_factory=dict, description="Node name -> address other nodes reach it on (multi-node only)."
     )
+
+    @model_validator(mode="after")
+    def _accelerator_for_every_node(self) -> EngineContext:
+        missing = [p.node for p in self.replica.placements if p.node not in self.accelerators]
+        if missing:
+            raise ValueError(
+                f"accelerators: no entry for node(s) {', '.join(missing)} of replica "
+                f"{self.replica.deployment}[{self.replica.replica}]; give one NodeAccelerator per placed node"
+            )
+        return self
 
     @property
     def head_node(self) -> str:
@@ -147,22 +157,7 @@ class LaunchSpec(EngineModel):
             argv = _python_flag_launcher(argv, self.argv_from_env, env)
         if self.config_files:
             argv = _file_writing_launcher(argv, self.config_files, env)
-        try:
-            return LaunchBody(
-                argv=argv,
-                env=env,
-                port=self.port,
-                health_path=self.health_path,  # type: ignore[arg-type]
-                image=self.image,
-            )
-        except ValidationError as error:
-            if self.health_path is None:
-                raise ValueError(
-                    f"{self.deployment}[{self.replica}] node {self.node} is a {self.node_role} without an HTTP "
-                    "server, but the agent's LaunchBody requires health_path; the agent needs process-only "
-                    "health for multi-node workers"
-                ) from error
-            raise
+        return LaunchBody(argv=argv, env=env, port=self.port, health_path=self.health_path, image=self.image)
 
     def to_instance_body(self, owner: str) -> InstanceBody:
         return InstanceBody(

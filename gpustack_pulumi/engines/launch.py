@@ -10,7 +10,6 @@ from gpustack_runtime.wire import Inventory
 from pydantic import BaseModel, ConfigDict
 
 from gpustack_pulumi.analysis import analyze
-
 from gpustack_pulumi.analysis.profile import ModelProfile
 from gpustack_pulumi.catalog import gpu_for_product
 from gpustack_pulumi.engines.auto import select_engine
@@ -170,7 +169,7 @@ def launch_specs_for_plan(
         deployment = by_name[replica.deployment]
         profile = profiles.get(deployment.name)
         if profile is None:
-            profile = profiles[deployment.name] = analyze(deployment.model, deployment.quantization)
+            profile = profiles[deployment.name] = analyze(deployment.model, quantization=deployment.quantization)
         try:
             specs = launch_specs(
                 replica,

@@ -88,6 +88,11 @@ class EngineOptions(OptionsModel):
         description="Rendezvous port of multi-node replicas (vLLM --master-port, SGLang --dist-init-addr); "
         "None: derived from the deployment name and replica.",
     )
+    multi_node_backend: Literal["mp", "ray"] = Field(
+        default="mp",
+        description="vLLM across nodes: its own multiprocessing rendezvous (--nnodes/--master-addr), or a Ray "
+        "cluster started by the launch specs (--distributed-executor-backend ray).",
+    )
     api_key_secret: str | None = Field(
         default=None, description="Reference of the secret holding the API key (passed through env only)."
     )

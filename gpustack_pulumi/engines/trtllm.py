@@ -96,7 +96,9 @@ class TrtLlmEngine:
             refusals.append(EngineRefusal(NAME, "kv_offload", "not managed for TensorRT-LLM", ["engine: vllm"]))
         spec = context.options.speculative
         if not isinstance(spec, str) and spec.method not in DECODING_TYPES:
-            refusals.append(EngineRefusal(NAME, "speculative.method", spec.method, sorted(DECODING_TYPES)))
+            refusals.append(
+                EngineRefusal(NAME, "speculative.method", f"{spec.method} is not managed here", sorted(DECODING_TYPES))
+            )
         return refusals
 
     def _render(self, context: EngineContext, version: EngineVersion, tuning: Tuning) -> list[LaunchSpec]:

@@ -4,7 +4,9 @@ Flags (engines-and-memory.md §5-§6, checked against the pinned parsers in ``ve
 - placement: ``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--gpu-memory-utilization`` (the
   placement's fraction), ``--max-model-len`` (always explicit: placement sized the KV cache for it);
 - multi-node (mp backend, the default since ≈0.18): head ``--nnodes N --node-rank 0 --master-addr A
-  --master-port P``; workers the same with ``--node-rank k --headless``;
+  --master-port P``; workers the same with ``--node-rank k --headless``. Or Ray (``multi_node_backend: ray``):
+  the head runs ``ray start --head`` then ``vllm serve ... --distributed-executor-backend ray``, workers
+  ``ray start --address HEAD:P --block``;
 - mode: ``--performance-mode interactivity|throughput`` (latency|throughput; balanced is vLLM's default;
   throughput doubles vLLM's batch defaults, latency also caps ``--max-num-seqs``), expert parallel for MoE,
   online FP8 (see :mod:`tuning`);
@@ -42,13 +44,8 @@ PERFORMANCE_MODE = {"latency": "interactivity", "throughput": "throughput"}  # b
 # 0.33.0); mode latency caps running sequences there (or at the deployment's concurrency, if larger) so every
 # decode step replays one of them. Throughput mode doubles vLLM's batch defaults itself.
 INTERACTIVITY_GRAPH_MAX_BATCH = 32
-SPECULATIVE_METHODS = {
-    "eagle3": "eagle3",
-    "eagle": "eagle",
-    "mtp": "mtp",
-    "ngram": "ngram",
-    "draft_model": "draft_model",
-}
+# Our speculative method names are vLLM's own "method" values (model-specific MTP names are aliases of mtp).
+SPECULATIVE_METHODS = ("eagle3", "eagle", "mtp", "ngram", "draft_model")
 # LMCache connector settings (LMCache docs, as GPUStack sets them): chunk of 256 tokens, local CPU backend.
 LMCACHE_CHUNK_SIZE = 256
 # num_speculative_tokens when none is given: one per MTP layer (DeepSeek-V3/R1 and GLM-4.5 ship one), three
@@ -99,24 +96,26 @@ class VllmEngine:
         refusals += fp8_refusals(NAME, context)
         spec = context.options.speculative
         if not isinstance(spec, str) and spec.method not in SPECULATIVE_METHODS:
-            refusals.append(EngineRefusal(NAME, "speculative.method", spec.method, sorted(SPECULATIVE_METHODS)))
+            refusals.append(
+                EngineRefusal(
+                    NAME, "speculative.method", f"{spec.method} is not a vLLM method", list(SPECULATIVE_METHODS)
+                )
+            )
         if context.options.kv_offload is not None and context.options.kv_offload.backend == "hicache":
             refusals.append(
                 EngineRefusal(
                     NAME, "kv_offload.backend", "hicache is SGLang's", ["lmcache", "native", "engine: sglang"]
                 )
             )
-        if context.is_multi_node:
-            missing = [p.node for p in context.replica.placements if p.node not in context.node_addresses]
-            if context.head_node in missing:
-                refusals.append(
-                    EngineRefusal(
-                        NAME,
-                        "node_addresses",
-                        f"multi-node replica needs the address of head node {context.head_node}",
-                        [f"node_addresses: {{{context.head_node}: <ip>}}"],
-                    )
+        if context.is_multi_node and context.head_node not in context.node_addresses:
+            refusals.append(
+                EngineRefusal(
+                    NAME,
+                    "node_addresses",
+                    f"multi-node replica needs the address of head node {context.head_node}",
+                    [f"node_addresses: {{{context.head_node}: <ip>}}"],
                 )
+            )
         tuning = tune(NAME, context)
         if tuning.speculative is not None and context.replica.pipeline_parallel_size > 1:
             refusals.append(
@@ -152,9 +151,13 @@ class VllmEngine:
         image = image_for(version, context, reasons)
         nodes = context.replica.placements
         specs = []
+        ray = len(nodes) > 1 and context.options.multi_node_backend == "ray"
         for rank, placement in enumerate(nodes):
             argv = list(base)
-            if len(nodes) > 1:
+            command_length = COMMAND_LENGTH
+            if ray:
+                argv, command_length = self._ray_argv(context, argv, rank)
+            elif len(nodes) > 1:
                 argv += [
                     "--nnodes", str(len(nodes)), "--node-rank", str(rank),
                     "--master-addr", context.node_addresses[context.head_node],
@@ -162,7 +165,8 @@ class VllmEngine:
                 ]  # fmt: skip
                 if rank > 0:
                     argv.append("--headless")
-            argv = merge_extra_args(NAME, argv, context.options.extra_args)
+            if rank == 0 or not ray:
+                argv = merge_extra_args(NAME, argv, context.options.extra_args)
             head = rank == 0
             specs.append(
                 LaunchSpec(
@@ -174,7 +178,7 @@ class VllmEngine:
                     node_role="head" if head else "worker",
                     node_rank=rank,
                     argv=argv,
-                    command_length=COMMAND_LENGTH,
+                    command_length=command_length,
                     env=env,
                     secret_env=secret_env(context, API_KEY_ENV if head else None),
                     image=image,
@@ -242,10 +246,22 @@ class VllmEngine:
         return argv
 
     @staticmethod
+    def _ray_argv(context: EngineContext, vllm_argv: list[str], rank: int) -> tuple[list[str], int]:
+        """Ray backend: the head starts the Ray head and then execs vLLM; workers join it and block. The
+        engine flags start after ``sh -c SCRIPT NAME vllm serve``."""
+        address = f"{context.node_addresses[context.head_node]}:{distributed_port(context)}"
+        if rank > 0:
+            worker = ["ray", "start", f"--address={address}", "--block"]
+            return worker, len(worker)  # no vLLM flags on a Ray worker
+        script = f'ray start --head --port={distributed_port(context)} --disable-usage-stats && exec "$@"'
+        argv = ["/bin/sh", "-c", script, "vllm-ray-head", *vllm_argv, "--distributed-executor-backend", "ray"]
+        return argv, 4 + COMMAND_LENGTH
+
+    @staticmethod
     def _speculative_json(tuning: Tuning) -> str:
         spec = tuning.speculative
         assert spec is not None
-        config: dict[str, object] = {"method": SPECULATIVE_METHODS[spec.method]}
+        config: dict[str, object] = {"method": spec.method}
         if spec.draft_model:
             config["model"] = spec.draft_model
         config["num_speculative_tokens"] = (

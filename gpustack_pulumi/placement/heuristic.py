@@ -154,13 +154,34 @@ class Placer:
                 mine = self.place(task.prepared)
                 if mine is not None:
                     moved = self.place(victim.prepared)
-                    if moved is not None:
+                    if moved is not None:  # both fit: one more placed, nothing lost
                         placed[ui] = (task, mine)
                         placed[vi] = (victim, moved)
+                        break
+                    # the lifted one is bigger: two smaller waiting replicas in its room are still one more
+                    second = self._place_another(placed, waiting, ui)
+                    if second is not None:
+                        wi, other = second
+                        placed[ui] = (task, mine)
+                        placed[wi] = (placed[wi][0], other)
+                        placed[vi] = (victim, None)
+                        tries += len(waiting)
                         break
                     self.undo([(task, mine)])
                 self.apply(victim.prepared.name, chosen.candidate)
         return placed
+
+    def _place_another(
+        self, placed: list[tuple[ReplicaTask, ScoredCandidate | None]], waiting: list[int], taken: int
+    ) -> tuple[int, ScoredCandidate] | None:
+        """Place the first still-waiting replica (smallest first) other than ``taken``."""
+        for wi in waiting:
+            if wi == taken or placed[wi][1] is not None:
+                continue
+            chosen = self.place(placed[wi][0].prepared)
+            if chosen is not None:
+                return wi, chosen
+        return None
 
     def _quality(self, placed: list[tuple[ReplicaTask, ScoredCandidate | None]]) -> tuple:
         tiers: dict[int, int] = {}

@@ -88,7 +88,13 @@ class LaunchBody(WireModel):
     argv: list[str] = Field(min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
     port: int = Field(default=0, ge=0, le=65535, description="0: the agent picks a free port from its range.")
-    health_path: str = Field(default="/v1/models", description="Ready when this answers 200.")
+    health_path: str | None = Field(
+        default="/v1/models",
+        description=(
+            "Ready when this answers 200. None: the engine serves no HTTP (a multi-node worker) and is ready "
+            "while its process runs."
+        ),
+    )
     image: str | None = Field(default=None, description="Run in a container (docker/podman) when set.")
 
 

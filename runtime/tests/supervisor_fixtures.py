@@ -106,7 +106,7 @@ class SupervisorHarness:
         owner: str = "test/engine",
         image: str | None = None,
         argv: list[str] | None = None,
-        health_path: str = "/v1/models",
+        health_path: str | None = "/v1/models",
     ) -> InstanceBody:
         """A body running the test HTTP engine (or ``argv``) on ``{port}``, marked for cleanup."""
         command = argv or [sys.executable, str(ENGINE_SCRIPT), "--port", "{port}", *engine_args]

@@ -602,3 +602,21 @@ def test_put_before_start_is_an_error(tmp_path: Path) -> None:
     harness = SupervisorHarness(tmp_path)
     with pytest.raises(RuntimeError, match="start"):
         asyncio.run(supervisor.put("a", harness.body()))
+
+
+def test_headless_worker_without_health_path_is_ready_while_running(harness: SupervisorHarness) -> None:
+    """Multi-node workers (vLLM --headless, SGLang node-rank > 0) serve no HTTP: running is ready."""
+
+    async def scenario() -> None:
+        supervisor = harness.supervisor()
+        await supervisor.start()
+        try:
+            sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+            status, _ = await supervisor.put("worker", harness.body(argv=sleeper, health_path=None))
+            ready = await supervisor.wait_state("worker", READY, READY_TIMEOUT_SECONDS)
+            assert ready.pid == status.pid and ready.state == "ready"
+        finally:
+            await supervisor.delete("worker")
+            await supervisor.close()
+
+    harness.run(scenario())

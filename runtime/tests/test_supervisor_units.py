@@ -92,7 +92,7 @@ def test_docker_run_argv_with_gpus_published_port_and_env_names_only() -> None:
         "/usr/bin/docker",
         "qwen3-8b.r0",
         "vllm/vllm-openai:v0.11.0",
-        ["--model", "Qwen/Qwen3-8B", "--port", "40001"],
+        ["vllm", "serve", "Qwen/Qwen3-8B", "--port", "40001"],
         env_names=["HF_TOKEN", "VLLM_LOGGING_LEVEL"],
         device_indices=[0, 1],
         port=40001,
@@ -114,8 +114,10 @@ def test_docker_run_argv_with_gpus_published_port_and_env_names_only() -> None:
         "HF_TOKEN",
         "-e",
         "VLLM_LOGGING_LEVEL",
+        "--entrypoint",
+        "vllm",
         "vllm/vllm-openai:v0.11.0",
-        "--model",
+        "serve",
         "Qwen/Qwen3-8B",
         "--port",
         "40001",
@@ -145,8 +147,9 @@ def test_podman_run_argv_uses_cdi_devices_and_host_network_in_the_foreground() -
         "nvidia.com/gpu=5",
         "--network",
         "host",
-        "docker.io/library/engine:1",
+        "--entrypoint",
         "serve",
+        "docker.io/library/engine:1",
     ]
 
 

@@ -629,7 +629,9 @@ class Supervisor:
         logger.warning("instance %s: %s", instance.id, instance.message)
 
     async def _probe(self, instance: _Instance, generation: int) -> None:
-        healthy = await probe_http_ok(self._host, instance.port, instance.body.launch.health_path)
+        health_path = instance.body.launch.health_path
+        # No health path: a headless worker (multi-node vLLM/SGLang); running is all it can show.
+        healthy = True if health_path is None else await probe_http_ok(self._host, instance.port, health_path)
         if (
             self._instances.get(instance.id) is not instance
             or instance.log_generation != generation

@@ -125,6 +125,8 @@ def container_run_argv(
     - ``--ipc host``: tensor-parallel engines exchange tensors through shared memory (NCCL), and the
       container default of 64 MiB ``/dev/shm`` is too small (vLLM's docker docs).
     - ``detach``: ``-d`` for running by hand; the supervisor runs the CLI in the foreground.
+    - ``--entrypoint argv[0]``: engine images (``vllm/vllm-openai``, the llama.cpp server images) set their own
+      entrypoint, so the argv's program replaces it instead of being passed to it as an argument.
     """
     flavor = container_flavor(cli)
     command = [cli, "run", "--name", container_name(instance_id)]
@@ -143,8 +145,8 @@ def container_run_argv(
         command += ["-p", f"{port}:{port}"]
     for name in env_names:
         command += ["-e", name]
-    command.append(image)
-    command += list(argv)
+    program, *arguments = argv
+    command += ["--entrypoint", program, image, *arguments]
     return command
 
 

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-OPTIONS_WITH_VALUE = {"--name", "--ipc", "--gpus", "--device", "-p", "--network", "-e"}
+OPTIONS_WITH_VALUE = {"--name", "--ipc", "--gpus", "--device", "-p", "--network", "-e", "--entrypoint"}
 FLAGS = {"-d"}
 
 
@@ -26,6 +26,7 @@ def main(argv: list[str]) -> int:
     position = 1
     env_names: list[str] = []
     name = ""
+    entrypoint: list[str] = []
     while argv[position] in OPTIONS_WITH_VALUE or argv[position] in FLAGS:
         option = argv[position]
         if option in FLAGS:
@@ -36,8 +37,10 @@ def main(argv: list[str]) -> int:
             env_names.append(value)
         if option == "--name":
             name = value
+        if option == "--entrypoint":
+            entrypoint = [value]
         position += 2
-    image, command = argv[position], argv[position + 1 :]
+    image, command = argv[position], entrypoint + argv[position + 1 :]
     environment = {env_name: os.environ[env_name] for env_name in env_names}
     environment |= {"PATH": os.environ.get("PATH", ""), "FAKE_CONTAINER_IMAGE": image, "FAKE_CONTAINER_NAME": name}
     os.execvpe(command[0], command, environment)
