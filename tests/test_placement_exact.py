@@ -26,7 +26,8 @@ def test_exact_solver_finds_the_optimum_the_heuristic_misses():
     heuristic = plan(inv, _bin_packing_instance(), demand_factory=len_factory, exact=False)
     exact = plan(inv, _bin_packing_instance(), demand_factory=len_factory, exact=True)
     assert heuristic.summary.placed == 5
-    assert (exact.summary.placed, exact.summary.method) == (6, "exact")
+    assert (exact.summary.placed, exact.summary.method, exact.summary.proven_optimal) == (6, "exact", True)
+    assert heuristic.summary.proven_optimal is None
     assert exact.replicas[0].reason.startswith("exact binpack:")
     # small problems use the exact solver by default
     assert plan(inv, _bin_packing_instance(), demand_factory=len_factory).to_json() == exact.to_json()
@@ -65,3 +66,6 @@ def test_exact_solver_stays_within_its_time_budget():
     elapsed = time.perf_counter() - started
     assert elapsed < budget * 1.5  # the solver's own limit is 80 % of what is left of the budget
     assert result.summary.placed > 0
+    # the solver stops on a work limit, not the clock: the same inputs give the same plan
+    again = plan(inv, deployments, demand_factory=stub_factory, exact=True, time_budget_s=budget)
+    assert again.to_json() == result.to_json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from gpustack_runtime.wire import Allocation
 from placement_helpers import (
     A10G,
@@ -77,12 +78,13 @@ def test_tp_must_divide_heads_so_three_gpus_are_never_used():
     assert "24.00 GiB" in unplaced.reason
 
 
-def test_same_topology_group_is_preferred():
+@pytest.mark.parametrize("exact", [False, True])
+def test_same_topology_group_is_preferred(exact):
     # GLM-4.5-Air: 51 GiB per GPU at TP4. GPU 0 has 40 GiB used by someone else, so the NVLink group g0
     # (0-3) has only 3 fitting GPUs; the whole of g1 (4-7) is chosen rather than the tightest four [1-4].
     groups = ["g0"] * 4 + ["g1"] * 4
     inv = inventory(node("n", H100, 8, groups=groups, used_gib={0: 40}))
-    result = plan(inv, [dep("glm", model="zai-org/GLM-4.5-Air")], demand_factory=stub_factory, exact=False)
+    result = plan(inv, [dep("glm", model="zai-org/GLM-4.5-Air")], demand_factory=stub_factory, exact=exact)
     (replica,) = result.replicas
     assert replica.tensor_parallel_size == 4
     assert replica.placements[0].device_indices == [4, 5, 6, 7]
@@ -131,3 +133,12 @@ def test_real_memory_models_size_vllm_and_sglang_replicas():
     )
     assert claim <= by_engine["vllm"].placements[0].memory_bytes_per_device < claim + 2**20
     assert_capacity_respected(result, inv)
+
+
+def test_exact_solver_keeps_each_replica_inside_one_nvlink_group():
+    # Two TP4 replicas on an 8-GPU node with two 4-GPU cliques: each replica takes one whole clique.
+    groups = ["g0"] * 4 + ["g1"] * 4
+    inv = inventory(node("n", H100, 8, groups=groups))
+    result = plan(inv, [dep("glm", model="zai-org/GLM-4.5-Air", replicas=2)], demand_factory=stub_factory, exact=True)
+    assert result.summary.method == "exact"
+    assert sorted(r.placements[0].device_indices for r in result.replicas) == [[0, 1, 2, 3], [4, 5, 6, 7]]

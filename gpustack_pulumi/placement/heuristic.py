@@ -4,6 +4,10 @@ For one replica: per allowed device class, try its TP sizes smallest first and t
 (one bisect); CPU-only nodes for llama.cpp likewise; only when no single node can take it, try the
 multi-node shape (TP within a node, PP across nodes). The scorers then pick among the per-class winners.
 Each decision is O(classes × log devices), so 20,000 replicas on 100,000 GPUs take about a second.
+
+When not everything fits: a second pass smallest-first (more replicas), keep the better pass, then a
+bounded local search (Rebalancer-style moves): lift one bigger replica to make room for a waiting one, or
+clear the least-loaded GPUs a waiting replica needs and re-place what was there.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from gpustack_pulumi.placement.demand import GIB
 from gpustack_pulumi.placement.filters import ClassOption, PreparedDeployment
 from gpustack_pulumi.placement.scorers import Candidate, ScoredCandidate, ScorePipeline
 
-# The repair step (eject one placed replica, place the unplaced one, re-place the ejected one) stops after
-# this many tries: a work limit, not a clock, so plans stay deterministic.
-MAX_REPAIR_TRIES = 2000
+# The local search for unplaced replicas stops after this much work: one unit per placed replica or device
+# looked at, PLACE_ATTEMPT_WORK per placement tried. A work limit, not a clock, so plans stay deterministic;
+# about half a second on the 2-core reference machine in the worst case.
+MAX_REPAIR_WORK = 300_000
+PLACE_ATTEMPT_WORK = 50
 
 # Multi-GPU best fit looks at this many feasible nodes (tightest first) for one whose devices share a
 # topology group, before settling for the tightest: the k8s "score a bounded number of nodes" idea.
@@ -133,13 +139,16 @@ class Placer:
             (i for i, (task, chosen) in enumerate(placed) if chosen is None and task.prepared.error is None),
             key=lambda i: smallest_first_key(placed[i][0]),
         )
-        tries = 0
+        work = 0
         for ui in waiting:
             task = placed[ui][0]
             priority = task.prepared.deployment.priority
             size = task.prepared.size_key()
             classes = {option.class_id for option in task.prepared.options + task.prepared.multi_node_options}
             for vi, (victim, chosen) in enumerate(placed):
+                work += 1
+                if work > MAX_REPAIR_WORK:
+                    return placed
                 if (
                     chosen is None
                     or victim.prepared.deployment.priority != priority
@@ -147,9 +156,7 @@ class Placer:
                     or chosen.candidate.class_id not in classes
                 ):
                     continue
-                tries += 1
-                if tries > MAX_REPAIR_TRIES:
-                    return placed
+                work += PLACE_ATTEMPT_WORK
                 self.undo([(victim, chosen)])
                 mine = self.place(task.prepared)
                 if mine is not None:
@@ -165,11 +172,83 @@ class Placer:
                         placed[ui] = (task, mine)
                         placed[wi] = (placed[wi][0], other)
                         placed[vi] = (victim, None)
-                        tries += len(waiting)
+                        work += PLACE_ATTEMPT_WORK * len(waiting)
                         break
                     self.undo([(task, mine)])
                 self.apply(victim.prepared.name, chosen.candidate)
+            else:
+                work = self._make_room(placed, ui, work)
+                if work > MAX_REPAIR_WORK:
+                    return placed
         return placed
+
+    def _make_room(self, placed: list[tuple[ReplicaTask, ScoredCandidate | None]], ui: int, work: int) -> int:
+        """Clear the GPUs a waiting replica needs: lift the replicas (same or lower priority) on the
+        least-loaded fitting devices, place the waiting one, re-place every lifted one elsewhere. Kept only
+        when all of them land. Returns the work done so far."""
+        task = placed[ui][0]
+        priority = task.prepared.deployment.priority
+        cluster = self.state.cluster
+        free = self.state.free
+        on_device: dict[int, list[int]] = {}
+        for vi, (_victim, chosen) in enumerate(placed):
+            if chosen is not None and chosen.candidate.class_id is not None:
+                for _, gids in chosen.candidate.node_gids:
+                    for g in gids:
+                        on_device.setdefault(g, []).append(vi)
+        work += len(placed)
+        spots = []
+        for option in task.prepared.options:
+            tp = option.tps[0]
+            claim = task.prepared.demand(option, tp).claim_bytes
+            for node in cluster.class_nodes.get(option.class_id, []):
+                if task.prepared.eligible_nodes is not None and node not in task.prepared.eligible_nodes:
+                    continue
+                work += len(cluster.nodes[node].gids_by_class[option.class_id])
+                if work > MAX_REPAIR_WORK:
+                    return work
+                fitting = []
+                for g in cluster.nodes[node].gids_by_class[option.class_id]:
+                    if task.prepared.eligible_gids is not None and g not in task.prepared.eligible_gids:
+                        continue
+                    victims = on_device.get(g, [])
+                    if any(placed[vi][0].prepared.deployment.priority > priority for vi in victims):
+                        continue
+                    lifted = sum(placed[vi][1].candidate.claim for vi in victims)  # type: ignore[union-attr]
+                    if free[g] + lifted >= claim:
+                        fitting.append((lifted, g))
+                if len(fitting) >= tp:
+                    fitting.sort()
+                    chosen_devices = fitting[:tp]
+                    spots.append((sum(lifted for lifted, _ in chosen_devices), node, [g for _, g in chosen_devices]))
+        spots.sort()
+        for _, _, gids in spots[:TOPOLOGY_LOOKAHEAD_NODES]:
+            victims = sorted({vi for g in gids for vi in on_device.get(g, [])})
+            work += PLACE_ATTEMPT_WORK * (1 + len(victims))
+            if work > MAX_REPAIR_WORK:
+                return work
+            lifted = [placed[vi] for vi in victims]
+            self.undo(lifted)
+            mine = self.place(task.prepared)
+            replaced: list[tuple[int, ScoredCandidate]] = []
+            if mine is not None:
+                for vi in sorted(victims, key=lambda i: order_key(placed[i][0])):
+                    again = self.place(placed[vi][0].prepared)
+                    if again is None:
+                        break
+                    replaced.append((vi, again))
+            if mine is not None and len(replaced) == len(victims):
+                placed[ui] = (task, mine)
+                for vi, again in replaced:
+                    placed[vi] = (placed[vi][0], again)
+                return work
+            self.undo([(placed[vi][0], again) for vi, again in replaced])
+            if mine is not None:
+                self.undo([(task, mine)])
+            for victim, chosen in lifted:
+                assert chosen is not None
+                self.apply(victim.prepared.name, chosen.candidate)
+        return work
 
     def _place_another(
         self, placed: list[tuple[ReplicaTask, ScoredCandidate | None]], waiting: list[int], taken: int

@@ -109,6 +109,9 @@ class PlanSummary(PlacementModel):
     kept: NonNegativeInt = Field(description="Replicas left where the previous plan put them.")
     moved: NonNegativeInt = Field(description="Replicas of the previous plan placed elsewhere (reason given).")
     method: Literal["exact", "heuristic"] = Field(description="Who decided the new placements.")
+    proven_optimal: bool | None = Field(
+        default=None, description="exact: whether the solver proved its placement optimal; None for heuristic."
+    )
 
 
 class Plan(PlacementModel):

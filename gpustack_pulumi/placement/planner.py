@@ -38,18 +38,27 @@ from gpustack_pulumi.placement.models import (
 )
 from gpustack_pulumi.placement.scorers import ScoredCandidate, ScorePipeline
 
-# Wall-clock budget of the exact solver per plan. The solver also stops at a deterministic work limit of
-# the same size (CP-SAT "deterministic time"), so in practice the work limit decides and plans stay
-# reproducible; the wall clock is the guarantee that a plan never takes longer.
+# Wall-clock budget of the exact solver per plan. Inside it the solver stops at a deterministic work limit
+# derived from the budget (solver.DETERMINISTIC_SHARE_PER_SOLVE), so plans stay reproducible; the wall
+# clock is the guarantee that a plan never takes longer.
 DEFAULT_TIME_BUDGET_S = 2.0
 
-# "Small" enough for the exact solver: the optimum of 64 GPUs and 128 new replicas is found in well under
-# a second; above that the heuristic decides (see benchmarks/placement_bench.py for its gap).
+# "Small" enough for the exact solver: on ≤ 64 GPUs and ≤ 128 new replicas it proves most placements
+# optimal within the default budget (benchmarks/placement_bench.py, table 2); above, the heuristic decides.
 EXACT_MAX_DEVICES = 64
 EXACT_MAX_REPLICAS = 128
 
 # The incremental path re-plans at most this share of the deployments; beyond, from scratch is as fast.
 INCREMENTAL_MAX_CHANGED_SHARE = 0.05
+
+
+def _solver_available() -> bool:
+    """OR-Tools is a dependency, but a missing wheel (an unusual platform) degrades to the heuristic."""
+    try:
+        import ortools.sat.python.cp_model  # noqa: F401
+    except ImportError:  # pragma: no cover - ortools is installed in every supported environment
+        return False
+    return True
 
 
 @contextmanager
@@ -191,7 +200,8 @@ class Planner:
             else (self.cluster.device_count <= EXACT_MAX_DEVICES and len(tasks) <= EXACT_MAX_REPLICAS)
         )
         placed: list[tuple[ReplicaTask, ScoredCandidate | None]]
-        if use_exact and tasks:
+        self.last_exact = None
+        if use_exact and tasks and _solver_available():
             from gpustack_pulumi.placement.solver import solve_exact
 
             result = solve_exact(state, tasks, strategy, time_budget_s)
@@ -203,7 +213,8 @@ class Planner:
             placed = Placer(state, ScorePipeline(strategy), strategy).place_all(tasks)
         placed = self._preempt(state, prepared, outcome, placed, strategy)
         self._record(outcome, placed, strategy, method)
-        run = self._finish(by_name, prepared, state, outcome, strategy, method, previous_by_key)
+        proven = self.last_exact.optimal if method == "exact" and self.last_exact is not None else None
+        run = self._finish(by_name, prepared, state, outcome, strategy, method, proven)
         self._last = run
         return run.plan
 
@@ -252,8 +263,7 @@ class Planner:
         placed = Placer(state, ScorePipeline(last.strategy), last.strategy).place_all(tasks)
         placed = self._preempt(state, prepared, outcome, placed, last.strategy)
         self._record(outcome, placed, last.strategy, "heuristic")
-        previous_by_key = {(r.deployment, r.replica): r for r in previous_of_changed}
-        run = self._finish(by_name, prepared, state, outcome, last.strategy, "heuristic", previous_by_key, base=last)
+        run = self._finish(by_name, prepared, state, outcome, last.strategy, "heuristic", None)
         self._last = run
         return run.plan
 
@@ -273,8 +283,9 @@ class Planner:
         strategy: Strategy,
     ) -> list[tuple[ReplicaTask, ScoredCandidate | None]]:
         """Priority beats stability, as k8s preemption: when a replica could not be placed, replicas of lower
-        priority make way. They are all lifted, the higher-priority replicas placed, and each lower one put
-        back where it was if it still fits, else placed anew with the reason (moved) or left unplaced."""
+        priority kept from the previous plan make way. They are all lifted, the higher-priority replicas
+        placed, and each lower one put back where it was if it still fits, else placed anew with the reason
+        (moved) or left unplaced."""
         waiting = [task for task, chosen in placed if chosen is None and task.prepared.error is None]
         if not waiting:
             return placed
@@ -287,9 +298,11 @@ class Planner:
             ((key, record) for key, record in outcome.records.items() if priority(key[0]) < top),
             key=lambda item: (-priority(item[0][0]), item[0]),
         )
-        lower_new = [(t, c) for t, c in placed if c is not None and t.prepared.deployment.priority < top]
-        if not lower_kept and not lower_new:
+        if not lower_kept:
+            # New placements were made in priority order already (and the exact solver weighs priority
+            # first): only replicas kept from the previous plan can stand in a higher priority's way.
             return placed
+        lower_new = [(t, c) for t, c in placed if c is not None and t.prepared.deployment.priority < top]
         floor = min(
             [priority(key[0]) for key, _ in lower_kept] + [t.prepared.deployment.priority for t, _ in lower_new]
         )
@@ -434,13 +447,16 @@ class Planner:
         outcome: _Outcome,
         strategy: Strategy,
         method: str,
-        previous_by_key: dict[tuple[str, int], PlacedReplica],
-        base: _Run | None = None,
+        proven_optimal: bool | None,
     ) -> _Run:
         unplaced_models = []
         unplaced_keys = []
+        explained: dict[int, tuple[str, str]] = {}  # replicas of one deployment share the explanation
         for task, _ in outcome.unplaced:
-            constraint, reason = explain_unplaced(state, task.prepared)
+            found = explained.get(id(task.prepared))
+            if found is None:
+                found = explained[id(task.prepared)] = explain_unplaced(state, task.prepared)
+            constraint, reason = found
             if task.previous is not None:
                 reason = f"{task.previous}; and no other place: {reason}"
             unplaced_models.append(
@@ -460,6 +476,7 @@ class Planner:
             kept=outcome.kept,
             moved=outcome.moved,
             method=method,
+            proven_optimal=proven_optimal,
         )
         plan = Plan.model_construct(strategy=strategy, replicas=replicas, unplaced=unplaced_models, summary=summary)
         return _Run(plan, strategy, dict(by_name), prepared, state, outcome.records, unplaced_keys)

@@ -107,7 +107,8 @@ def render_plan(plan: Plan, inventory: Inventory) -> Group:
     parts.append(
         Text(
             f"{s.placed} placed, {s.unplaced} unplaced, {s.gpus_used} GPUs on {s.nodes_used} nodes, "
-            f"{s.kept} kept, {s.moved} moved ({s.method}, {plan.strategy})"
+            f"{s.kept} kept, {s.moved} moved ({s.method}{', proven optimal' if s.proven_optimal else ''}, "
+            f"{plan.strategy})"
         )
     )
     return Group(*parts)

@@ -2,15 +2,17 @@
 
 Objective, strictly in this order (integer weights, so CP-SAT optimises it exactly):
 1. placed replicas, weighted so that one replica of a higher priority outweighs all lower ones;
-2. (spread only) fewest extra replicas of one deployment on one node;
-3. fewest GPUs used, 4. fewest nodes used, 5. fewest ranks (the smallest TP).
+2. fewest mode=latency replicas on CPU-only nodes; 3. (spread only) fewest extra replicas of one
+deployment on one node; 4. fewest GPUs used, 5. fewest nodes used, 6. fewest ranks.
+Two solves: (1) alone first, then the rest with (1) held at its best value.
 
-Variables per replica and option (device class × TP × PP, or CPU): a choice ``u``; per node ``y`` (the
-node holds a stage) and per device ``z`` (the device holds a rank) with ``Σ_node z = TP·y`` and
-``Σ y = PP·u``; device capacity ``Σ claim·z ≤ free``. Replicas of one deployment are interchangeable, so
-``placed[i] ≥ placed[i+1]`` breaks that symmetry. The heuristic's plan is the hint and the fallback: the
-result is never worse than the heuristic. Determinism: one worker, a fixed seed, and a deterministic work
-limit equal to the wall-clock budget (which remains a hard stop).
+Variables per deployment and option (device class × smallest TP with room, multi-node TP × PP, or CPU):
+a count ``c`` of replicas; per node ``y`` (stages there) and per device ``z`` (ranks there) with
+``Σ_node z = TP·y``, ``z ≤ y``, ``Σ y = PP·c``; device capacity ``Σ claim·z ≤ free`` (in MiB). Replicas of one
+deployment are interchangeable, so counting them removes that symmetry. The heuristic's plan is the
+(complete) hint and the fallback: the result is never worse than the heuristic. Determinism: one worker,
+a fixed seed, and a deterministic work limit derived from the budget alone; the wall clock (what is left of
+the budget) is only the hard stop behind it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from gpustack_pulumi.placement.scorers import Candidate, ScoredCandidate, ScoreP
 
 # Time kept back from the budget for model building and extraction, so the whole call stays inside it.
 SOLVE_MARGIN_FRACTION = 0.2
+
+# Each of the two solves may do this share of the budget in CP-SAT deterministic time (about a second of
+# work per unit on this project's 2-core reference machine, where one solve's wall limit is ~0.4 × budget).
+DETERMINISTIC_SHARE_PER_SOLVE = 0.2
 
 # Memory is modelled in MiB: claims and free memory are whole MiB already (demand.CLAIM_GRANULARITY_BYTES),
 # so this is exact. Byte-sized coefficients (~10^11) slow CP-SAT's propagation by orders of magnitude.
@@ -203,6 +209,7 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     rank_terms = []
     extract: list[tuple[int, _Option, object, dict[int, object], dict[int, object]]] = []
     latency_cpu_terms: list = []
+    pools: dict[tuple[int, int], list[tuple[object, list[int]]]] = {}  # (extract index, node) -> rank pools
     for gi, group in enumerate(groups):
         m = len(group.tasks)
         counts = []
@@ -229,17 +236,24 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
                     ys[node] = y
                     node_counts.setdefault(node, []).append((y, m))
                     dep_node.setdefault((gi, node), []).append(y)
-                    node_z = []
-                    for g in gids:
-                        cap = min(m, _units_down(state.free[g]) // max(1, _units_up(option.claim)))
-                        z = model.NewIntVar(0, cap, f"z_{gi}_{k}_{g}")
-                        zs[g] = z
-                        node_z.append(z)
-                        model.Add(z <= y)  # one rank of a replica per device
-                        load.setdefault(g, []).append((z, _units_up(option.claim)))
-                        eligibility.setdefault(g, []).append((gi, k))
-                        dev_counts.setdefault(g, []).append((z, m))
-                    model.Add(sum(node_z) == option.tp * y)
+                    node_pools = []
+                    for members in _rank_pools(state, gids, option.tp):
+                        pool = y if len(members) == len(gids) else model.NewIntVar(0, m, f"p_{gi}_{k}_{members[0]}")
+                        pool_z = []
+                        for g in members:
+                            cap = min(m, _units_down(state.free[g]) // max(1, _units_up(option.claim)))
+                            z = model.NewIntVar(0, cap, f"z_{gi}_{k}_{g}")
+                            zs[g] = z
+                            pool_z.append(z)
+                            model.Add(z <= pool)  # one rank of a replica per device
+                            load.setdefault(g, []).append((z, _units_up(option.claim)))
+                            eligibility.setdefault(g, []).append((gi, k))
+                            dev_counts.setdefault(g, []).append((z, m))
+                        model.Add(sum(pool_z) == option.tp * pool)  # a replica's ranks stay in one pool
+                        node_pools.append((pool, members))
+                    if len(node_pools) > 1 or node_pools[0][0] is not y:
+                        model.Add(y == sum(pool for pool, _ in node_pools))
+                    pools[(len(extract), node)] = node_pools
                     if option.pp > 1:
                         model.Add(y <= c)  # one stage of a replica per node
                 model.Add(sum(ys.values()) == option.pp * c)
@@ -315,12 +329,13 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
 
     def run(share: float) -> int:
         remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
-        limit = max(0.01, remaining * share)
-        solver.parameters.max_time_in_seconds = limit
-        solver.parameters.max_deterministic_time = limit
+        solver.parameters.max_time_in_seconds = max(0.01, remaining * share)  # the hard stop
+        # The work limit depends on the budget only (not on time already spent), so it is the same on every
+        # run and the plan is reproducible; it is set well below the wall limit so that it stops the solve.
+        solver.parameters.max_deterministic_time = max(0.01, time_budget_s * DETERMINISTIC_SHARE_PER_SOLVE)
         return solver.Solve(model)
 
-    _hint_from(model, heuristic, groups, extract, placed_vars, device_used, node_used, excess_of, buckets)
+    _hint_from(model, heuristic, groups, extract, placed_vars, device_used, node_used, excess_of, buckets, pools)
     model.Maximize(primary)
     status = run(0.5)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -344,16 +359,20 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
 
     assignments: list[tuple[ReplicaTask, ScoredCandidate | None]] = []
     next_task = {gi: 0 for gi in range(len(groups))}
-    for gi, option, c, ys, zs in extract:
+    for ei, (gi, option, c, ys, zs) in enumerate(extract):
         count = solver.Value(c)
         if not count:
             continue
         group_tasks = groups[gi].tasks
+        node_pools = {
+            node: [(solver.Value(pool), members) for pool, members in pools.get((ei, node), [])] for node in ys
+        }
         for node_gids in _decompose(
             cluster,
             option,
             count,
             {n: solver.Value(y) for n, y in ys.items()},
+            node_pools,
             {g: solver.Value(z) for g, z in zs.items()},
         ):
             task = group_tasks[next_task[gi]]
@@ -384,6 +403,7 @@ def _hint_from(
     node_used: dict[int, object],
     excess_of: dict[tuple[int, int], tuple[object, int]],
     buckets: list[list[int]],
+    pools: dict[tuple[int, int], list[tuple[object, list[int]]]],
 ) -> None:
     """The heuristic's assignment as a complete CP-SAT hint: the search starts from a feasible solution.
 
@@ -410,6 +430,10 @@ def _hint_from(
         for node, y in ys.items():
             count = sum(1 for ng in chosen for n, _ in ng if n == node)
             model.AddHint(y, count)
+            for pool, members in pools.get((ei_of[id(c)], node), []):
+                if pool is not y:
+                    inside = sum(1 for ng in chosen for n, gids in ng if n == node and set(gids) <= set(members))
+                    model.AddHint(pool, inside)
             node_stages[node] = node_stages.get(node, 0) + count
             group_node[(gi, node)] = group_node.get((gi, node), 0) + count
         for g in zs:
@@ -465,16 +489,40 @@ def _break_device_symmetry(
     return [members for members in buckets.values() if len(members) > 1]
 
 
+def _rank_pools(state: ClusterState, gids: list[int], tp: int) -> list[list[int]]:
+    """The device pools a replica's TP ranks must stay within on one node: each topology group that has
+    ``tp`` eligible devices (an NVLink clique), or — when no group is big enough — all eligible devices."""
+    if tp == 1:
+        return [gids]
+    groups: dict[str, list[int]] = {}
+    for g in gids:
+        group = state.cluster.dev_group[g]
+        if group is not None:
+            groups.setdefault(group, []).append(g)
+    big_enough = [members for _, members in sorted(groups.items()) if len(members) >= tp]
+    return big_enough or [gids]
+
+
 def _decompose(
-    cluster, option: _Option, count: int, stages: dict[int, int], ranks: dict[int, int]
+    cluster,
+    option: _Option,
+    count: int,
+    stages: dict[int, int],
+    pools: dict[int, list[tuple[int, list[int]]]],
+    ranks: dict[int, int],
 ) -> list[list[tuple[int, list[int]]]]:
-    """Turn per-node stage counts and per-device rank counts into ``count`` replicas (largest first)."""
+    """Turn per-node stage counts, per-pool stage counts and per-device rank counts into ``count`` replicas.
+
+    Largest remaining first at every level: with ``Σ ranks = TP·stages`` and ``ranks ≤ stages`` in a pool,
+    taking the TP devices with the most remaining ranks always leaves a decomposable rest.
+    """
     if option.class_id is None:
         out = []
         for node in sorted(stages):
             out.extend([[(node, [])]] * stages[node])
         return out
     stages = dict(stages)
+    pools = {node: [[n, list(members)] for n, members in node_pools] for node, node_pools in pools.items()}
     ranks = dict(ranks)
     replicas = []
     for _ in range(count):
@@ -482,8 +530,10 @@ def _decompose(
         node_gids = []
         for node in sorted(nodes):
             stages[node] -= 1
-            on_node = [g for g in ranks if cluster.dev_node[g] == node and ranks[g] > 0]
-            chosen = sorted(on_node, key=lambda g: (-ranks[g], cluster.dev_index[g]))[: option.tp]
+            pool = max((p for p in pools[node] if p[0] > 0), key=lambda p: (p[0], -min(p[1])))
+            pool[0] -= 1
+            chosen = sorted((g for g in pool[1] if ranks[g] > 0), key=lambda g: (-ranks[g], cluster.dev_index[g]))
+            chosen = chosen[: option.tp]
             for g in chosen:
                 ranks[g] -= 1
             node_gids.append((node, sorted(chosen, key=lambda g: cluster.dev_index[g])))
