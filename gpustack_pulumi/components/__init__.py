@@ -11,7 +11,8 @@ from gpustack_pulumi.components.cluster import (
     LocalNodePool,
     LocalNodePoolArgs,
 )
-from gpustack_pulumi.components.resources import AgentToken, LocalAgent
+from gpustack_pulumi.components.deployment import ModelDeployment, ModelDeploymentArgs
+from gpustack_pulumi.components.resources import AgentToken, LocalAgent, ModelReplica
 
 __all__ = [
     "AgentToken",
@@ -21,4 +22,7 @@ __all__ = [
     "LocalAgent",
     "LocalNodePool",
     "LocalNodePoolArgs",
+    "ModelDeployment",
+    "ModelDeploymentArgs",
+    "ModelReplica",
 ]

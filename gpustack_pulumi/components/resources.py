@@ -8,6 +8,7 @@ import pulumi
 import pulumi.dynamic
 
 from gpustack_pulumi.providers.local_agent import LocalAgentProvider
+from gpustack_pulumi.providers.model_replica import ModelReplicaProvider
 from gpustack_pulumi.providers.token import AgentTokenProvider
 
 
@@ -33,3 +34,21 @@ class LocalAgent(pulumi.dynamic.Resource, module="gpustack", name="LocalAgent"):
         super().__init__(
             LocalAgentProvider(), name, {**props, "endpoint": None, "pid": None, "pid_start_time": None}, opts
         )
+
+
+class ModelReplica(pulumi.dynamic.Resource, module="gpustack", name="ModelReplica"):
+    """One replica of a model deployment: placed at check, started through the agents at create."""
+
+    placement: pulumi.Output[dict]
+    launch: pulumi.Output[list]
+    endpoint: pulumi.Output[str]
+    node: pulumi.Output[str]
+    state: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["token", "secrets"])
+        )
+        seeds = {"placement": None, "launch": None, "endpoint": None, "node": None, "state": None,
+                 "instances": None, "restarts": None}  # fmt: skip
+        super().__init__(ModelReplicaProvider(), name, {**props, **seeds}, opts)

@@ -1,23 +1,51 @@
 """The `local` stack: this machine as the only node.
 
-Until the deployment components land (issue "Deploy for real"), the stack plans only: it analyses the configured
-model and exports its memory estimate on the configured GPU, so `pulumi preview` already shows whether it fits.
+It starts the gpustack agent here, places one model on this machine's GPUs (or its CPU) and serves it:
+- without a GPU: a tiny GGUF model (generated on first run) served by llama.cpp on the CPU;
+- with a GPU: the model and engine the stack config names (default Qwen/Qwen3-0.6B, engine auto).
+
+Config (all optional): gpustack:model, gpustack:engine, gpustack:replicas, gpustack:maxModelLen, gpustack:stateDir.
 """
+
+import sys
+from pathlib import Path
 
 import pulumi
 
-from gpustack_pulumi.estimate import estimate_model
+from gpustack_pulumi.components import AgentToken, GpuCluster, LocalNodePool, ModelDeployment
+from gpustack_pulumi.localhost import has_nvidia_gpu
+from gpustack_pulumi.tinymodel import write_tiny_gguf
 
 config = pulumi.Config("gpustack")
-estimate = estimate_model(
-    config.get("model") or "Qwen/Qwen3-8B",
-    gpu=config.get("gpu") or "H100-SXM",
-    engine=config.get("engine") or "vllm",
-    max_model_len=config.get_int("maxModelLen") or 32768,
+state_root = Path(config.get("stateDir") or f".gpustack/{pulumi.get_stack()}").resolve()
+model = config.get("model")
+if not model:
+    if has_nvidia_gpu():
+        model = "Qwen/Qwen3-0.6B"
+    else:
+        tiny = state_root / "models" / "tiny.gguf"
+        if not tiny.exists():
+            tiny.parent.mkdir(parents=True, exist_ok=True)
+            write_tiny_gguf(tiny)
+        model = str(tiny)
+is_gguf = model.endswith(".gguf")
+
+token = AgentToken("agent-token")
+pool = LocalNodePool("local", {"agent_token": token.token, "state_dir": str(state_root / "agent")})
+cluster = GpuCluster("local", {"pools": [pool], "agent_token": token.token})
+chat = ModelDeployment(
+    "chat",
+    {
+        "cluster": cluster,
+        "model": model,
+        "replicas": config.get_int("replicas") or 1,
+        "engine": config.get("engine") or "auto",
+        "max_model_len": config.get_int("maxModelLen") or (512 if is_gguf else 8192),
+        # Engines run as processes of this machine, with this environment's Python (llama-cpp-python, SGLang).
+        "engine_options": {"container": False, "python": sys.executable, "host": "127.0.0.1"},
+        "ready_timeout_s": config.get_int("readyTimeout") or 900,
+    },
 )
-pulumi.export("model", estimate["model"])
-pulumi.export("parameters_total", estimate["parameters_total"])
-pulumi.export("weight_bytes", estimate["weight_bytes"])
-pulumi.export("memory_per_gpu", estimate["memory"])
-pulumi.export("max_kv_tokens", estimate["max_kv_tokens"])
-pulumi.export("fits", estimate["fits"])
+pulumi.export("agents", cluster.endpoints)
+pulumi.export("endpoints", chat.endpoints)
+pulumi.export("placements", chat.placements)

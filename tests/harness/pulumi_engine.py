@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 import pulumi
-from google.protobuf import empty_pb2, json_format, struct_pb2
+from google.protobuf import json_format, struct_pb2
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
@@ -44,8 +44,9 @@ class ProviderError(RuntimeError):
     def __init__(self, method: str, details: str) -> None:
         self.method = method
         self.details = details
-        last = details.strip().splitlines()[-1] if details.strip() else details
-        super().__init__(f"{method} failed: {last}")
+        # The traceback's last lines name the exception; pydantic puts its explanation on several lines.
+        tail = "\n".join(details.strip().splitlines()[-8:])
+        super().__init__(f"{method} failed:\n{tail}")
 
 
 class CheckFailed(RuntimeError):
@@ -66,6 +67,13 @@ def unwrap_secrets(value: Any) -> Any:
     if isinstance(value, pulumi.output.Unknown):
         return UNKNOWN
     return value
+
+
+def serialize_for_host(provider: Any) -> dict[str, str]:
+    """The ``__provider`` input a dynamic resource carries, for calling the host directly."""
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    return {PROVIDER_KEY: serialize_provider(provider)}
 
 
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -256,7 +264,15 @@ class StackHarness:
         new_state: list[ResourceState] = []
         with self._host() as host:
             mocks = _EngineMocks(self, host, old, new_state, result, preview=preview)
-            result.outputs = self._execute_program(mocks, preview=preview)
+            try:
+                result.outputs = self._execute_program(mocks, preview=preview)
+            except BaseException:
+                if not preview:
+                    # Like the engine, keep what was created before the failure (and what was not touched), so
+                    # a later destroy removes it.
+                    touched = {r.name for r in new_state}
+                    self._save_state(new_state + [r for n, r in old.items() if n not in touched])
+                raise
             if not preview:
                 declared = {r.name for r in new_state}
                 for name, res in reversed(list(old.items())):
@@ -391,4 +407,4 @@ class _EngineMocks(pulumi.runtime.Mocks):
         return id_, outs
 
 
-__all__ = ["CheckFailed", "ProviderError", "ProviderHost", "RunResult", "StackHarness", "empty_pb2"]
+__all__ = ["CheckFailed", "ProviderError", "ProviderHost", "RunResult", "StackHarness", "serialize_for_host"]

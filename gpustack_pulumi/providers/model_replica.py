@@ -1,0 +1,281 @@
+"""Dynamic provider: one replica of a model deployment, placed on the cluster's GPUs and run by the agents.
+
+- ``check`` reads live capacity from every agent, places the replica (sticky: the previous placement is kept while
+  it is still valid) and renders its launch specs; both become inputs, so ``pulumi preview`` shows where the
+  replica lands and how it runs. When the agents are not known yet (their pool is created in the same update) the
+  placement is marked "decided at update", never guessed. A replica that cannot fit fails here, with the numbers.
+- ``diff`` replaces a replica only when its placement or launch spec changed.
+- ``create`` reserves memory on the agents, starts the engine instances, waits until ready (a timeout or a failed
+  engine raises with its last log lines) and confirms the reservations; on any failure it removes what it made.
+- ``read`` reports drift: the instance gone, failed, or restarted. ``delete`` stops the instances and frees the
+  reservations, and finishes (saying so) when an agent is gone for good.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider
+
+from gpustack_pulumi.providers.agent_client import AgentClient, AgentError, AgentUnreachable
+
+UNKNOWN_SENTINEL = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+DECIDED_AT_UPDATE = "decided at update"
+RESERVATION_TTL_S = 900.0
+DELETE_RETRIES = 3
+DELETE_RETRY_DELAY_S = 1.0
+# Inputs whose change means a different replica (new placement or launch); anything else updates in place.
+REPLACE_KEYS = ("placement", "launch")
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def instance_id(owner: str, rank: int) -> str:
+    """Agent instance id of node ``rank`` of the replica owned by ``owner`` (``project/stack/deployment/rN``)."""
+    base = _ID_UNSAFE.sub("-", owner.replace("/", "."))
+    return (base if rank == 0 else f"{base}.w{rank}")[:128]
+
+
+def _is_unknown(value: Any) -> bool:
+    from pulumi.output import Unknown
+
+    return isinstance(value, Unknown) or value == UNKNOWN_SENTINEL
+
+
+class ModelReplicaProvider(ResourceProvider):
+    """Plain data only on ``self``: the object is pickled (by reference) into state."""
+
+    # ----- check: placement and launch specs, shown at preview ------------------------------------------
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        from gpustack_pulumi.placement import Deployment
+
+        try:
+            deployment = Deployment.model_validate({**news["deployment"], "replicas": 1})
+        except Exception as error:  # pydantic's message names the field
+            return CheckResult(news, [CheckFailure("deployment", str(error))])
+        agents, token = news.get("agents"), news.get("token")
+        if _is_unknown(agents) or _is_unknown(token) or agents is None:
+            return CheckResult({**news, "placement": {"status": DECIDED_AT_UPDATE}, "launch": []}, [])
+        if not agents:
+            return CheckResult(news, [CheckFailure("agents", "the cluster has no agents; add a node pool")])
+        try:
+            placement, launch = plan_replica(news, olds, deployment)
+        except PlacementFailure as failure:
+            return CheckResult(news, [CheckFailure(failure.property, str(failure))])
+        return CheckResult({**news, "placement": placement, "launch": launch}, [])
+
+    # ----- diff ---------------------------------------------------------------------------------------------
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        replaces = [key for key in REPLACE_KEYS if _placement_key(olds.get(key)) != _placement_key(news.get(key))]
+        if news.get("placement", {}).get("status") == DECIDED_AT_UPDATE:
+            replaces = []  # unknown until update; the update's check decides
+        other = [k for k in ("token", "ready_timeout_s") if olds.get(k) != news.get(k)]
+        return DiffResult(changes=bool(replaces or other), replaces=replaces, delete_before_replace=True)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]):
+        from pulumi.dynamic import UpdateResult
+
+        keep = {k: olds[k] for k in ("instances", "endpoint", "node", "state", "restarts") if k in olds}
+        return UpdateResult(outs={**news, **keep})
+
+    # ----- create ---------------------------------------------------------------------------------------------
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        placement, launch = props["placement"], props["launch"]
+        if placement.get("status") == DECIDED_AT_UPDATE or not launch:
+            raise RuntimeError("the replica has no placement: its agents were unknown when it was checked")
+        owner, token = props["owner"], props["token"]
+        agents: dict[str, str] = props["agents"]
+        secrets: dict[str, str] = props.get("secrets") or {}
+        timeout_s = float(props.get("ready_timeout_s") or 600)
+        started: list[tuple[str, str]] = []  # (agent url, instance id) to undo on failure
+        instances = []
+        try:
+            for rank, spec in enumerate(launch):
+                url, iid = agents[spec["node"]], instance_id(owner, rank)
+                with AgentClient(url, token) as agent:
+                    agent.put_reservation(iid, _reservation(owner, spec))
+                    started.append((url, iid))
+                    agent.put_instance(iid, _instance_body(owner, spec, secrets))
+            head_url, head_id = agents[launch[0]["node"]], instance_id(owner, 0)
+            for rank, spec in enumerate(launch):
+                url, iid = agents[spec["node"]], instance_id(owner, rank)
+                with AgentClient(url, token) as agent:
+                    status = agent.wait_ready(iid, timeout_s=timeout_s)
+                instances.append({"node": spec["node"], "id": iid, "pid": status.pid, "port": status.port})
+        except Exception:
+            _undo(started, token)
+            raise
+        head = instances[0]
+        host = urlsplit(head_url).hostname
+        endpoint = f"http://{host}:{head['port']}/v1"
+        outs = {**props, "instances": instances, "endpoint": endpoint, "node": head["node"], "state": "ready",
+                "restarts": 0}  # fmt: skip
+        return CreateResult(id_=head_id, outs=outs)
+
+    # ----- read (refresh) --------------------------------------------------------------------------------
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        instances = props.get("instances") or []
+        agents: dict[str, str] = props.get("agents") or {}
+        if not instances:
+            return ReadResult(id_=id_, outs=props)
+        states, restarts, now = [], 0, []
+        for known in instances:
+            url = agents.get(known["node"])
+            try:
+                with AgentClient(url, props["token"]) as agent:
+                    status = agent.get_instance(known["id"])
+            except AgentUnreachable:
+                states.append("unreachable")
+                now.append(known)
+                continue
+            if status is None:
+                return ReadResult(id_="", outs={})  # the instance is gone: the next update recreates it
+            states.append(status.state)
+            restarts += status.restarts
+            now.append({**known, "pid": status.pid, "port": status.port})
+        state = next((s for s in states if s != "ready"), "ready")
+        return ReadResult(id_=id_, outs={**props, "instances": now, "state": state, "restarts": restarts})
+
+    # ----- delete ------------------------------------------------------------------------------------------------
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        agents: dict[str, str] = props.get("agents") or {}
+        owner, token = props["owner"], props["token"]
+        for rank, spec in reversed(list(enumerate(props.get("launch") or []))):
+            url, iid = agents.get(spec["node"]), instance_id(owner, rank)
+            if url is None:
+                continue
+            _delete_on_agent(url, token, iid)
+
+
+# ----- pure helpers (placement and launch specs) ----------------------------------------------------------
+
+
+class PlacementFailure(Exception):
+    def __init__(self, property_: str, message: str) -> None:
+        super().__init__(message)
+        self.property = property_
+
+
+def restore_nulls(model: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """Pulumi drops null properties on the wire: put back ``None`` for the missing nullable fields of ``model``."""
+    missing = {
+        name: None
+        for name, field in model.model_fields.items()
+        if name not in data and field.is_required() and type(None) in getattr(field.annotation, "__args__", ())
+    }
+    return {**missing, **data}
+
+
+def _placement_key(value: Any) -> Any:
+    """What identifies a placement or launch for diffing (the free-text reason does not)."""
+    if isinstance(value, dict):
+        return {k: _placement_key(v) for k, v in value.items() if k != "reason"}
+    if isinstance(value, list):
+        return [_placement_key(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def read_inventory(agents: dict[str, str], token: str):
+    from gpustack_runtime.wire import Inventory
+
+    documents = []
+    for node, url in sorted(agents.items()):
+        try:
+            with AgentClient(url, token) as agent:
+                documents.append(agent.capacity())
+        except AgentError as error:
+            raise PlacementFailure("agents", f"cannot read capacity of node {node}: {error}") from None
+    return Inventory(nodes=documents)
+
+
+def plan_replica(news: dict[str, Any], olds: dict[str, Any], deployment: Any) -> tuple[dict, list[dict]]:
+    """Place one replica on the live inventory and render its launch specs (pure apart from reading capacity)."""
+    from gpustack_pulumi.analysis import analyze
+    from gpustack_pulumi.engines.base import EngineRefusal
+    from gpustack_pulumi.engines.launch import accelerators_from_inventory, launch_specs
+    from gpustack_pulumi.engines.options import EngineOptions
+    from gpustack_pulumi.placement import PlacedReplica, Plan, PlanSummary, plan
+
+    agents: dict[str, str] = news["agents"]
+    inventory = read_inventory(agents, news["token"])
+    previous = None
+    old_placement = olds.get("placement") or {}
+    if old_placement.get("placements"):
+        old = PlacedReplica.model_validate(restore_nulls(PlacedReplica, {**old_placement, "replica": 0}))
+        summary = PlanSummary(placed=1, unplaced=0, gpus_used=0, nodes_used=0, kept=0, moved=0, method="heuristic")
+        previous = Plan(strategy="binpack", replicas=[old], unplaced=[], summary=summary)
+    result = plan(inventory, [deployment], previous, own_owner_prefix=news["owner"])
+    if result.unplaced:
+        unplaced = result.unplaced[0]
+        raise PlacementFailure(
+            "model", f"{deployment.name} replica {int(news['replica'])} cannot be placed: {unplaced.reason}"
+        )
+    placed = result.replicas[0]
+    try:
+        options = EngineOptions.model_validate(news.get("engine_options") or {})
+        profile = analyze(deployment.model, quantization=deployment.quantization)
+        specs = launch_specs(
+            placed,
+            profile,
+            deployment,
+            accelerators=accelerators_from_inventory(inventory, placed),
+            node_addresses={node: urlsplit(url).hostname or node for node, url in agents.items()},
+            options=options,
+        )
+    except EngineRefusal as refusal:
+        raise PlacementFailure("engine", str(refusal)) from None
+    placement = placed.model_dump(mode="json")
+    placement["replica"] = int(news["replica"])
+    return placement, [spec.model_dump(mode="json") for spec in specs]
+
+
+def _reservation(owner: str, spec: dict[str, Any]):
+    from gpustack_runtime.wire import ReservationBody
+
+    return ReservationBody(
+        owner=owner,
+        device_indices=[int(i) for i in spec["visible_devices"]],
+        memory_bytes_per_device=int(spec.get("memory_bytes_per_device") or 0),
+        ttl_seconds=RESERVATION_TTL_S,
+    )
+
+
+def _instance_body(owner: str, spec: dict[str, Any], secrets: dict[str, str]):
+    """The agent's instance body; secret references are resolved here, at launch, into the environment only."""
+    from gpustack_pulumi.engines.base import LaunchSpec
+
+    launch = LaunchSpec.model_validate(restore_nulls(LaunchSpec, spec))
+    missing = [ref for ref in launch.secret_env.values() if ref not in secrets]
+    if missing:
+        raise RuntimeError(
+            f"secret reference(s) {', '.join(sorted(missing))} used by the engine options have no value; pass "
+            "them in ModelDeployment's `secrets`"
+        )
+    env = {**launch.env, **{name: secrets[ref] for name, ref in launch.secret_env.items()}}
+    body = launch.model_copy(update={"env": env}).to_instance_body(owner)
+    return body
+
+
+def _undo(started: list[tuple[str, str]], token: str) -> None:
+    for url, iid in reversed(started):
+        _delete_on_agent(url, token, iid)
+
+
+def _delete_on_agent(url: str, token: str, iid: str) -> None:
+    for attempt in range(DELETE_RETRIES):
+        try:
+            with AgentClient(url, token) as agent:
+                agent.delete_instance(iid)
+                agent.delete_reservation(iid)
+            return
+        except AgentUnreachable as error:
+            if attempt + 1 == DELETE_RETRIES:
+                # The node is gone for good: nothing runs there to stop. Say so and let the delete finish.
+                print(f"warning: {error}; instance {iid} is treated as deleted", file=sys.stderr)
+                return
+            time.sleep(DELETE_RETRY_DELAY_S)

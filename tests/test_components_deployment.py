@@ -1,0 +1,152 @@
+"""ModelDeployment: resource graph under mocks, argument errors, provider pickling, and check failures through
+the real provider host (an impossible model fails with the numbers; an unreachable agent says so)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from pathlib import Path
+
+import dill
+import pulumi
+import pytest
+from harness.pulumi_engine import ProviderHost, serialize_for_host
+from pulumi.dynamic.dynamic import serialize_provider
+from pulumi.runtime import mocks as pulumi_mocks
+
+from gpustack_pulumi.components import ComponentArgsError, GpuCluster, LocalNodePool, ModelDeployment
+from gpustack_pulumi.providers.model_replica import DECIDED_AT_UPDATE, ModelReplicaProvider, instance_id
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class EchoMocks(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        self.resources: list[pulumi_mocks.MockResourceArgs] = []
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs):
+        self.resources.append(args)
+        outputs = dict(args.inputs)
+        if args.typ.endswith("LocalAgent"):
+            outputs["endpoint"] = "http://127.0.0.1:1"
+        if args.typ.endswith("ModelReplica"):
+            outputs["endpoint"] = f"http://127.0.0.1:4000{args.inputs['replica']:.0f}/v1"
+        return (f"{args.name}-id" if args.custom else None), outputs
+
+    def call(self, args: pulumi_mocks.MockCallArgs):
+        return {}
+
+
+@pytest.fixture
+def mocks():
+    recorder = EchoMocks()
+    pulumi.runtime.set_mocks(recorder, preview=False, monitor=pulumi_mocks.MockMonitor(recorder))
+    yield recorder
+    pulumi.runtime.settings.reset_options()
+
+
+def cluster() -> GpuCluster:
+    pool = LocalNodePool("local", {"agent_token": "tok", "node_name": "box"})
+    return GpuCluster("gpus", {"pools": [pool], "agent_token": "tok"})
+
+
+@pulumi.runtime.test
+def test_replicas_are_children_with_stable_names_and_secret_inputs(mocks) -> None:
+    deployment = ModelDeployment(
+        "chat",
+        {
+            "cluster": cluster(),
+            "model": "Qwen/Qwen3-8B",
+            "replicas": 2,
+            "max_model_len": 8192,
+            "engine_options": {"api_key_secret": "api-key"},
+            "secrets": {"api-key": "sk-123"},
+        },
+    )
+
+    def check(endpoints: list[str]) -> None:
+        assert endpoints == ["http://127.0.0.1:40000/v1", "http://127.0.0.1:40001/v1"]
+        replicas = sorted((r for r in mocks.resources if r.typ.endswith("ModelReplica")), key=lambda r: r.name)
+        assert [r.name for r in replicas] == ["chat-r0", "chat-r1"]
+        first = replicas[0].inputs
+        assert first["deployment"]["name"] == "chat" and first["deployment"]["model"] == "Qwen/Qwen3-8B"
+        assert first["owner"] == "project/stack/chat/r0/"
+        assert first["agents"] == {"box": "http://127.0.0.1:1"}
+        for secret_key in ("token", "secrets"):  # secret envelopes: {sig, value}
+            assert set(first[secret_key]) == {"4dabf18193072939515e22adb298388d", "value"}, secret_key
+        assert first["engine_options"] == {"api_key_secret": "api-key"}  # a reference, never the value
+        assert "sk-123" not in json.dumps(first["engine_options"])
+
+    return deployment.endpoints.apply(check)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"model": "Qwen/Qwen3-8B", "engine": "turbo"}, "engine: Value error, unknown engine 'turbo'"),
+        ({"model": "Qwen/Qwen3-8B", "replicas": -1}, "replicas: Input should be greater than or equal to 0"),
+        ({"model": "Qwen/Qwen3-8B", "mode": "fast"}, "mode: Input should be 'latency', 'throughput' or 'balanced'"),
+        ({"model": "Qwen/Qwen3-8B", "engine_options": {"extra_args": ["--api-key=x"]}}, "engine_options"),
+    ],
+)
+@pulumi.runtime.test
+def test_bad_arguments_fail_before_anything_is_registered(mocks, args: dict, message: str) -> None:
+    gpus = cluster()
+    before = len(mocks.resources)
+    with pytest.raises(ComponentArgsError, match=message):
+        ModelDeployment("chat", {"cluster": gpus, **args})  # type: ignore[typeddict-item]
+    assert len(mocks.resources) == before
+
+
+def test_provider_pickles_by_reference() -> None:
+    serialized = serialize_provider(ModelReplicaProvider())
+    assert type(dill.loads(base64.b64decode(serialized))) is ModelReplicaProvider
+    assert len(serialized) < 400
+
+
+def test_instance_ids_are_agent_safe_and_distinct() -> None:
+    assert instance_id("gpustack-pulumi/local/chat/r0/", 0) == "gpustack-pulumi.local.chat.r0."
+    assert instance_id("p/s/chat/r0/", 1).endswith(".w1")
+    assert instance_id("p/s/chat/r1/", 0) != instance_id("p/s/chat/r10/", 0)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def replica_news(agents: object, model: str = "Qwen/Qwen3-8B") -> dict:
+    return {
+        "deployment": {"name": "chat", "model": model, "engine": "auto", "max_model_len": 8192},
+        "engine_options": {},
+        "replica": 0,
+        "owner": "p/s/chat/r0/",
+        "agents": agents,
+        "token": "tok",
+        "secrets": {},
+        "ready_timeout_s": 60,
+    }
+
+
+@pytest.fixture
+def host():
+    provider_host = ProviderHost(cwd=REPO, config={}, project="gpustack-pulumi")
+    yield provider_host
+    provider_host.close()
+
+
+def test_unreachable_agent_fails_check_with_a_clear_message(host: ProviderHost) -> None:
+    news = {**replica_news({"box": f"http://127.0.0.1:{closed_port()}"}), **serialize_for_host(ModelReplicaProvider())}
+    _, failures = host.check("urn:x", {}, news)
+    [(prop, reason)] = failures
+    assert prop == "agents"
+    assert "cannot read capacity of node box" in reason and "unreachable" in reason
+
+
+def test_unknown_agents_mean_placement_decided_at_update(host: ProviderHost) -> None:
+    news = {**replica_news("04da6b54-80e4-46f7-96ec-b56ff0331ba9"), **serialize_for_host(ModelReplicaProvider())}
+    checked, failures = host.check("urn:x", {}, news)
+    assert failures == []
+    assert checked["placement"] == {"status": DECIDED_AT_UPDATE}

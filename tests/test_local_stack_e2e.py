@@ -1,0 +1,134 @@
+"""The `local` stack brought up through the engine harness on this machine: the agent starts, placement comes from
+its live capacity, llama.cpp serves /v1/completions at the output endpoint; a changed replica count adds a replica
+without touching the other; refresh after killing an engine reports it; destroy leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from harness.pulumi_engine import StackHarness
+
+from gpustack_pulumi.localhost import has_nvidia_gpu
+from gpustack_pulumi.providers.local_agent import process_start_time
+
+REPO = Path(__file__).resolve().parents[1]
+STACK = REPO / "stacks" / "local" / "__main__.py"
+
+pytestmark = [
+    pytest.mark.skipif(has_nvidia_gpu(), reason="on a GPU machine the local stack serves a real model"),
+]
+
+
+def _llama_cpp_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_stack() -> None:
+    runpy.run_path(str(STACK), run_name="__main__")
+
+
+def alive(pid: int) -> bool:
+    return process_start_time(pid) is not None and not Path(f"/proc/{pid}/status").read_text().count("zombie")
+
+
+@pytest.mark.skipif(not _llama_cpp_available(), reason="llama-cpp-python missing: run .ci/llama-cpp.sh")
+def test_local_stack_end_to_end(tmp_path: Path) -> None:
+    config = {"gpustack:stateDir": str(tmp_path / "state"), "gpustack:replicas": "1"}
+    harness = StackHarness(
+        run_stack,
+        state_path=tmp_path / "pulumi-state.json",
+        config=config,
+        cwd=REPO,
+        project="gpustack-pulumi",
+        stack="local",
+    )
+    preview = harness.preview()
+    assert sorted(preview.ops("would-create")) == ["agent-token", "chat-r0", "local-agent"]
+    # The agent does not exist yet at preview: the placement is decided at update, never guessed.
+    assert preview.outputs["placements"] == [{"status": "decided at update"}]
+
+    pids: list[int] = []
+    try:
+        up = harness.up()
+        assert sorted(up.ops("create")) == ["agent-token", "chat-r0", "local-agent"]
+        [endpoint] = up.outputs["endpoints"]
+        [placement] = up.outputs["placements"]
+        assert placement["engine"] == "llama.cpp"
+        assert placement["placements"][0]["device_indices"] == []  # CPU-only node
+        assert "llama.cpp" in placement["reason"] or placement["reason"]
+        reply = httpx.post(f"{endpoint}/completions", json={"prompt": "hello gpu node", "max_tokens": 8}, timeout=60)
+        assert reply.status_code == 200 and reply.json()["choices"][0]["text"] is not None
+
+        state = {r.name: r for r in harness.load_state()}
+        agent_pid = int(state["local-agent"].outputs["pid"])
+        r0 = state["chat-r0"].outputs
+        r0_pid = int(r0["instances"][0]["pid"])
+        pids += [agent_pid, r0_pid]
+
+        # Two replicas: only the new one is created; r0 keeps its process.
+        harness.config["gpustack:replicas"] = "2"
+        scaled = harness.up()
+        assert scaled.ops("create") == ["chat-r1"]
+        assert "chat-r0" not in scaled.ops("replace") + scaled.ops("update") + scaled.ops("delete")
+        state = {r.name: r for r in harness.load_state()}
+        assert int(state["chat-r0"].outputs["instances"][0]["pid"]) == r0_pid
+        r1_pid = int(state["chat-r1"].outputs["instances"][0]["pid"])
+        pids.append(r1_pid)
+        assert len(set(scaled.outputs["endpoints"])) == 2
+
+        # Kill r1's engine: the agent restarts it, and refresh reports the restart.
+        os.kill(r1_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        refreshed = harness.refresh()
+        while "chat-r1" not in refreshed.drift and time.monotonic() < deadline:
+            time.sleep(0.5)
+            refreshed = harness.refresh()
+        drift = refreshed.drift["chat-r1"]
+        assert drift.get("restarts", 0) >= 1 or drift.get("state") in ("restarting", "starting")
+        assert "chat-r0" not in refreshed.drift
+    finally:
+        destroyed = harness.destroy()
+    assert sorted(destroyed.ops("delete")) == ["agent-token", "chat-r0", "chat-r1", "local-agent"]
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in pids if alive(pid)]
+
+
+def test_impossible_model_fails_at_check_with_the_numbers(tmp_path: Path) -> None:
+    from harness.pulumi_engine import CheckFailed
+
+    # 438 GiB of weights on this machine's CPU (llama.cpp): far more than its memory.
+    config = {
+        "gpustack:stateDir": str(tmp_path / "state"),
+        "gpustack:model": "Qwen/Qwen3-235B-A22B",
+        "gpustack:maxModelLen": "8192",
+        "gpustack:engine": "llama.cpp",
+    }
+    harness = StackHarness(
+        run_stack,
+        state_path=tmp_path / "pulumi-state.json",
+        config=config,
+        cwd=REPO,
+        project="gpustack-pulumi",
+        stack="local",
+    )
+    try:
+        with pytest.raises(CheckFailed) as failure:
+            harness.up()
+        message = str(failure.value)
+        assert "chat replica 0 cannot be placed" in message
+        assert "GiB" in message  # needed vs available, with numbers
+        assert "chat-r0" not in [r.name for r in harness.load_state()]  # nothing half-created for the replica
+    finally:
+        harness.destroy()
