@@ -15,7 +15,6 @@ from gpustack_pulumi import catalog
 from gpustack_pulumi.analysis import ModelProfile, analyze
 from gpustack_pulumi.catalog.schema import GpuSpec
 from gpustack_pulumi.placement.memory import MemoryBreakdown, MemoryRequest, memory_model
-from gpustack_pulumi.placement.memory.vllm import cuda_visible_memory
 
 GIB = 1024**3
 
@@ -114,10 +113,8 @@ def estimate_model(
 
 
 def memory_for_gpu(profile: ModelProfile, request: MemoryRequest, spec: GpuSpec, engine: str) -> MemoryBreakdown:
-    """vLLM sizes from the CUDA-visible total; SGLang from the nvidia-smi total (each engine's own reading)."""
-    model = memory_model(engine)
-    total = cuda_visible_memory(spec.memory_bytes) if engine == "vllm" else spec.memory_bytes
-    return model.estimate(profile, request, gpu_memory_bytes=total, gpu_key=spec.key)
+    """The catalog's memory is the NVML total; each memory model converts to what its engine reads."""
+    return memory_model(engine).estimate(profile, request, gpu_memory_bytes=spec.memory_bytes, gpu_key=spec.key)
 
 
 def profile_summary(profile: ModelProfile, *, tp: int = 1, kv_cache_dtype: str = "auto") -> dict[str, Any]:

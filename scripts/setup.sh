@@ -13,14 +13,17 @@ if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
     exit 2
 fi
 
-# System packages the tests use: a C compiler (the fake libnvidia-ml.so.1 the tests build), CMake and g++
-# (llama.cpp, built once from source for the real-engine tests).
+# System packages: a C compiler (the fake libnvidia-ml.so.1 the tests build), CMake and g++ (llama.cpp, built
+# once from source), sshd and iproute2 (test hosts in network namespaces, reached over SSH).
 if [ -z "${GPUSTACK_SKIP_APT:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=()
-    for tool in gcc g++ cmake make; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    for tool in gcc g++ cmake make ip /usr/sbin/sshd ssh-keygen; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
     if [ ${#missing[@]} -gt 0 ]; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc g++ cmake make >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            gcc g++ cmake make iproute2 openssh-server openssh-client >/dev/null
     fi
 fi
 
@@ -29,4 +32,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ./runtime -e '.[dev]'
+# llama.cpp (llama-cpp-python[server]): the engine the local stack runs on a machine without a GPU, and the
+# real engine of the tests. Built once from source (~5-8 minutes on 2 cores), then installed from a cached wheel.
+if [ -z "${GPUSTACK_SKIP_LLAMA:-}" ]; then
+    bash .ci/llama-cpp.sh .venv/bin/python >/dev/null
+fi
 echo "setup done: $(.venv/bin/gpustack-pulumi --version)"

@@ -83,7 +83,9 @@ def _local_pool_props(name: str, args: LocalNodePoolArgs) -> dict:
     }
 
 
-NodePool = LocalNodePool  # pools of other kinds (SSH hosts, AWS, Kubernetes) join this alias
+from gpustack_pulumi.components.ssh_pool import SshNodePool  # noqa: E402 (needs ComponentArgsError above)
+
+NodePool = LocalNodePool | SshNodePool  # pools of other kinds (AWS, Kubernetes) join this alias
 
 
 class GpuClusterArgs(TypedDict):

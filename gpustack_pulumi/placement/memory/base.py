@@ -46,7 +46,7 @@ class MemoryBreakdown(BaseModel):
 
     engine: str
     version: str
-    gpu_memory_bytes: int = Field(description="Total memory of the GPU as the engine sees it.")
+    gpu_memory_bytes: int = Field(description="Total memory of the GPU as NVML (and the agent) report it.")
     tp: int
     pp: int
     fraction: float = Field(description="gpu_memory_utilization (vLLM) or mem_fraction_static (SGLang).")

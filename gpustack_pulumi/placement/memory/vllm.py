@@ -173,7 +173,9 @@ def kv_capacity(
 
 
 class VllmMemoryModel:
-    """vLLM's memory semantics; ``gpu_memory_bytes`` is the total CUDA reports for the device."""
+    """vLLM's memory semantics. ``gpu_memory_bytes`` is the device total as NVML reports it (the agent's capacity
+    document and the catalog carry that figure); vLLM sizes its budget from CUDA's smaller total, so the model
+    converts with :func:`cuda_visible_memory` first."""
 
     name = "vllm"
 
@@ -195,9 +197,10 @@ class VllmMemoryModel:
         tp, pp = request.tp, request.pp
         max_len = request.max_model_len or profile.max_model_len
         fraction = request.memory_fraction or defaults.gpu_memory_utilization
-        mnbt, seqs = self._batch(request, gpu_memory_bytes, gpu_key, max_len)
+        mnbt, seqs = self._batch(request, cuda_visible_memory(gpu_memory_bytes), gpu_key, max_len)
 
-        budget = math.ceil(gpu_memory_bytes * fraction)
+        cuda_total = cuda_visible_memory(gpu_memory_bytes)
+        budget = math.ceil(cuda_total * fraction)
         weights = profile.weights_per_rank(tp, pp)
         activation = activation_peak(profile, tp=tp, max_num_batched_tokens=mnbt, max_num_seqs=seqs)
         non_torch = NON_TORCH_TP1_BYTES if tp * pp == 1 else NON_TORCH_MULTI_GPU_BYTES
@@ -219,7 +222,7 @@ class VllmMemoryModel:
             max_num_batched_tokens=mnbt,
             block_size=block_size,
         )
-        problems = self._problems(profile, request, fraction, weights, kv_pool, cap, max_len, gpu_memory_bytes)
+        problems = self._problems(profile, request, fraction, weights, kv_pool, cap, max_len, cuda_total)
         return MemoryBreakdown(
             engine=self.name,
             version=version,

@@ -1,0 +1,163 @@
+"""Run what ``pulumi_command.remote`` resources would run, over real SSH with paramiko.
+
+Under Pulumi mocks, ``CopyToRemote`` and ``Command`` are only registered: the mocks hand their inputs back and
+nothing runs. This runner takes those registered inputs (the exact strings and connection the component built)
+and does what the pulumi-command provider does with them (provider/pkg/provider/remote in pulumi/pulumi-command):
+
+- connection: user, private key, port, optional proxy (jump host), and the pinned ``hostKey``; a host that shows
+  another key is refused (paramiko ``RejectPolicy`` with only the pinned key known);
+- ``CopyToRemote``: SFTP upload of a ``FileAsset`` to ``remotePath``, parent directories created;
+- ``Command``: ``create`` on create, ``update`` (or ``create``) on update, ``delete`` on delete, each through
+  one SSH exec with ``stdin`` written to the command's standard input; a non-zero exit fails the step.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import paramiko
+import pulumi
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+CONNECT_TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 180.0
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and SECRET_SIG in value
+
+
+def reveal(value: Any) -> Any:
+    """The value inside Pulumi's secret envelope (mock inputs keep the envelope; the engine strips it)."""
+    if is_secret(value):
+        return reveal(value["value"])
+    if isinstance(value, dict):
+        return {key: reveal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [reveal(item) for item in value]
+    return value
+
+
+@dataclass
+class CommandResult:
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    def lines(self) -> list[str]:
+        return self.stdout.strip().splitlines()
+
+
+class RemoteCommandError(RuntimeError):
+    pass
+
+
+def _private_key(text: str) -> paramiko.PKey:
+    for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return key_class.from_private_key(io.StringIO(text))
+        except paramiko.SSHException:
+            continue
+    raise RemoteCommandError("the private key is not an OpenSSH ed25519, ECDSA or RSA key")
+
+
+def _pinned_client(address: str, port: int, host_key: str) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    key_type, blob = host_key.split()[:2]
+    entry = address if port == 22 else f"[{address}]:{port}"
+    client.get_host_keys().add(entry, key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(blob)))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    return client
+
+
+def connect(connection: dict[str, Any]) -> paramiko.SSHClient:
+    """An SSH client for a registered ``connection`` input (secrets revealed), host key pinned."""
+    connection = reveal(connection)
+    if not connection.get("hostKey"):
+        raise RemoteCommandError("connection has no hostKey: refusing to connect to an unpinned host")
+    sock = None
+    jump = None
+    address, port = connection["host"], int(connection.get("port") or 22)
+    if connection.get("proxy"):
+        proxy = connection["proxy"]
+        jump = _pinned_client(proxy["host"], int(proxy.get("port") or 22), proxy["hostKey"])
+        jump.connect(
+            proxy["host"],
+            port=int(proxy.get("port") or 22),
+            username=proxy.get("user") or "root",
+            pkey=_private_key(proxy["privateKey"]),
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=CONNECT_TIMEOUT_S,
+        )
+        transport = jump.get_transport()
+        assert transport is not None
+        sock = transport.open_channel("direct-tcpip", (address, port), ("127.0.0.1", 0))
+    client = _pinned_client(address, port, connection["hostKey"])
+    client.connect(
+        address,
+        port=port,
+        username=connection.get("user") or "root",
+        pkey=_private_key(connection["privateKey"]),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=CONNECT_TIMEOUT_S,
+        sock=sock,
+    )
+    if jump is not None:
+        client._gpustack_jump = jump  # type: ignore[attr-defined]  # closed with the client below
+    return client
+
+
+def _close(client: paramiko.SSHClient) -> None:
+    client.close()
+    jump = getattr(client, "_gpustack_jump", None)
+    if jump is not None:
+        jump.close()
+
+
+def copy_to_remote(inputs: dict[str, Any]) -> None:
+    source = inputs["source"]
+    if not isinstance(source, pulumi.FileAsset):
+        raise RemoteCommandError(f"only FileAsset sources are run here, got {type(source).__name__}")
+    client = connect(inputs["connection"])
+    try:
+        sftp = client.open_sftp()
+        remote_path = reveal(inputs["remotePath"])
+        # Parents first, as the provider does ("Any necessary parent directories will be created").
+        parts = posixpath.dirname(remote_path).split("/")
+        for depth in range(2, len(parts) + 1):
+            directory = "/".join(parts[:depth])
+            try:
+                sftp.stat(directory)
+            except FileNotFoundError:
+                sftp.mkdir(directory)
+        sftp.put(str(source.path), remote_path)
+        sftp.close()
+    finally:
+        _close(client)
+
+
+def run_command(inputs: dict[str, Any], step: str) -> CommandResult:
+    """Run the ``create``, ``update`` (falls back to create) or ``delete`` string of a registered Command."""
+    command = inputs.get(step) or (inputs.get("create") if step == "update" else None)
+    if not command:
+        return CommandResult(0, "", "")
+    command = reveal(command)
+    client = connect(inputs["connection"])
+    try:
+        stdin, stdout, stderr = client.exec_command(command, timeout=COMMAND_TIMEOUT_S)
+        if inputs.get("stdin") is not None:
+            stdin.write(reveal(inputs["stdin"]))
+        stdin.channel.shutdown_write()
+        out, err = stdout.read().decode(), stderr.read().decode()
+        result = CommandResult(stdout.channel.recv_exit_status(), out, err)
+    finally:
+        _close(client)
+    if result.exit_status != 0:
+        raise RemoteCommandError(f"{step} exited {result.exit_status}:\n{result.stdout}\n{result.stderr}")
+    return result
