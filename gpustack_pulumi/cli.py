@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_plan_parser(subparsers)
+    from gpustack_pulumi.preview import add_preview_parser
+
+    add_preview_parser(subparsers)
     return parser
 
 
@@ -44,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "estimate":
         return run_estimate(args)
+    if args.command == "preview":
+        from gpustack_pulumi.preview import run_preview
+
+        return run_preview(args)
     if args.command == "plan":
         from gpustack_pulumi.placement.cli_plan import run_plan
 

@@ -17,8 +17,6 @@ from typing import Any
 import httpx
 import paramiko
 import pytest
-
-from gpustack_pulumi.components.ssh_pool import SshNodePool
 from multihost.netns import HostGroup, namespace_exists, netns_hosts
 from multihost.remote_runner import CommandResult, connect, copy_to_remote, run_command
 from multihost.support import (
@@ -31,6 +29,8 @@ from multihost.support import (
     pool_args,
     register_under_mocks,
 )
+
+from gpustack_pulumi.components.ssh_pool import SshNodePool
 
 pytestmark = pytest.mark.slow
 

@@ -147,6 +147,11 @@ class HostGroup:
     known_hosts: Path
     subnet: int
 
+    def close(self) -> None:
+        """Kill every process left in the hosts' namespaces and delete them. Safe to call twice."""
+        for host in self.hosts:
+            _teardown(host)
+
     def by_name(self, name: str) -> NetnsHost:
         return next(host for host in self.hosts if host.name == name)
 
@@ -215,7 +220,7 @@ def netns_hosts(specs: list[HostSpec], workdir: Path, fake_nvml_library: Path | 
     authorized_keys = workdir / "authorized_keys"
     shutil.copy(client_key.with_suffix(".pub"), authorized_keys)
     authorized_keys.chmod(0o600)
-    hosts: list[NetnsHost] = []
+    group = HostGroup([], client_key, workdir / "known_hosts", subnet)
     try:
         for index, spec in enumerate(specs):
             root = workdir / spec.name
@@ -227,16 +232,14 @@ def netns_hosts(specs: list[HostSpec], workdir: Path, fake_nvml_library: Path | 
                 host_veth=f"gst{tag}h{index}"[:15],
                 root=root,
             )
-            hosts.append(host)
+            group.hosts.append(host)
             if spec.gpus is not None:
                 if fake_nvml_library is None:
                     raise HostSetupError(f"host {spec.name} has GPUs but no fake NVML library was built")
                 host.fake_nvml_config = root / "fake-nvml.json"
                 host.fake_nvml_config.write_text(json.dumps({"driver_version": "550.54.15", "devices": spec.gpus}))
             _start_host(host, index, subnet, authorized_keys)
-        known_hosts = workdir / "known_hosts"
-        known_hosts.write_text("".join(f"{host.address} {host.host_key_line}\n" for host in hosts))
-        yield HostGroup(hosts, client_key, known_hosts, subnet)
+        group.known_hosts.write_text("".join(f"{host.address} {host.host_key_line}\n" for host in group.hosts))
+        yield group
     finally:
-        for host in hosts:
-            _teardown(host)
+        group.close()

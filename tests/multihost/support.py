@@ -163,7 +163,9 @@ def by_name(resources: list[pulumi_mocks.MockResourceArgs]) -> dict[str, pulumi_
 def host_resources(resources: list[pulumi_mocks.MockResourceArgs], pool: str, node: str) -> dict[str, Any]:
     """The inputs of one host's install-script copy, uninstall-script copy and agent command."""
     named = by_name(resources)
-    return {suffix: named[f"{pool}-{node}-{suffix}"].inputs for suffix in ("install-script", "uninstall-script", "agent")}
+    return {
+        suffix: named[f"{pool}-{node}-{suffix}"].inputs for suffix in ("install-script", "uninstall-script", "agent")
+    }
 
 
 def version_of(result_stdout: str) -> str | None:

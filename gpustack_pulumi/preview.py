@@ -1,0 +1,304 @@
+"""``gpustack-pulumi preview [STACK_DIR]``: where every replica of a stack will land, for people and for CI.
+
+The stack program runs under Pulumi's mocks (no Pulumi CLI, no cloud call, nothing created): every
+``ModelDeployment`` it declares is collected, then placed on live capacity — from an inventory file or read from
+the agents — with the same placement the providers use. The report is deterministic (same inputs → same bytes),
+and given the previous report it shows the diff: replicas added, removed and moved, each with its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpustack_pulumi.placement import Deployment, Plan, plan
+
+REPORT_VERSION = 1
+
+
+class ReportReplica(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    deployment: str
+    replica: int
+    engine: str
+    nodes: list[str]
+    devices: list[str] = Field(description="node:index for each device; node:cpu for CPU-only.")
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    memory_fraction: float | None
+    memory_bytes_per_device: int
+    reason: str
+
+    @property
+    def where(self) -> str:
+        return ", ".join(self.devices)
+
+
+class ReportUnplaced(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    deployment: str
+    replica: int
+    constraint: str
+    reason: str
+
+
+class PreviewReport(BaseModel):
+    """What the preview computed; ``plan`` keeps the placement so the next preview can be sticky to it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int = REPORT_VERSION
+    stack: str
+    replicas: list[ReportReplica]
+    unplaced: list[ReportUnplaced]
+    plan: Plan
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+
+class ReportDiff(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    added: list[ReportReplica]
+    removed: list[ReportReplica]
+    moved: list[tuple[ReportReplica, ReportReplica]]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.moved)
+
+
+# ----- running a stack program under mocks -------------------------------------------------------------
+
+
+def collect_deployments(stack_dir: Path, *, stack: str, config: dict[str, str]) -> list[Deployment]:
+    """Run ``stack_dir/__main__.py`` under mocks and return the deployments it declares (replica counts from
+    its ModelReplica resources). Nothing is created: every resource is only recorded."""
+    import pulumi
+    from pulumi.runtime import mocks as pulumi_mocks
+
+    program = stack_dir / "__main__.py"
+    if not program.is_file():
+        raise PreviewError(f"{stack_dir}: no __main__.py (a Python stack program) in this directory")
+    replicas: dict[str, tuple[dict[str, Any], int]] = {}
+
+    class RecordingMocks(pulumi.runtime.Mocks):
+        def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
+            if args.typ.endswith("dynamic/gpustack:ModelReplica"):
+                spec = dict(args.inputs["deployment"])
+                count = replicas.get(spec["name"], (spec, 0))[1]
+                replicas[spec["name"]] = (spec, max(count, int(args.inputs["replica"]) + 1))
+            return (f"{args.name}-id" if args.custom else None), dict(args.inputs)
+
+        def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list | None]:
+            return {}, None
+
+    project = _project_name(stack_dir)
+    saved = {k: os.environ.get(k) for k in ("PULUMI_CONFIG",)}
+    os.environ["PULUMI_CONFIG"] = json.dumps(config)
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=True, monitor=pulumi_mocks.MockMonitor(mocks))
+    sys.path.insert(0, str(stack_dir))
+    try:
+
+        @pulumi.runtime.test
+        def run() -> None:
+            runpy.run_path(str(program), run_name="__main__")
+
+        run()
+    finally:
+        sys.path.remove(str(stack_dir))
+        pulumi.runtime.settings.reset_options()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return [Deployment.model_validate({**spec, "replicas": count}) for spec, count in
+            (replicas[name] for name in sorted(replicas))]  # fmt: skip
+
+
+def _project_name(stack_dir: Path) -> str:
+    for directory in (stack_dir, *stack_dir.resolve().parents):
+        project_file = directory / "Pulumi.yaml"
+        if project_file.is_file():
+            return str((yaml.safe_load(project_file.read_text()) or {}).get("name") or "project")
+    return "project"
+
+
+class PreviewError(ValueError):
+    """Bad input to preview; the message names the file or flag."""
+
+
+# ----- report and diff ------------------------------------------------------------------------------------
+
+
+def build_report(stack: str, placed: Plan) -> PreviewReport:
+    replicas = [
+        ReportReplica(
+            deployment=r.deployment,
+            replica=r.replica,
+            engine=r.engine,
+            nodes=[p.node for p in r.placements],
+            devices=[f"{p.node}:{i}" for p in r.placements for i in p.device_indices]
+            or [f"{p.node}:cpu" for p in r.placements],
+            tensor_parallel_size=r.tensor_parallel_size,
+            pipeline_parallel_size=r.pipeline_parallel_size,
+            memory_fraction=r.memory_fraction,
+            memory_bytes_per_device=max((p.memory_bytes_per_device for p in r.placements), default=0),
+            reason=r.reason,
+        )
+        for r in placed.replicas
+    ]
+    unplaced = [ReportUnplaced(deployment=u.deployment, replica=u.replica, constraint=u.constraint, reason=u.reason)
+                for u in placed.unplaced]  # fmt: skip
+    return PreviewReport(stack=stack, replicas=replicas, unplaced=unplaced, plan=placed)
+
+
+def diff_reports(previous: PreviewReport, current: PreviewReport) -> ReportDiff:
+    old = {(r.deployment, r.replica): r for r in previous.replicas}
+    new = {(r.deployment, r.replica): r for r in current.replicas}
+    added = [new[k] for k in sorted(set(new) - set(old))]
+    removed = [old[k] for k in sorted(set(old) - set(new))]
+    moved = [(old[k], new[k]) for k in sorted(set(old) & set(new)) if old[k].devices != new[k].devices
+             or old[k].engine != new[k].engine or old[k].tensor_parallel_size != new[k].tensor_parallel_size]  # fmt: skip
+    return ReportDiff(added=added, removed=removed, moved=moved)
+
+
+def render_markdown(report: PreviewReport, diff: ReportDiff | None = None) -> str:
+    lines = [f"### gpustack placement preview: `{report.stack}`", ""]
+    lines += ["| deployment | # | engine | where | TP×PP | fraction | GiB/device | reason |",
+              "|---|---:|---|---|---|---:|---:|---|"]  # fmt: skip
+    for r in report.replicas:
+        fraction = f"{r.memory_fraction:g}" if r.memory_fraction is not None else "—"
+        lines.append(
+            f"| {r.deployment} | {r.replica} | {r.engine} | {r.where} | {r.tensor_parallel_size}×"
+            f"{r.pipeline_parallel_size} | {fraction} | {r.memory_bytes_per_device / 2**30:.1f} | {_md(r.reason)} |"
+        )
+    if report.unplaced:
+        lines += ["", "**Not placed**", "", "| deployment | # | constraint | reason |", "|---|---:|---|---|"]
+        lines += [f"| {u.deployment} | {u.replica} | {u.constraint} | {_md(u.reason)} |" for u in report.unplaced]
+    if diff is not None:
+        lines += ["", "**Changes since the previous preview**", ""]
+        if diff.empty:
+            lines.append("No replica added, removed or moved.")
+        for r in diff.added:
+            lines.append(f"- added {r.deployment}#{r.replica} on {r.where} ({r.engine}): {_md(r.reason)}")
+        for r in diff.removed:
+            lines.append(f"- removed {r.deployment}#{r.replica} from {r.where}")
+        for old, new in diff.moved:
+            lines.append(f"- moved {new.deployment}#{new.replica}: {old.where} → {new.where} ({_md(new.reason)})")
+    return "\n".join(lines) + "\n"
+
+
+def render_text(report: PreviewReport, diff: ReportDiff | None = None) -> str:
+    lines = [f"stack {report.stack}: {len(report.replicas)} replica(s) placed, {len(report.unplaced)} not placed"]
+    for r in report.replicas:
+        fraction = f"fraction {r.memory_fraction:g}" if r.memory_fraction is not None else "no fraction"
+        lines.append(f"  {r.deployment}#{r.replica}  {r.engine:<10} {r.where}  TP{r.tensor_parallel_size}"
+                     f"×PP{r.pipeline_parallel_size}  {fraction}\n      {r.reason}")  # fmt: skip
+    for u in report.unplaced:
+        lines.append(f"  {u.deployment}#{u.replica}  NOT PLACED ({u.constraint}): {u.reason}")
+    if diff is not None:
+        lines.append(
+            "changes: "
+            + (
+                "none"
+                if diff.empty
+                else f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.moved)} moved"
+            )
+        )
+        for old, new in diff.moved:
+            lines.append(f"  moved {new.deployment}#{new.replica}: {old.where} -> {new.where}: {new.reason}")
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+# ----- CLI ------------------------------------------------------------------------------------------------------
+
+
+def add_preview_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "preview",
+        help="run a stack under mocks and report where every replica lands (for CI)",
+        description="Run STACK_DIR/__main__.py under Pulumi's mocks (no CLI, no cloud), place its deployments on "
+        "live capacity (--inventory file or --agent endpoints) and print a deterministic report; with "
+        "--previous, the diff. Exit 0: all placed; 1: some replica not placed; 2: bad input.",
+    )
+    parser.add_argument("stack_dir", nargs="?", default="stacks/local", type=Path, metavar="STACK_DIR")
+    parser.add_argument("--stack", default="preview", help="stack name the program sees (default: preview)")
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="stack config, e.g. gpustack:replicas=2 (repeatable)")  # fmt: skip
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--inventory", type=Path, help='capacity documents, YAML/JSON {"nodes": [...]}')
+    source.add_argument("--agent", action="append", metavar="NODE=URL",
+                        help="read capacity from an agent (repeatable); token from $GPUSTACK_AGENT_TOKEN")  # fmt: skip
+    parser.add_argument("--previous", type=Path, help="a previous report (--json output): sticky placement + diff")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table for pull-request comments")
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    from gpustack_pulumi.placement.cli_plan import BadInputFile, load_inventory
+
+    try:
+        config = dict(_key_value(item, "--config") for item in args.config)
+        if args.inventory is not None:
+            inventory = load_inventory(args.inventory)
+        else:
+            inventory = _inventory_from_agents(dict(_key_value(item, "--agent") for item in args.agent))
+        previous = _load_report(args.previous) if args.previous else None
+        deployments = collect_deployments(args.stack_dir, stack=args.stack, config=config)
+    except (PreviewError, BadInputFile) as error:
+        print(f"gpustack-pulumi preview: error: {error}", file=sys.stderr)
+        return 2
+    placed = plan(inventory, deployments, previous.plan if previous else None)
+    report = build_report(args.stack, placed)
+    diff = diff_reports(previous, report) if previous else None
+    if args.json:
+        sys.stdout.write(report.to_json())
+    elif args.markdown:
+        sys.stdout.write(render_markdown(report, diff))
+    else:
+        sys.stdout.write(render_text(report, diff))
+    return 0 if not report.unplaced else 1
+
+
+def _key_value(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise PreviewError(f"{flag} {item!r}: expected KEY=VALUE")
+    return key, value
+
+
+def _load_report(path: Path) -> PreviewReport:
+    try:
+        return PreviewReport.model_validate_json(path.read_text())
+    except (OSError, ValueError) as error:
+        raise PreviewError(f"--previous {path}: not a preview report ({str(error).splitlines()[0]})") from None
+
+
+def _inventory_from_agents(agents: dict[str, str]) -> Any:
+    from gpustack_pulumi.providers.model_replica import PlacementFailure, read_inventory
+
+    token = os.environ.get("GPUSTACK_AGENT_TOKEN")
+    if not token:
+        raise PreviewError("--agent needs the agents' token in $GPUSTACK_AGENT_TOKEN")
+    try:
+        return read_inventory(agents, token)
+    except PlacementFailure as failure:
+        raise PreviewError(str(failure)) from None
