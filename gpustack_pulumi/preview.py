@@ -171,9 +171,12 @@ def diff_reports(previous: PreviewReport, current: PreviewReport) -> ReportDiff:
     new = {(r.deployment, r.replica): r for r in current.replicas}
     added = [new[k] for k in sorted(set(new) - set(old))]
     removed = [old[k] for k in sorted(set(old) - set(new))]
-    moved = [(old[k], new[k]) for k in sorted(set(old) & set(new)) if old[k].devices != new[k].devices
-             or old[k].engine != new[k].engine or old[k].tensor_parallel_size != new[k].tensor_parallel_size]  # fmt: skip
+    moved = [(old[k], new[k]) for k in sorted(set(old) & set(new)) if _placement_of(old[k]) != _placement_of(new[k])]
     return ReportDiff(added=added, removed=removed, moved=moved)
+
+
+def _placement_of(replica: ReportReplica) -> tuple:
+    return replica.devices, replica.engine, replica.tensor_parallel_size, replica.pipeline_parallel_size
 
 
 def render_markdown(report: PreviewReport, diff: ReportDiff | None = None) -> str:
