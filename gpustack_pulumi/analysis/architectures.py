@@ -203,6 +203,24 @@ def _attention_kv_groups(
     return groups
 
 
+def _dims(cfg: ConfigView) -> tuple[int, int, int, int, int, int]:
+    """hidden size, layers, vocabulary, attention heads, KV heads, head dim: what every GQA family reads first."""
+    return (cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size(), cfg.num_attention_heads(), cfg.num_kv_heads(),
+            cfg.head_dim())  # fmt: skip
+
+
+def _moe_shape(
+    family: str, cfg: ConfigView, c: _Counter, groups: list[KvLayerGroup], *, experts: int, top_k: int,
+    moe_intermediate: int, **extra: Any,
+) -> ArchitectureShape:  # fmt: skip
+    """The shape of a MoE family: expert counts and the MoE tensor-parallel constraint."""
+    constraints = extra.pop("constraints", None) or _constraints(
+        cfg, moe_intermediate_size=moe_intermediate, num_experts=experts
+    )
+    return _shape(family, cfg, c, groups, num_experts=experts, num_experts_per_token=top_k,
+                  constraints=constraints, **extra)  # fmt: skip
+
+
 def _constraints(cfg: ConfigView, **extra: Any) -> ParallelConstraints:
     return ParallelConstraints(
         num_attention_heads=cfg.num_attention_heads(),
@@ -235,8 +253,7 @@ def _shape(family: str, cfg: ConfigView, c: _Counter, kv_groups: list[KvLayerGro
 
 def dense_decoder(cfg: ConfigView, family: str) -> ArchitectureShape:
     """Llama, Mistral, Qwen2/2.5, Qwen3, Phi-3, Gemma 2/3 and the generic fallback."""
-    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
-    heads, kv, d = cfg.num_attention_heads(), cfg.num_kv_heads(), cfg.head_dim()
+    h, n, v, heads, kv, d = _dims(cfg)
     inter = cfg.require_int("intermediate_size", "ffn_dim", "n_inner")
     qkv_bias = family == "qwen2" or bool(cfg.get("attention_bias", default=False))
     gemma = family in ("gemma2", "gemma3")
@@ -286,8 +303,7 @@ def _sliding_layers(cfg: ConfigView, family: str, n: int) -> list[bool]:
 
 
 def mixtral(cfg: ConfigView, family: str = "mixtral") -> ArchitectureShape:
-    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
-    heads, kv, d = cfg.num_attention_heads(), cfg.num_kv_heads(), cfg.head_dim()
+    h, n, v, heads, kv, d = _dims(cfg)
     experts = cfg.require_int("num_local_experts")
     top_k = cfg.require_int("num_experts_per_tok")
     inter = cfg.require_int("intermediate_size")
@@ -297,21 +313,20 @@ def mixtral(cfg: ConfigView, family: str = "mixtral") -> ArchitectureShape:
     _moe(c, layers=n, hidden=h, experts=experts, top_k=top_k, expert_intermediate=inter)
     _layer_norms(c, layers=n, hidden=h)
     groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=[True] * n)
-    return _shape(
+    return _moe_shape(
         family,
         cfg,
         c,
         groups,
-        num_experts=experts,
-        num_experts_per_token=top_k,
-        constraints=_constraints(cfg, moe_intermediate_size=inter, num_experts=experts),
+        experts=experts,
+        top_k=top_k,
+        moe_intermediate=inter,
     )
 
 
 def qwen3_moe(cfg: ConfigView, family: str = "qwen3_moe") -> ArchitectureShape:
     """Qwen3-MoE (and Qwen2-MoE): sparse layers every ``decoder_sparse_step``, except ``mlp_only_layers``."""
-    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
-    heads, kv, d = cfg.num_attention_heads(), cfg.num_kv_heads(), cfg.head_dim()
+    h, n, v, heads, kv, d = _dims(cfg)
     experts = cfg.require_int("num_experts")
     top_k = cfg.require_int("num_experts_per_tok")
     moe_inter = cfg.require_int("moe_intermediate_size")
@@ -346,22 +361,21 @@ def qwen3_moe(cfg: ConfigView, family: str = "qwen3_moe") -> ArchitectureShape:
     )
     _layer_norms(c, layers=n, hidden=h)
     groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=[False] * n)
-    return _shape(
+    return _moe_shape(
         family,
         cfg,
         c,
         groups,
-        num_experts=experts,
-        num_experts_per_token=top_k,
-        constraints=_constraints(cfg, moe_intermediate_size=moe_inter, num_experts=experts),
+        experts=experts,
+        top_k=top_k,
+        moe_intermediate=moe_inter,
     )
 
 
 def glm4_moe(cfg: ConfigView, family: str = "glm4_moe") -> ArchitectureShape:
     """GLM-4.5 / 4.6: ``first_k_dense_replace`` dense layers, then MoE with one shared expert; MTP layers
     (``num_nextn_predict_layers``) are stored after the main layers."""
-    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
-    heads, kv, d = cfg.num_attention_heads(), cfg.num_kv_heads(), cfg.head_dim()
+    h, n, v, heads, kv, d = _dims(cfg)
     experts = cfg.require_int("n_routed_experts")
     top_k = cfg.require_int("num_experts_per_tok")
     moe_inter = cfg.require_int("moe_intermediate_size")
@@ -393,15 +407,15 @@ def glm4_moe(cfg: ConfigView, family: str = "glm4_moe") -> ArchitectureShape:
         moe=experts * 3 * h * moe_inter + shared * 3 * h * moe_inter + h * experts + experts,
     )
     groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=[False] * n)
-    return _shape(
+    return _moe_shape(
         family,
         cfg,
         c,
         groups,
-        num_experts=experts,
-        num_experts_per_token=top_k,
+        experts=experts,
+        top_k=top_k,
+        moe_intermediate=moe_inter,
         mtp_parameters=mtp_layers * per_mtp,
-        constraints=_constraints(cfg, moe_intermediate_size=moe_inter, num_experts=experts),
     )
 
 
@@ -416,8 +430,7 @@ def _mtp_layer_parameters(*, hidden: int, attention: int, moe: int) -> int:
 
 def gpt_oss(cfg: ConfigView, family: str = "gpt_oss") -> ArchitectureShape:
     """gpt-oss: biased attention with sinks, alternating sliding (128) and full layers, MXFP4 experts."""
-    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
-    heads, kv, d = cfg.num_attention_heads(), cfg.num_kv_heads(), cfg.head_dim()
+    h, n, v, heads, kv, d = _dims(cfg)
     experts = cfg.require_int("num_local_experts", "num_experts")
     top_k = cfg.require_int("num_experts_per_tok", "experts_per_token")
     inter = cfg.require_int("intermediate_size")
@@ -439,14 +452,14 @@ def gpt_oss(cfg: ConfigView, family: str = "gpt_oss") -> ArchitectureShape:
     sliding = [k == "sliding_attention" for k in kinds]
     cfg.require_int("sliding_window", hint="gpt-oss uses a 128-token window on alternate layers")
     groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=sliding)
-    return _shape(
+    return _moe_shape(
         family,
         cfg,
         c,
         groups,
-        num_experts=experts,
-        num_experts_per_token=top_k,
-        constraints=_constraints(cfg, moe_intermediate_size=inter, num_experts=experts),
+        experts=experts,
+        top_k=top_k,
+        moe_intermediate=inter,
     )
 
 
@@ -547,8 +560,7 @@ def qwen3_next(cfg: ConfigView, family: str = "qwen3_next") -> ArchitectureShape
     Linear layers keep a constant state per sequence: conv ``(2·k_heads·k_dim + v_heads·v_dim)·(kernel−1)`` and
     ssm ``v_heads·v_dim·k_dim`` elements (both divided by TP).
     """
-    h, n, v = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size()
-    heads, kv, d = cfg.num_attention_heads(), cfg.num_kv_heads(), cfg.head_dim()
+    h, n, v, heads, kv, d = _dims(cfg)
     kh = cfg.require_int("linear_num_key_heads")
     vh = cfg.require_int("linear_num_value_heads")
     kd = cfg.require_int("linear_key_head_dim")
@@ -595,20 +607,11 @@ def qwen3_next(cfg: ConfigView, family: str = "qwen3_next") -> ArchitectureShape
             ssm_state_elements=vh * vd * kd,
         ),
     ]
-    return _shape(
-        family,
-        cfg,
-        c,
-        groups,
-        num_experts=experts,
-        num_experts_per_token=top_k,
-        constraints=_constraints(
-            cfg,
-            moe_intermediate_size=moe_inter,
-            num_experts=experts,
-            linear_num_value_heads=vh,
-            linear_num_key_heads=kh,
-        ),
+    linear_heads = _constraints(
+        cfg, moe_intermediate_size=moe_inter, num_experts=experts, linear_num_value_heads=vh, linear_num_key_heads=kh
+    )
+    return _moe_shape(
+        family, cfg, c, groups, experts=experts, top_k=top_k, moe_intermediate=moe_inter, constraints=linear_heads
     )
 
 
