@@ -117,6 +117,27 @@ def test_sshd_answers_only_with_the_pinned_host_key(stack: Stack) -> None:
     assert a.exec_in("bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/22").returncode != 0
 
 
+def test_a_jump_host_from_the_pool_args_is_used_and_pinned_too(stack: Stack) -> None:
+    a, b = stack.group.by_name("gpu-a"), stack.group.by_name("gpu-b")
+    args = pool_args(stack.group, stack.wheelhouse, stack.fake_nvml, FIRST_VERSION)
+    # Host A reached through itself as the bastion (the namespaces have no route to each other): the SSH
+    # session to the target runs inside a direct-tcpip channel of the jump session.
+    args["hosts"] = [{**args["hosts"][0], "jump_host": {"address": a.address}}]
+    resources, _ = register_under_mocks(lambda: SshNodePool(POOL, args).endpoints)
+    connection = dict(host_resources(resources, POOL, "gpu-a")["agent"]["connection"]["value"])
+    assert connection["proxy"]["hostKey"] == a.host_key_line
+    client = connect(connection)
+    try:
+        assert client._gpustack_jump.get_transport().is_active()  # type: ignore[attr-defined]
+        _, out, _ = client.exec_command("echo $SSH_CONNECTION")
+        assert out.read().decode().split()[0] == a.address  # the target saw the bastion as the client
+    finally:
+        client.close()
+        client._gpustack_jump.close()  # type: ignore[attr-defined]
+    with pytest.raises(paramiko.BadHostKeyException):
+        connect({**connection, "proxy": {**connection["proxy"], "hostKey": b.host_key_line}})
+
+
 def test_install_over_ssh_starts_each_agent_with_its_devices(stack: Stack) -> None:
     resources, endpoints = stack.register(FIRST_VERSION)
     results = stack.apply(resources, [host.name for host in stack.group.hosts])
@@ -144,9 +165,11 @@ def test_install_over_ssh_starts_each_agent_with_its_devices(stack: Stack) -> No
         pids = host.agent_pids()
         assert len(pids) == 1, host.name
         cmdline = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
-        assert f"--host={host.address}".encode() in cmdline or host.address.encode() in cmdline
+        assert cmdline[cmdline.index(b"--host") + 1] == host.address.encode()
         assert str(host.agent_root).encode() in b" ".join(cmdline)
-        # No token without the token.
+        # Bound to the veth address: nothing answers on the namespace's loopback.
+        assert host.exec_in("bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{AGENT_PORT}").returncode != 0
+        # No capacity without the token.
         assert httpx.get(f"http://{host.address}:{AGENT_PORT}/v1/capacity", timeout=5).status_code == 401
 
 

@@ -66,10 +66,10 @@ class MemoryBreakdown(BaseModel):
     fits: bool
     problems: list[str] = Field(default_factory=list)
 
-    @property
-    def claim_bytes(self) -> int:
-        """What this instance takes from the device: its budget plus the per-process overhead."""
-        return self.budget + self.process_overhead
+    claim_bytes: int = Field(
+        description="What the instance takes from the device: its budget, the memory the engine uses outside it "
+        "(SGLang's reserve) and the per-process overhead."
+    )
 
     def terms(self) -> dict[str, int]:
         return {
@@ -98,6 +98,31 @@ class EngineMemoryModel(Protocol):
     def claim_bytes(self, profile: ModelProfile, request: MemoryRequest, *, gpu_memory_bytes: int) -> int:
         """Bytes the instance takes from the device at ``request.memory_fraction`` (budget + process overhead)."""
         ...
+
+
+class FractionSearchMixin:
+    """``min_fraction`` and ``claim_bytes`` for any model whose ``estimate`` is monotone in the fraction."""
+
+    def estimate(self, profile: ModelProfile, request: MemoryRequest, *, gpu_memory_bytes: int,
+                 gpu_key: str | None = None) -> MemoryBreakdown:  # fmt: skip
+        raise NotImplementedError
+
+    def min_fraction(
+        self, profile: ModelProfile, request: MemoryRequest, *, gpu_memory_bytes: int, gpu_key: str | None = None
+    ) -> float | None:
+        if profile.constraints.tp_problems(request.tp):
+            return None
+
+        def fits(fraction: float) -> bool:
+            sized = request.model_copy(update={"memory_fraction": fraction})
+            return self.estimate(profile, sized, gpu_memory_bytes=gpu_memory_bytes, gpu_key=gpu_key).fits
+
+        return fraction_search(fits)
+
+    def claim_bytes(
+        self, profile: ModelProfile, request: MemoryRequest, *, gpu_memory_bytes: int, gpu_key: str | None = None
+    ) -> int:
+        return self.estimate(profile, request, gpu_memory_bytes=gpu_memory_bytes, gpu_key=gpu_key).claim_bytes
 
 
 def fraction_search(fits, low: float = 0.01, high: float = 1.0, *, step: float = 0.001) -> float | None:

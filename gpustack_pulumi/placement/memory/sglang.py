@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from gpustack_pulumi.analysis.profile import ModelProfile
-from gpustack_pulumi.placement.memory.base import GIB, MIB, MemoryBreakdown, MemoryRequest, fraction_search
+from gpustack_pulumi.placement.memory.base import GIB, MIB, FractionSearchMixin, MemoryBreakdown, MemoryRequest
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def default_mem_fraction_static(profile: ModelProfile, gpu_memory_bytes: int, tp
     return round((mem_mib - reserve.total_mib) / mem_mib, 3)
 
 
-class SglangMemoryModel:
+class SglangMemoryModel(FractionSearchMixin):
     """SGLang's memory semantics; ``gpu_memory_bytes`` is the device total (nvidia-smi)."""
 
     name = "sglang"
@@ -161,25 +161,8 @@ class SglangMemoryModel:
             max_model_len=max_len,
             concurrency=request.concurrency,
             kv_needed=kv_needed,
+            # SGLang uses its reserve (activations, graphs, non-torch) outside the fraction, plus the context.
+            claim_bytes=budget + int(reserve.total_mib * MIB) + PROCESS_OVERHEAD_BYTES,
             fits=not problems,
             problems=problems,
         )
-
-    def min_fraction(
-        self, profile: ModelProfile, request: MemoryRequest, *, gpu_memory_bytes: int, gpu_key: str | None = None
-    ) -> float | None:
-        if profile.constraints.tp_problems(request.tp):
-            return None
-
-        def fits(fraction: float) -> bool:
-            req = request.model_copy(update={"memory_fraction": fraction})
-            return self.estimate(profile, req, gpu_memory_bytes=gpu_memory_bytes).fits
-
-        return fraction_search(fits)
-
-    def claim_bytes(
-        self, profile: ModelProfile, request: MemoryRequest, *, gpu_memory_bytes: int, gpu_key: str | None = None
-    ) -> int:
-        """SGLang uses its budget plus the reserve (activations, graphs, non-torch) plus the context."""
-        b = self.estimate(profile, request, gpu_memory_bytes=gpu_memory_bytes)
-        return b.budget + b.activation + b.non_torch + b.cuda_graphs + b.process_overhead

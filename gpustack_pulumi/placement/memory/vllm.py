@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 from gpustack_pulumi.analysis.profile import VOCAB_PADDING, ModelProfile
-from gpustack_pulumi.placement.memory.base import GIB, MemoryBreakdown, MemoryRequest, fraction_search
+from gpustack_pulumi.placement.memory.base import GIB, FractionSearchMixin, MemoryBreakdown, MemoryRequest
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def kv_capacity(
     )
 
 
-class VllmMemoryModel:
+class VllmMemoryModel(FractionSearchMixin):
     """vLLM's memory semantics. ``gpu_memory_bytes`` is the device total as NVML reports it (the agent's capacity
     document and the catalog carry that figure); vLLM sizes its budget from CUDA's smaller total, so the model
     converts with :func:`cuda_visible_memory` first."""
@@ -243,6 +243,7 @@ class VllmMemoryModel:
             max_model_len=max_len,
             concurrency=request.concurrency,
             kv_needed=cap.kv_needed,
+            claim_bytes=budget + overhead,
             fits=not problems,
             problems=problems,
         )
@@ -295,23 +296,6 @@ class VllmMemoryModel:
                 "or decrease max_model_len/concurrency"
             )
         return problems
-
-    def min_fraction(
-        self, profile: ModelProfile, request: MemoryRequest, *, gpu_memory_bytes: int, gpu_key: str | None = None
-    ) -> float | None:
-        if profile.constraints.tp_problems(request.tp):
-            return None
-
-        def fits(fraction: float) -> bool:
-            req = request.model_copy(update={"memory_fraction": fraction})
-            return self.estimate(profile, req, gpu_memory_bytes=gpu_memory_bytes, gpu_key=gpu_key).fits
-
-        return fraction_search(fits)
-
-    def claim_bytes(
-        self, profile: ModelProfile, request: MemoryRequest, *, gpu_memory_bytes: int, gpu_key: str | None = None
-    ) -> int:
-        return self.estimate(profile, request, gpu_memory_bytes=gpu_memory_bytes, gpu_key=gpu_key).claim_bytes
 
 
 def activation_peak(profile: ModelProfile, *, tp: int, max_num_batched_tokens: int, max_num_seqs: int) -> int:
