@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_estimate(args: argparse.Namespace) -> int:
     from gpustack_pulumi.analysis.errors import AnalysisError
     from gpustack_pulumi.analysis.tensors import ModelFileError
+    from gpustack_pulumi.engines.base import EngineRefusal
     from gpustack_pulumi.estimate import EstimateError, estimate_model, render
 
     try:
@@ -76,8 +77,9 @@ def run_estimate(args: argparse.Namespace) -> int:
             memory_fraction=args.gpu_memory_utilization,
             kv_cache_dtype=args.kv_cache_dtype,
             quantization=args.quantization,
+            show_launch=args.show_launch,
         )
-    except (EstimateError, AnalysisError, ModelFileError, LookupError) as exc:
+    except (EstimateError, AnalysisError, ModelFileError, LookupError, EngineRefusal) as exc:
         message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
         print(f"gpustack-pulumi estimate: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -47,6 +47,9 @@ def add_estimate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bf16"])
     parser.add_argument("--quantization", help="fp8, int8, awq, gptq, gptq-int4-g64, mxfp4, nvfp4, bf16, fp16.")
     parser.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
+    parser.add_argument(
+        "--show-launch", action="store_true", help="With --gpu: also show the engine's launch spec for this shape."
+    )
 
 
 def estimate_model(
@@ -61,6 +64,7 @@ def estimate_model(
     memory_fraction: float | None = None,
     kv_cache_dtype: str = "auto",
     quantization: str | None = None,
+    show_launch: bool = False,
 ) -> dict[str, Any]:
     """Profile ``model`` and, with ``gpu``, its per-GPU memory under ``engine``. Raises EstimateError,
     AnalysisError or a catalog LookupError with a message for the user."""
@@ -109,7 +113,40 @@ def estimate_model(
     result["min_fraction"] = model_for_min.min_fraction(
         profile, request, gpu_memory_bytes=breakdown.gpu_memory_bytes, gpu_key=spec.key
     )
+    if show_launch:
+        result["launch"] = launch_for_shape(model, profile, spec, engine, breakdown, max_model_len, kv_cache_dtype,
+                                            quantization)  # fmt: skip
     return result
+
+
+def launch_for_shape(
+    model: str,
+    profile: ModelProfile,
+    spec: GpuSpec,
+    engine: str,
+    breakdown: MemoryBreakdown,
+    max_model_len: int | None,
+    kv_cache_dtype: str,
+    quantization: str | None,
+) -> list[dict[str, Any]]:
+    """The launch specs of one replica of this shape on one node of ``spec`` GPUs (as placement would emit)."""
+    from gpustack_pulumi.engines.base import NodeAccelerator
+    from gpustack_pulumi.engines.launch import launch_specs
+    from gpustack_pulumi.placement.models import Deployment, NodePlacement, PlacedReplica
+
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in model.rsplit("/", 1)[-1]).strip("-._")
+    deployment = Deployment(name=name or "model", model=model, engine=engine, max_model_len=max_model_len,
+                            kv_cache_dtype=kv_cache_dtype, quantization=quantization)  # fmt: skip
+    devices = breakdown.tp * breakdown.pp
+    replica = PlacedReplica(
+        deployment=deployment.name, replica=0, engine=engine, tensor_parallel_size=breakdown.tp,
+        pipeline_parallel_size=breakdown.pp, memory_fraction=breakdown.fraction, reason="estimate",
+        placements=[NodePlacement(node="node", device_indices=list(range(devices)),
+                                  memory_bytes_per_device=breakdown.claim_bytes)],
+    )  # fmt: skip
+    accelerator = NodeAccelerator(vendor=spec.vendor, product=spec.names[0], memory_bytes=spec.memory_bytes, spec=spec)
+    specs = launch_specs(replica, profile, deployment, accelerators={"node": accelerator})
+    return [s.model_dump(mode="json") for s in specs]
 
 
 def memory_for_gpu(profile: ModelProfile, request: MemoryRequest, spec: GpuSpec, engine: str) -> MemoryBreakdown:
@@ -214,3 +251,9 @@ def render(result: dict[str, Any], console: Console) -> None:
             console.print(f"smallest memory fraction that fits: {result['min_fraction']:g}")
     for warning in result["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
+    if result.get("launch"):
+        from gpustack_pulumi.engines.base import LaunchSpec
+        from gpustack_pulumi.engines.launch import render_launch_specs
+
+        console.print("launch spec:")
+        console.out(render_launch_specs([LaunchSpec.model_validate(s) for s in result["launch"]]), highlight=False)

@@ -109,3 +109,26 @@ def test_config_path_and_missing_field(tmp_path: Path) -> None:
     result = run_cli("estimate", str(config))
     assert result.returncode == 2
     assert "'num_attention_heads' is required" in result.stderr
+
+
+def test_show_launch_renders_the_engine_argv(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            [
+                "estimate",
+                "Qwen/Qwen3-32B",
+                "--gpu",
+                "H100",
+                "--tp",
+                "2",
+                "--max-model-len",
+                "8192",
+                "--show-launch",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    [spec] = json.loads(capsys.readouterr().out)["launch"]
+    assert spec["argv"][:3] == ["vllm", "serve", "Qwen/Qwen3-32B"]
+    assert "--tensor-parallel-size" in spec["argv"] and spec["visible_devices"] == [0, 1]

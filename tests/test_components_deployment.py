@@ -75,8 +75,9 @@ def test_replicas_are_children_with_stable_names_and_secret_inputs(mocks) -> Non
         assert first["agents"] == {"box": "http://127.0.0.1:1"}
         for secret_key in ("token", "secrets"):  # secret envelopes: {sig, value}
             assert set(first[secret_key]) == {"4dabf18193072939515e22adb298388d", "value"}, secret_key
-        assert first["engine_options"] == {"api_key_secret": "api-key"}  # a reference, never the value
-        assert "sk-123" not in json.dumps(first["engine_options"])
+        options = first["deployment"]["engine_options"]
+        assert options == {"api_key_secret": "api-key"}  # a reference, never the value
+        assert "sk-123" not in json.dumps(first["deployment"])
 
     return deployment.endpoints.apply(check)
 
@@ -120,7 +121,6 @@ def closed_port() -> int:
 def replica_news(agents: object, model: str = "Qwen/Qwen3-8B") -> dict:
     return {
         "deployment": {"name": "chat", "model": model, "engine": "auto", "max_model_len": 8192},
-        "engine_options": {},
         "replica": 0,
         "owner": "p/s/chat/r0/",
         "agents": agents,

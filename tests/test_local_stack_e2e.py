@@ -108,13 +108,8 @@ def test_local_stack_end_to_end(tmp_path: Path) -> None:
 def test_impossible_model_fails_at_check_with_the_numbers(tmp_path: Path) -> None:
     from harness.pulumi_engine import CheckFailed
 
-    # 438 GiB of weights on this machine's CPU (llama.cpp): far more than its memory.
-    config = {
-        "gpustack:stateDir": str(tmp_path / "state"),
-        "gpustack:model": "Qwen/Qwen3-235B-A22B",
-        "gpustack:maxModelLen": "8192",
-        "gpustack:engine": "llama.cpp",
-    }
+    # The tiny GGUF with a million full-length sequences: a KV cache far larger than this machine's memory.
+    config = {"gpustack:stateDir": str(tmp_path / "state"), "gpustack:concurrency": "1000000"}
     harness = StackHarness(
         run_stack,
         state_path=tmp_path / "pulumi-state.json",

@@ -25,7 +25,7 @@ def test_example_plan_prints_a_table_by_node_and_gpu(capsys):
     code, out, _ = _run(capsys, "--inventory", str(INVENTORY), "--deployments", str(DEPLOYMENTS))
     assert code == 0
     assert "Placement by node and GPU" in out
-    for name in ("h100-node-1", "l40s-node-1", "cpu-node-1", "gpt-oss-120b", "qwen3-0-6b-llamacpp#0"):
+    for name in ("h100-node-1", "l40s-node-1", "cpu-node-1", "gpt-oss-120b", "tiny-llamacpp#0"):
         assert name in out
     assert "0 unplaced" in out
 
@@ -41,10 +41,10 @@ def test_example_plan_json_is_byte_identical_and_places_everything(capsys, tmp_p
     by_name = {(r["deployment"], r["replica"]): r for r in data["replicas"]}
     # FP8 cannot run on the A10G (compute capability 8.6): the gpu_selector leaves the L40S
     assert by_name[("qwen3-8b-fp8", 0)]["placements"][0]["node"] == "l40s-node-1"
-    assert by_name[("qwen3-0-6b-llamacpp", 0)]["placements"][0] == {
+    assert by_name[("tiny-llamacpp", 0)]["placements"][0] == {
         "node": "cpu-node-1",
         "device_indices": [],
-        "memory_bytes_per_device": by_name[("qwen3-0-6b-llamacpp", 0)]["placements"][0]["memory_bytes_per_device"],
+        "memory_bytes_per_device": by_name[("tiny-llamacpp", 0)]["placements"][0]["memory_bytes_per_device"],
     }
     # the previous plan keeps everything in place
     previous = tmp_path / "previous.json"
@@ -94,3 +94,19 @@ def test_missing_file_exits_2(capsys, tmp_path):
     code, _, err = _run(capsys, "--inventory", str(tmp_path / "nope.yaml"), "--deployments", str(DEPLOYMENTS))
     assert code == 2
     assert "nope.yaml: cannot read" in err
+
+
+def test_show_launch_prints_each_replicas_launch_spec(capsys):
+    code, out, _ = _run(capsys, "--inventory", str(INVENTORY), "--deployments", str(DEPLOYMENTS), "--show-launch")
+    assert code == 0
+    assert "Launch specs" in out
+    assert "vllm serve Qwen/Qwen3-32B" in out and "--tensor-parallel-size 2" in out
+    assert "-m llama_cpp.server --model examples/models/tiny-llama.gguf" in out
+    code, doc, _ = _run(
+        capsys, "--inventory", str(INVENTORY), "--deployments", str(DEPLOYMENTS), "--show-launch", "--json"
+    )
+    launches = json.loads(doc)["launches"]
+    assert {(x["deployment"], x["replica"]) for x in launches} == {
+        (r["deployment"], r["replica"]) for r in json.loads(doc)["plan"]["replicas"]
+    }
+    assert all(x["refusal"] is None for x in launches)

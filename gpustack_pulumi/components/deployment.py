@@ -51,7 +51,7 @@ class ModelDeployment(pulumi.ComponentResource):
     """Each replica's node, devices, TP/PP, memory fraction and the reason."""
 
     def __init__(self, name: str, args: ModelDeploymentArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        deployment, options = _validated(name, args)
+        deployment, _options = _validated(name, args)
         super().__init__("gpustack:index:ModelDeployment", name, {}, opts)
         cluster = args["cluster"]
         owner_base = f"{pulumi.get_project()}/{pulumi.get_stack()}/{name}"
@@ -63,7 +63,6 @@ class ModelDeployment(pulumi.ComponentResource):
                     f"{name}-r{index}",
                     {
                         "deployment": deployment.model_dump(mode="json", exclude={"replicas"}),
-                        "engine_options": options.model_dump(mode="json", exclude_defaults=True),
                         "replica": index,
                         "owner": f"{owner_base}/r{index}/",
                         "agents": cluster.endpoints,
@@ -85,13 +84,14 @@ def _validated(name: str, args: ModelDeploymentArgs) -> tuple[Deployment, Engine
         raise ComponentArgsError(f"ModelDeployment '{name}': cluster must be a GpuCluster")
     fields = {k: v for k, v in args.items() if k not in ("cluster", "engine_options", "secrets", "ready_timeout_s")}
     try:
-        deployment = Deployment.model_validate({"name": name, **fields})
-    except ValidationError as error:
-        raise ComponentArgsError(f"ModelDeployment '{name}': {_pydantic_message(error)}") from None
-    try:
         options = EngineOptions.model_validate(args.get("engine_options") or {})
     except ValidationError as error:
         raise ComponentArgsError(f"ModelDeployment '{name}': engine_options: {_pydantic_message(error)}") from None
+    try:
+        engine_options = options.model_dump(mode="json", exclude_defaults=True)
+        deployment = Deployment.model_validate({"name": name, **fields, "engine_options": engine_options})
+    except ValidationError as error:
+        raise ComponentArgsError(f"ModelDeployment '{name}': {_pydantic_message(error)}") from None
     return deployment, options
 
 

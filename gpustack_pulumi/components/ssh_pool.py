@@ -201,9 +201,9 @@ class SshNodePool(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=copies),
             )
             self.agents[host.node_name] = agent
-            endpoint_outputs.append(
-                agent.stdout.apply(lambda _out, node=host.node_name, url=host.endpoint: (node, url))
-            )
+            # Through the command's id: the endpoint waits for the install on a new host (unknown at its first
+            # preview, so placement says "decided at update"), and stays known while an existing host upgrades.
+            endpoint_outputs.append(agent.id.apply(lambda _id, node=host.node_name, url=host.endpoint: (node, url)))
         self.endpoints = pulumi.Output.all(*endpoint_outputs).apply(lambda pairs: dict(sorted(pairs)))
         self.register_outputs({"endpoints": self.endpoints})
 

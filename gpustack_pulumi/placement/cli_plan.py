@@ -7,6 +7,7 @@ reasons are printed), 2 a bad input file (the message names the path and the fie
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +44,12 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--previous", type=Path, help="a previous plan (JSON from --json): replicas stay put")
     parser.add_argument("--strategy", choices=("binpack", "spread"), default="binpack")
     parser.add_argument("--json", action="store_true", help="print the Plan as canonical JSON")
+    parser.add_argument(
+        "--show-launch",
+        action="store_true",
+        help="also show each replica's launch spec (argv, env names, image, why); with --json: "
+        '{"plan": ..., "launches": [...]}',
+    )
     parser.add_argument(
         "--time-budget",
         type=float,
@@ -117,11 +124,29 @@ def run_plan(args: argparse.Namespace) -> int:
     except (BadInputFile, ValueError) as error:  # ValueError: e.g. duplicate node names in the inventory
         sys.stderr.write(f"error: {error}\n")
         return EXIT_BAD_INPUT
-    if args.json:
+    launches = _launches(result, deployments, inventory) if args.show_launch else None
+    if args.json and launches is not None:
+        document = {"plan": result.model_dump(mode="json"), "launches": [x.model_dump(mode="json") for x in launches]}
+        sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    elif args.json:
         sys.stdout.write(result.to_json())
     else:
         Console(width=max(160, Console().width)).print(render_plan(result, inventory))
+        if launches is not None:
+            from gpustack_pulumi.engines.launch import render_plan_launches
+
+            sys.stdout.write("\nLaunch specs\n" + render_plan_launches(launches))
     return EXIT_UNPLACED if result.unplaced else EXIT_OK
+
+
+def _launches(result: Plan, deployments: list[Deployment], inventory: Inventory) -> list:
+    """Each placed replica's launch specs (node names stand in for addresses: the inventory has none)."""
+    from gpustack_pulumi.engines.launch import launch_specs_for_plan
+    from gpustack_pulumi.engines.options import EngineOptions
+
+    options = {d.name: EngineOptions.model_validate(d.engine_options) for d in deployments}
+    addresses = {document.name: document.name for document in inventory.nodes}
+    return launch_specs_for_plan(result, deployments, inventory, node_addresses=addresses, options=options)
 
 
 def main() -> int:  # pragma: no cover - convenience for `python -m`

@@ -115,6 +115,8 @@ class DemandRequest:
     max_model_len: int
     concurrency: int
     kv_cache_dtype: str
+    mode: str = "balanced"  # throughput doubles vLLM's batch sizes (--performance-mode throughput)
+    extra_weight_bytes: int = 0  # all ranks together: speculative draft / MTP weights (divided by TP)
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,8 @@ class EngineMemoryDemand:
             max_model_len=request.max_model_len,
             concurrency=request.concurrency,
             kv_cache_dtype=request.kv_cache_dtype,
+            performance_mode="throughput" if request.mode == "throughput" and self.engine == "vllm" else None,
+            extra_weight_bytes=-(-request.extra_weight_bytes // (tp * pp)),
         )
         fraction = self.model.min_fraction(profile, memory_request, gpu_memory_bytes=device_memory_bytes)
         if fraction is None:

@@ -239,6 +239,37 @@ def prepare(
     return dataclasses.replace(template, deployment=deployment)
 
 
+def engine_extra_weight_bytes(deployment: Deployment, profile: ModelProfile, engine: str, dclass: DeviceClass) -> int:
+    """Weights the engine loads beside the model (speculative draft, MTP layers), all ranks together, as the
+    engine itself states them (``Engine.extra_memory``) for one replica on a device of ``dclass``."""
+    if engine not in ("vllm", "sglang") or (not deployment.engine_options and deployment.mode != "latency"):
+        return 0  # speculative decoding is only turned on by mode latency or by explicit options
+    from gpustack_pulumi.engines.base import EngineRefusal, NodeAccelerator
+    from gpustack_pulumi.engines.launch import extra_memory
+    from gpustack_pulumi.engines.options import EngineOptions
+    from gpustack_pulumi.placement.models import NodePlacement, PlacedReplica
+
+    probe = PlacedReplica(
+        deployment=deployment.name, replica=0, engine=engine, tensor_parallel_size=1, pipeline_parallel_size=1,
+        memory_fraction=None, reason="sizing probe",
+        placements=[NodePlacement(node="probe", device_indices=[0], memory_bytes_per_device=0)],
+    )  # fmt: skip
+    accelerator = NodeAccelerator(vendor=dclass.vendor, product=dclass.product, memory_bytes=dclass.memory_total,
+                                  spec=_catalog_spec(dclass))  # fmt: skip
+    try:
+        options = EngineOptions.model_validate(deployment.engine_options)
+        extra = extra_memory(probe, profile, deployment, accelerators={"probe": accelerator}, options=options)
+    except (EngineRefusal, ValueError):
+        return 0  # the engine refuses these options; the launch spec step reports why
+    return extra.device_bytes_per_gpu
+
+
+def _catalog_spec(dclass: DeviceClass):
+    from gpustack_pulumi.catalog import gpu
+
+    return gpu(dclass.catalog_key) if dclass.catalog_key else None
+
+
 def _prepare(deployment: Deployment, cluster: Cluster, cache: DemandCache, memo: PrepareMemo) -> PreparedDeployment:
     quantization = deployment.quantization
     prepared = PreparedDeployment(deployment, None, (deployment.model, quantization), cache)
@@ -248,6 +279,13 @@ def _prepare(deployment: Deployment, cluster: Cluster, cache: DemandCache, memo:
         prepared.error = Rejection("ModelAnalysis", f"model '{deployment.model}' cannot be analysed: {error}")
         return prepared
     prepared.profile = profile
+    if deployment.engine == "llama.cpp" and profile.source != "gguf":
+        prepared.error = Rejection(
+            "EngineModel",
+            f"llama.cpp serves GGUF files and '{deployment.model}' is not one; use engine vllm or sglang, or a "
+            ".gguf conversion of the model",
+        )
+        return prepared
     prepared.scope_key = tuple(sorted(deployment.node_selector.items()))
     max_len = deployment.max_model_len or profile.max_model_len
     if max_len > profile.max_model_len:
@@ -276,7 +314,14 @@ def _prepare(deployment: Deployment, cluster: Cluster, cache: DemandCache, memo:
             prepared.rejections.append(rejection)
             continue
         assert engine is not None
-        request = DemandRequest(engine, max_len, deployment.concurrency, deployment.kv_cache_dtype)
+        request = DemandRequest(
+            engine,
+            max_len,
+            deployment.concurrency,
+            deployment.kv_cache_dtype,
+            mode=deployment.mode,
+            extra_weight_bytes=engine_extra_weight_bytes(deployment, profile, engine, dclass),
+        )
         per_node = _devices_per_node(prepared, cluster, class_id, memo)
         if per_node == 0:
             where = "selected nodes" if prepared.eligible_nodes is not None else "any node"

@@ -7,7 +7,7 @@ ascending) and holds no time or dict-order dependent fields, so the same inputs 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
 
@@ -46,6 +46,11 @@ class Deployment(PlacementModel):
         default_factory=list, description="Allowed GPU products (driver name or catalog key) or device UUIDs."
     )
     priority: int = Field(default=0, description="Higher wins when not everything fits.")
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Engine options (gpustack_pulumi.engines.EngineOptions): speculative decoding, KV offload, "
+        "extra args... Placement counts the memory they add.",
+    )
 
     @field_validator("engine")
     @classmethod

@@ -217,7 +217,7 @@ def plan_replica(news: dict[str, Any], olds: dict[str, Any], deployment: Any) ->
         )
     placed = result.replicas[0]
     try:
-        options = EngineOptions.model_validate(news.get("engine_options") or {})
+        options = EngineOptions.model_validate(deployment.engine_options)
         profile = analyze(deployment.model, quantization=deployment.quantization)
         specs = launch_specs(
             placed,

@@ -4,7 +4,8 @@ It starts the gpustack agent here, places one model on this machine's GPUs (or i
 - without a GPU: a tiny GGUF model (generated on first run) served by llama.cpp on the CPU;
 - with a GPU: the model and engine the stack config names (default Qwen/Qwen3-0.6B, engine auto).
 
-Config (all optional): gpustack:model, gpustack:engine, gpustack:replicas, gpustack:maxModelLen, gpustack:stateDir.
+Config (all optional): gpustack:model, gpustack:engine, gpustack:replicas, gpustack:maxModelLen,
+gpustack:concurrency, gpustack:stateDir.
 """
 
 import sys
@@ -41,6 +42,7 @@ chat = ModelDeployment(
         "replicas": config.get_int("replicas") or 1,
         "engine": config.get("engine") or "auto",
         "max_model_len": config.get_int("maxModelLen") or (512 if is_gguf else 8192),
+        "concurrency": config.get_int("concurrency") or 1,
         # Engines run as processes of this machine, with this environment's Python (llama-cpp-python, SGLang).
         "engine_options": {"container": False, "python": sys.executable, "host": "127.0.0.1"},
         "ready_timeout_s": config.get_int("readyTimeout") or 900,

@@ -205,7 +205,14 @@ def _start_host(host: NetnsHost, index: int, subnet: int, authorized_keys: Path)
     # sshd daemonizes inside the namespace; its pid file is read once it listens.
     run("ip", "netns", "exec", host.namespace, str(SSHD), "-f", str(config), "-E", str(host.root / "sshd.log"))
     _wait_for_tcp(host.address, 22, SSHD_START_TIMEOUT_S)
-    host.sshd_pid = int((host.root / "sshd.pid").read_text())
+    # The daemon may listen a moment before it writes its pid file.
+    pid_file = host.root / "sshd.pid"
+    deadline = time.monotonic() + SSHD_START_TIMEOUT_S
+    while not (pid_file.is_file() and pid_file.read_text().strip()):
+        if time.monotonic() > deadline:
+            raise HostSetupError(f"sshd of {host.name} wrote no pid file; see {host.root / 'sshd.log'}")
+        time.sleep(0.02)
+    host.sshd_pid = int(pid_file.read_text())
 
 
 @contextlib.contextmanager

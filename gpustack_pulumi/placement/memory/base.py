@@ -37,6 +37,9 @@ class MemoryRequest(BaseModel):
         default=None, description="vLLM --performance-mode (throughput doubles batches)."
     )
     version: str | None = Field(default=None, description="Engine version; None: the pinned default.")
+    extra_weight_bytes: int = Field(
+        default=0, ge=0, description="Per rank: weights loaded beside the model (speculative draft or MTP layers)."
+    )
 
 
 class MemoryBreakdown(BaseModel):

@@ -107,7 +107,7 @@ class SglangMemoryModel(FractionSearchMixin):
         reserve = reserved_memory(profile, gpu_memory_bytes, tp, pp, request.max_num_batched_tokens)
         free_before_load = gpu_memory_bytes - PROCESS_OVERHEAD_BYTES
         budget = math.ceil(free_before_load * fraction)
-        weights = profile.weights_per_rank(tp, pp)
+        weights = profile.weights_per_rank(tp, pp) + request.extra_weight_bytes
         rest = budget - weights  # = free_after_load − free_before_load × (1 − mfs)
 
         dtype = request.kv_cache_dtype if request.kv_cache_dtype != "auto" else profile.kv_cache_dtype_default

@@ -201,7 +201,7 @@ class VllmMemoryModel(FractionSearchMixin):
 
         cuda_total = cuda_visible_memory(gpu_memory_bytes)
         budget = math.ceil(cuda_total * fraction)
-        weights = profile.weights_per_rank(tp, pp)
+        weights = profile.weights_per_rank(tp, pp) + request.extra_weight_bytes
         activation = activation_peak(profile, tp=tp, max_num_batched_tokens=mnbt, max_num_seqs=seqs)
         non_torch = NON_TORCH_TP1_BYTES if tp * pp == 1 else NON_TORCH_MULTI_GPU_BYTES
         layers_per_stage = math.ceil(profile.num_layers / pp)
