@@ -40,44 +40,29 @@ POOL = "onprem"
 
 
 class Stack:
-    """What the test keeps between steps: the hosts, and the resources the last program registered per host."""
+    """The hosts, and the engine's part for the remote resources (what was applied, by resource name)."""
 
     def __init__(self, group: HostGroup, wheelhouse: Path, fake_nvml: Path) -> None:
         self.group = group
         self.wheelhouse = wheelhouse
         self.fake_nvml = fake_nvml
-        self.applied: dict[str, dict[str, Any]] = {}
+        self.engine = RemoteCommandApplier()
 
-    def program(self, version: str, hosts: list[str] | None = None):
-        args = pool_args(self.group, self.wheelhouse, self.fake_nvml, version)
+    def args(self, version: str, hosts: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
+        args = pool_args(self.group, self.wheelhouse, self.fake_nvml, version, **overrides)
         if hosts is not None:
             args["hosts"] = [host for host in args["hosts"] if host["node_name"] in hosts]
-        return lambda: SshNodePool(POOL, args).endpoints
+        return args
 
-    def register(self, version: str, hosts: list[str] | None = None) -> tuple[list, dict[str, str]]:
-        return register_under_mocks(self.program(version, hosts))
+    def register(self, version: str, hosts: list[str] | None = None, **overrides: Any) -> tuple[list, dict[str, str]]:
+        args = self.args(version, hosts, **overrides)
+        return register_under_mocks(lambda: SshNodePool(POOL, args).endpoints)
 
-    def apply(self, resources: list, nodes: list[str]) -> dict[str, CommandResult]:
-        """Create or update each node's resources, the nodes in parallel (as the engine would)."""
-
-        def one(node: str) -> CommandResult:
-            wanted = host_resources(resources, POOL, node)
-            previous = self.applied.get(node)
-            for script in ("install-script", "uninstall-script"):
-                if previous is None or previous[script]["triggers"] != wanted[script]["triggers"]:
-                    copy_to_remote(wanted[script])
-            step = "create" if previous is None else "update"
-            result = run_command(wanted["agent"], step)
-            self.applied[node] = wanted
-            return result
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-            return dict(zip(nodes, pool.map(one, nodes), strict=True))
-
-    def delete(self, node: str) -> CommandResult:
-        result = run_command(self.applied[node]["agent"], "delete")
-        del self.applied[node]
-        return result
+    def up(self, version: str, hosts: list[str] | None = None, **overrides: Any) -> tuple[dict[str, CommandResult], list]:
+        """Register the program, then run what changed; results by node name ('<pool>-<node>-agent')."""
+        resources, _ = self.register(version, hosts, **overrides)
+        results = self.engine.apply(resources)
+        return {name[len(POOL) + 1 : -len("-agent")]: r for name, r in results.items() if name.endswith("-agent")}, resources
 
 
 @pytest.fixture(scope="module")

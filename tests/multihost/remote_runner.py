@@ -161,3 +161,58 @@ def run_command(inputs: dict[str, Any], step: str) -> CommandResult:
     if result.exit_status != 0:
         raise RemoteCommandError(f"{step} exited {result.exit_status}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+COPY_TYPE = "command:remote:CopyToRemote"
+COMMAND_TYPE = "command:remote:Command"
+
+
+class RemoteCommandApplier:
+    """The engine's part for ``pulumi_command.remote`` resources across runs of a program under mocks.
+
+    ``apply(resources)`` compares the registered resources with the last applied ones, by name: a new resource is
+    created, one whose inputs changed is updated (a ``Command`` runs ``update``; a ``CopyToRemote`` copies again),
+    one no longer registered is deleted (a ``Command`` runs the ``delete`` of its last applied inputs; a copy has
+    nothing to delete). Copies run before commands, as the commands depend on them; resources of one kind run in
+    parallel, as the engine runs independent resources. Other resource types are left alone.
+    """
+
+    def __init__(self) -> None:
+        self.applied: dict[str, tuple[str, dict[str, Any]]] = {}
+        """Resource name → (type, inputs) as last applied."""
+
+    def apply(self, resources: list[Any]) -> dict[str, CommandResult]:
+        import concurrent.futures
+
+        wanted = {r.name: (r.typ, r.inputs) for r in resources if r.typ in (COPY_TYPE, COMMAND_TYPE)}
+        results: dict[str, CommandResult] = {}
+        for kind in (COPY_TYPE, COMMAND_TYPE):
+            changed = [
+                name
+                for name, (typ, inputs) in wanted.items()
+                if typ == kind and (name not in self.applied or self.applied[name][1] != inputs)
+            ]
+
+            def one(name: str, kind: str = kind) -> CommandResult:
+                inputs = wanted[name][1]
+                if kind == COPY_TYPE:
+                    copy_to_remote(inputs)
+                    return CommandResult(0, "", "")
+                return run_command(inputs, "create" if name not in self.applied else "update")
+
+            if changed:
+                with concurrent.futures.ThreadPoolExecutor(max_workers=len(changed)) as pool:
+                    results.update(zip(changed, pool.map(one, changed), strict=True))
+            for name in changed:
+                self.applied[name] = wanted[name]
+        for name in [name for name in self.applied if name not in wanted]:
+            results[name] = self.delete(name)
+        return results
+
+    def delete(self, name: str) -> CommandResult:
+        typ, inputs = self.applied.pop(name)
+        return run_command(inputs, "delete") if typ == COMMAND_TYPE else CommandResult(0, "", "")
+
+    def destroy(self) -> dict[str, CommandResult]:
+        """Delete everything applied, commands last-applied first."""
+        return {name: self.delete(name) for name in reversed(list(self.applied))}
