@@ -117,6 +117,8 @@ def collect_deployments(stack_dir: Path, *, stack: str, config: dict[str, str]) 
             runpy.run_path(str(program), run_name="__main__")
 
         run()
+    except Exception as error:  # the program's own error (bad config, bad component arguments)
+        raise PreviewError(f"{program}: the stack program failed: {error}") from None
     finally:
         sys.path.remove(str(stack_dir))
         pulumi.runtime.settings.reset_options()
@@ -246,6 +248,7 @@ def add_preview_parser(subparsers: Any) -> None:
     parser.add_argument("--stack", default="preview", help="stack name the program sees (default: preview)")
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                         help="stack config, e.g. gpustack:replicas=2 (repeatable)")  # fmt: skip
+    parser.add_argument("--config-file", type=Path, help="a Pulumi.<stack>.yaml whose `config:` the program sees")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--inventory", type=Path, help='capacity documents, YAML/JSON {"nodes": [...]}')
     source.add_argument("--agent", action="append", metavar="NODE=URL",
@@ -259,7 +262,8 @@ def run_preview(args: argparse.Namespace) -> int:
     from gpustack_pulumi.placement.cli_plan import BadInputFile, load_inventory
 
     try:
-        config = dict(_key_value(item, "--config") for item in args.config)
+        config = _config_file(args.config_file) if args.config_file else {}
+        config |= dict(_key_value(item, "--config") for item in args.config)
         if args.inventory is not None:
             inventory = load_inventory(args.inventory)
         else:
@@ -286,6 +290,18 @@ def _key_value(item: str, flag: str) -> tuple[str, str]:
     if not sep or not key:
         raise PreviewError(f"{flag} {item!r}: expected KEY=VALUE")
     return key, value
+
+
+def _config_file(path: Path) -> dict[str, str]:
+    """A stack config file's ``config:`` as the program sees it: strings, and JSON for structured values."""
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise PreviewError(f"--config-file {path}: {error}") from None
+    values = document.get("config") if isinstance(document, dict) else None
+    if not isinstance(values, dict):
+        raise PreviewError(f"--config-file {path}: no `config:` mapping")
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
 
 
 def _load_report(path: Path) -> PreviewReport:

@@ -9,16 +9,17 @@ takes most of the time): each step builds on the previous one, as the stages of 
 
 from __future__ import annotations
 
-import concurrent.futures
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import paramiko
+import pulumi
 import pytest
 from multihost.netns import HostGroup, namespace_exists, netns_hosts
-from multihost.remote_runner import CommandResult, connect, copy_to_remote, run_command
+from multihost.remote_runner import CommandResult, RemoteCommandApplier, connect, run_command
 from multihost.support import (
     AGENT_PORT,
     HOST_SPECS,
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.slow
 
 FIRST_VERSION = "0.1.0"
 NEXT_VERSION = "0.1.1"
+ROTATED_TOKEN = "multihost-token-rotated-42c8"
 POOL = "onprem"
 
 
@@ -47,9 +49,11 @@ class Stack:
         self.wheelhouse = wheelhouse
         self.fake_nvml = fake_nvml
         self.engine = RemoteCommandApplier()
+        self.token = TOKEN
 
     def args(self, version: str, hosts: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
         args = pool_args(self.group, self.wheelhouse, self.fake_nvml, version, **overrides)
+        args["agent_token"] = pulumi.Output.secret(self.token)
         if hosts is not None:
             args["hosts"] = [host for host in args["hosts"] if host["node_name"] in hosts]
         return args
@@ -58,11 +62,15 @@ class Stack:
         args = self.args(version, hosts, **overrides)
         return register_under_mocks(lambda: SshNodePool(POOL, args).endpoints)
 
-    def up(self, version: str, hosts: list[str] | None = None, **overrides: Any) -> tuple[dict[str, CommandResult], list]:
+    def up(
+        self, version: str, hosts: list[str] | None = None, **overrides: Any
+    ) -> tuple[dict[str, CommandResult], list]:
         """Register the program, then run what changed; results by node name ('<pool>-<node>-agent')."""
         resources, _ = self.register(version, hosts, **overrides)
         results = self.engine.apply(resources)
-        return {name[len(POOL) + 1 : -len("-agent")]: r for name, r in results.items() if name.endswith("-agent")}, resources
+        return {
+            name[len(POOL) + 1 : -len("-agent")]: r for name, r in results.items() if name.endswith("-agent")
+        }, resources
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +82,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(group, wheelhouse, fake_nvml)
 
 
-def capacity(address: str) -> dict[str, Any]:
+def capacity(address: str, token: str = TOKEN) -> dict[str, Any]:
     response = httpx.get(
-        f"http://{address}:{AGENT_PORT}/v1/capacity", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
+        f"http://{address}:{AGENT_PORT}/v1/capacity", headers={"Authorization": f"Bearer {token}"}, timeout=5
     )
     response.raise_for_status()
     return response.json()
@@ -104,10 +112,10 @@ def test_sshd_answers_only_with_the_pinned_host_key(stack: Stack) -> None:
 
 def test_a_jump_host_from_the_pool_args_is_used_and_pinned_too(stack: Stack) -> None:
     a, b = stack.group.by_name("gpu-a"), stack.group.by_name("gpu-b")
-    args = pool_args(stack.group, stack.wheelhouse, stack.fake_nvml, FIRST_VERSION)
+    args = stack.args(FIRST_VERSION, hosts=["gpu-a"])
     # Host A reached through itself as the bastion (the namespaces have no route to each other): the SSH
     # session to the target runs inside a direct-tcpip channel of the jump session.
-    args["hosts"] = [{**args["hosts"][0], "jump_host": {"address": a.address}}]
+    args["hosts"][0]["jump_host"] = {"address": a.address}
     resources, _ = register_under_mocks(lambda: SshNodePool(POOL, args).endpoints)
     connection = dict(host_resources(resources, POOL, "gpu-a")["agent"]["connection"]["value"])
     assert connection["proxy"]["hostKey"] == a.host_key_line
@@ -123,14 +131,15 @@ def test_a_jump_host_from_the_pool_args_is_used_and_pinned_too(stack: Stack) -> 
         connect({**connection, "proxy": {**connection["proxy"], "hostKey": b.host_key_line}})
 
 
-def test_install_over_ssh_starts_each_agent_with_its_devices(stack: Stack) -> None:
-    resources, endpoints = stack.register(FIRST_VERSION)
-    results = stack.apply(resources, [host.name for host in stack.group.hosts])
+def test_up_installs_over_ssh_and_each_agent_shows_its_devices(stack: Stack) -> None:
+    results, resources = stack.up(FIRST_VERSION)
+    group = stack.group
+    assert set(results) == {host.name for host in group.hosts}
     for node, result in results.items():
         assert f"gpustack-agent: package installed (gpustack-runtime {FIRST_VERSION})" in result.stdout, result.stdout
         assert "gpustack-agent: healthy at" in result.lines()[-1]
         assert TOKEN not in result.stdout + result.stderr, node
-    group = stack.group
+    _, endpoints = register_under_mocks(lambda: SshNodePool(POOL, stack.args(FIRST_VERSION)).endpoints)
     assert endpoints == {host.name: f"http://{host.address}:{AGENT_PORT}" for host in group.hosts}
 
     a = capacity(group.by_name("gpu-a").address)
@@ -142,6 +151,9 @@ def test_install_over_ssh_starts_each_agent_with_its_devices(stack: Stack) -> No
     assert [d["product"] for d in b["devices"]] == ["NVIDIA L40S"] * 4
     assert {d["memory_total"] for d in b["devices"]} == {48_305_799_168}
     assert all(d["compute_capability"] == "8.9" for d in b["devices"])
+    assert len({d["topology_group"] for d in b["devices"]}) == 4 or {d["topology_group"] for d in b["devices"]} == {
+        None
+    }  # no NVLink: no shared group
     c = capacity(group.by_name("cpu-c").address)
     assert c["devices"] == [] and c["cpu_count"]
 
@@ -152,60 +164,75 @@ def test_install_over_ssh_starts_each_agent_with_its_devices(stack: Stack) -> No
         cmdline = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
         assert cmdline[cmdline.index(b"--host") + 1] == host.address.encode()
         assert str(host.agent_root).encode() in b" ".join(cmdline)
-        # Bound to the veth address: nothing answers on the namespace's loopback.
         assert host.exec_in("bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{AGENT_PORT}").returncode != 0
         # No capacity without the token.
         assert httpx.get(f"http://{host.address}:{AGENT_PORT}/v1/capacity", timeout=5).status_code == 401
 
 
-def test_running_the_install_again_changes_nothing(stack: Stack) -> None:
+def test_an_unchanged_program_runs_nothing_and_a_rerun_of_the_install_changes_nothing(stack: Stack) -> None:
     a = stack.group.by_name("gpu-a")
     pid_before = a.agent_pids()
-    resources, _ = stack.register(FIRST_VERSION)
-    result = stack.apply(resources, ["gpu-a"])["gpu-a"]
-    assert "gpustack-agent: nothing changed" in result.stdout, result.stdout
+    results, resources = stack.up(FIRST_VERSION)
+    assert results == {}  # same inputs: the engine has nothing to do
+    # Running the install again anyway (what any update of the command does) is idempotent.
+    result = run_command(host_resources(resources, POOL, "gpu-a")["agent"], "update")
+    assert result.lines()[-2] == "gpustack-agent: nothing changed", result.stdout
     assert "started process" not in result.stdout
     assert a.agent_pids() == pid_before  # the agent was not restarted
 
 
-def test_a_new_agent_version_upgrades_in_place(stack: Stack) -> None:
-    b = stack.group.by_name("gpu-b")
-    pid_before = b.agent_pids()
-    old = stack.applied["gpu-b"]["agent"]["create"]
-    resources, _ = stack.register(NEXT_VERSION)
-    new = host_resources(resources, POOL, "gpu-b")["agent"]["create"]
-    assert new != old  # the command names the version: the engine runs `update`
-    result = stack.apply(resources, ["gpu-b"])["gpu-b"]
-    assert f"package upgraded (gpustack-runtime {FIRST_VERSION} -> {NEXT_VERSION})" in result.stdout, result.stdout
-    assert "started process" in result.stdout
-    pid_after = b.agent_pids()
-    assert len(pid_after) == 1 and pid_after != pid_before
-    venv_agent = b.agent_root / "opt" / "gpustack-agent" / "venv" / "bin" / "gpustack-agent"
-    assert venv_agent.is_file()
-    assert capacity(b.address)["name"] == "gpu-b"
-    assert len(capacity(b.address)["devices"]) == 4
+def test_a_rotated_token_goes_in_on_stdin_and_restarts_the_agents(stack: Stack) -> None:
+    stack.token = ROTATED_TOKEN
+    results, resources = stack.up(FIRST_VERSION)
+    assert set(results) == {"gpu-a", "gpu-b", "cpu-c"}  # stdin changed: the engine runs `update` on each
+    for node, result in results.items():
+        assert "token written to" in result.stdout and "started process" in result.stdout, node
+        assert ROTATED_TOKEN not in result.stdout + result.stderr
+    for host in stack.group.hosts:
+        assert capacity(host.address, ROTATED_TOKEN)["name"] == host.name
+        with pytest.raises(httpx.HTTPStatusError):
+            capacity(host.address, TOKEN)
+
+
+def test_a_new_agent_version_upgrades_every_host_in_place(stack: Stack) -> None:
+    pids_before = {host.name: host.agent_pids() for host in stack.group.hosts}
+    results, _ = stack.up(NEXT_VERSION)
+    assert set(results) == {"gpu-a", "gpu-b", "cpu-c"}
+    for host in stack.group.hosts:
+        result = results[host.name]
+        assert f"package upgraded (gpustack-runtime {FIRST_VERSION} -> {NEXT_VERSION})" in result.stdout, result.stdout
+        assert "venv created" not in result.stdout  # the same venv
+        pids = host.agent_pids()
+        assert len(pids) == 1 and pids != pids_before[host.name]
+        version = (host.agent_root / "opt/gpustack-agent/venv/bin/gpustack-agent").parent / "python"
+        installed = subprocess.run(
+            [str(version), "-c", "import importlib.metadata as m; print(m.version('gpustack-runtime'))"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert installed == NEXT_VERSION
+        assert capacity(host.address, ROTATED_TOKEN)["name"] == host.name
 
 
 def test_removing_a_host_uninstalls_its_agent_and_keeps_the_others(stack: Stack) -> None:
     c = stack.group.by_name("cpu-c")
-    resources, endpoints = stack.register(NEXT_VERSION, hosts=["gpu-a", "gpu-b"])
+    a_pids = stack.group.by_name("gpu-a").agent_pids()
+    results, resources = stack.up(NEXT_VERSION, hosts=["gpu-a", "gpu-b"])
     names = {resource.name for resource in resources}
     assert not any("cpu-c" in name for name in names)
-    assert {f"{POOL}-gpu-a-agent", f"{POOL}-gpu-b-agent"} <= names  # the others keep their names: no churn
-    assert set(endpoints) == {"gpu-a", "gpu-b"}
-    # What the engine does for resources the program no longer declares: their delete, from the old state.
-    result = stack.delete("cpu-c")
+    # Only the removed host's command ran (its delete); the others keep their names and are not touched.
+    assert set(results) == {"cpu-c"}
+    result = results["cpu-c"]
     assert "stopped process" in result.stdout and "gpustack-agent: uninstalled" in result.stdout, result.stdout
     assert c.agent_pids() == []
     assert not (c.agent_root / "opt" / "gpustack-agent" / "venv").exists()
     assert not (c.agent_root / "etc" / "gpustack-agent").exists()  # token and environment gone
     assert c.sshd_pid in c.pids()  # the host itself stays
-    assert capacity(stack.group.by_name("gpu-a").address)["name"] == "gpu-a"
+    assert stack.group.by_name("gpu-a").agent_pids() == a_pids
 
 
 def test_destroy_then_teardown_leave_no_process_and_no_namespace(stack: Stack) -> None:
-    for node in list(stack.applied):
-        stack.delete(node)
+    results = stack.engine.destroy()
+    assert {name for name in results if name.endswith("-agent")} == {f"{POOL}-gpu-a-agent", f"{POOL}-gpu-b-agent"}
     for host in stack.group.hosts:
         assert host.agent_pids() == [], host.name
     namespaces = [host.namespace for host in stack.group.hosts]

@@ -1,0 +1,54 @@
+"""The placement report and diff of the `onprem` example stack, committed as golden files.
+
+Regenerate after an intended change with: UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_preview_golden.py
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO / "tests" / "golden"
+COMMON = [
+    "stacks/onprem",
+    "--stack",
+    "onprem",
+    "--inventory",
+    "examples/onprem-inventory.yaml",
+    "--config-file",
+    "stacks/onprem/Pulumi.onprem.example.yaml",
+    "--config",
+    "gpustack:sshPrivateKey=not-used-by-preview",
+]
+
+
+def preview(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "gpustack_pulumi.cli", "preview", *COMMON, *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{name} changed; review and regenerate with UPDATE_GOLDEN=1"
+
+
+@pytest.mark.slow
+def test_onprem_report_and_diff_match_the_golden_files(tmp_path: Path) -> None:
+    report = preview("--json")
+    check_golden("onprem-preview.json", report)
+    check_golden("onprem-preview.md", preview("--markdown"))
+    previous = tmp_path / "previous.json"
+    previous.write_text(report)
+    diff = preview("--config", "gpustack:chatReplicas=3", "--previous", str(previous), "--markdown")
+    check_golden("onprem-preview-diff.md", diff)
+    assert "- added chat#2 on" in diff and "moved" not in diff
