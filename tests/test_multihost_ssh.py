@@ -18,7 +18,7 @@ import httpx
 import paramiko
 import pulumi
 import pytest
-from multihost.netns import HostGroup, namespace_exists, netns_hosts
+from multihost.netns import NAMESPACE_PREFIX, HostGroup, namespace_exists, netns_hosts, remove_stale_namespaces
 from multihost.remote_runner import CommandResult, RemoteCommandApplier, connect, run_command
 from multihost.support import (
     AGENT_PORT,
@@ -132,7 +132,7 @@ def test_a_jump_host_from_the_pool_args_is_used_and_pinned_too(stack: Stack) -> 
 
 
 def test_up_installs_over_ssh_and_each_agent_shows_its_devices(stack: Stack) -> None:
-    results, resources = stack.up(FIRST_VERSION)
+    results, _ = stack.up(FIRST_VERSION)
     group = stack.group
     assert set(results) == {host.name for host in group.hosts}
     for node, result in results.items():
@@ -146,14 +146,12 @@ def test_up_installs_over_ssh_and_each_agent_shows_its_devices(stack: Stack) -> 
     assert a["name"] == "gpu-a" and a["labels"] == {"site": "lab", "host": "gpu-a"}
     assert [d["product"] for d in a["devices"]] == ["NVIDIA H100 80GB HBM3"] * 2
     groups = {d["topology_group"] for d in a["devices"]}
-    assert len(groups) == 1 and None not in groups  # one NVLink clique
+    assert groups == {"nvlink-0"}  # one NVLink clique
     b = capacity(group.by_name("gpu-b").address)
     assert [d["product"] for d in b["devices"]] == ["NVIDIA L40S"] * 4
     assert {d["memory_total"] for d in b["devices"]} == {48_305_799_168}
     assert all(d["compute_capability"] == "8.9" for d in b["devices"])
-    assert len({d["topology_group"] for d in b["devices"]}) == 4 or {d["topology_group"] for d in b["devices"]} == {
-        None
-    }  # no NVLink: no shared group
+    assert {d["topology_group"] for d in b["devices"]} == {None}  # PCIe only: no NVLink group
     c = capacity(group.by_name("cpu-c").address)
     assert c["devices"] == [] and c["cpu_count"]
 
@@ -172,8 +170,8 @@ def test_up_installs_over_ssh_and_each_agent_shows_its_devices(stack: Stack) -> 
 def test_an_unchanged_program_runs_nothing_and_a_rerun_of_the_install_changes_nothing(stack: Stack) -> None:
     a = stack.group.by_name("gpu-a")
     pid_before = a.agent_pids()
-    results, resources = stack.up(FIRST_VERSION)
-    assert results == {}  # same inputs: the engine has nothing to do
+    resources, _ = stack.register(FIRST_VERSION)
+    assert stack.engine.apply(resources) == {}  # same inputs, scripts included: the engine has nothing to do
     # Running the install again anyway (what any update of the command does) is idempotent.
     result = run_command(host_resources(resources, POOL, "gpu-a")["agent"], "update")
     assert result.lines()[-2] == "gpustack-agent: nothing changed", result.stdout
@@ -183,7 +181,7 @@ def test_an_unchanged_program_runs_nothing_and_a_rerun_of_the_install_changes_no
 
 def test_a_rotated_token_goes_in_on_stdin_and_restarts_the_agents(stack: Stack) -> None:
     stack.token = ROTATED_TOKEN
-    results, resources = stack.up(FIRST_VERSION)
+    results, _ = stack.up(FIRST_VERSION)
     assert set(results) == {"gpu-a", "gpu-b", "cpu-c"}  # stdin changed: the engine runs `update` on each
     for node, result in results.items():
         assert "token written to" in result.stdout and "started process" in result.stdout, node
@@ -216,16 +214,18 @@ def test_a_new_agent_version_upgrades_every_host_in_place(stack: Stack) -> None:
 def test_removing_a_host_uninstalls_its_agent_and_keeps_the_others(stack: Stack) -> None:
     c = stack.group.by_name("cpu-c")
     a_pids = stack.group.by_name("gpu-a").agent_pids()
-    results, resources = stack.up(NEXT_VERSION, hosts=["gpu-a", "gpu-b"])
-    names = {resource.name for resource in resources}
-    assert not any("cpu-c" in name for name in names)
-    # Only the removed host's command ran (its delete); the others keep their names and are not touched.
-    assert set(results) == {"cpu-c"}
-    result = results["cpu-c"]
+    resources, endpoints = stack.register(NEXT_VERSION, hosts=["gpu-a", "gpu-b"])
+    assert set(endpoints) == {"gpu-a", "gpu-b"}
+    assert not any("cpu-c" in resource.name for resource in resources)
+    results = stack.engine.apply(resources)
+    # Only the removed host's resources are acted on (deleted); the others keep their names and are not touched.
+    assert set(results) == {f"{POOL}-cpu-c-{suffix}" for suffix in ("agent", "install-script", "uninstall-script")}
+    result = results[f"{POOL}-cpu-c-agent"]
     assert "stopped process" in result.stdout and "gpustack-agent: uninstalled" in result.stdout, result.stdout
     assert c.agent_pids() == []
     assert not (c.agent_root / "opt" / "gpustack-agent" / "venv").exists()
     assert not (c.agent_root / "etc" / "gpustack-agent").exists()  # token and environment gone
+    assert not (c.agent_root / "var" / "lib" / "gpustack-agent-installer").exists()  # the copied scripts too
     assert c.sshd_pid in c.pids()  # the host itself stays
     assert stack.group.by_name("gpu-a").agent_pids() == a_pids
 
@@ -241,3 +241,14 @@ def test_destroy_then_teardown_leave_no_process_and_no_namespace(stack: Stack) -
         assert not namespace_exists(namespace)
     for host in stack.group.hosts:
         assert host.pids() == []
+
+
+def test_namespaces_left_by_a_killed_test_run_are_removed() -> None:
+    # 9999999 is above the kernel's largest pid_max (2**22): no process of that pid can run.
+    stale = f"{NAMESPACE_PREFIX}9999999-0"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        assert stale in remove_stale_namespaces()
+        assert not namespace_exists(stale)
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True, check=False)

@@ -171,6 +171,14 @@ def host(**fields: Any) -> dict[str, Any]:
         ({"hosts": [host(jump_host={"address": "jump.example"})]}, r"jump_host.host_key: no pinned host key"),
         ({"private_key": None, "hosts": [host()]}, r"hosts\[0\].private_key is missing"),
         ({"install_scripts_dir": "/nonexistent"}, "install_scripts_dir '/nonexistent' lacks install.sh"),
+        ({"pip_args": ["--index-url=https://me:pw@pypi.example/simple"]}, "holds credentials; put them in"),
+        (
+            {
+                "known_hosts": f"@revoked 10.0.0.99 {KEY_A}\n10.0.0.99 {KEY_A}\n",
+                "hosts": [host(address="10.0.0.99", host_key=None)],
+            },
+            "marked @revoked",
+        ),
     ],
 )
 def test_bad_arguments_fail_naming_the_argument_before_anything_registers(overrides: dict, message: str) -> None:
@@ -209,7 +217,7 @@ def test_known_hosts_lookup_plain_port_and_hashed_entries() -> None:
     text = "\n".join(
         [
             "# comment",
-            f"@revoked 10.1.1.1 {KEY_B}",
+            f"@revoked 10.1.1.1 {ed25519_public(9)}",
             f"10.1.1.1,host-one {KEY_A} root@host",
             f"[10.1.1.1]:2222 {KEY_B}",
             f"{hashed} {KEY_JUMP}",
@@ -221,6 +229,8 @@ def test_known_hosts_lookup_plain_port_and_hashed_entries() -> None:
     assert find_host_key(text, "10.9.9.9") == KEY_JUMP
     assert find_host_key(text, "10.9.9.8") is None
     assert find_host_key(text, "10.1.1.2") is None
+    with pytest.raises(HostKeyError, match="marked @revoked"):
+        find_host_key(f"{text}\n@revoked * {KEY_A}", "host-one")
     with pytest.raises(HostKeyError, match="not one of"):
         normalize_host_key("ssh-dss AAAA")
 

@@ -310,6 +310,13 @@ def plan_ssh_hosts(name: str, args: SshNodePoolArgs) -> list[PlannedHost]:
         value = args.get(field)
         if value is not None and not (isinstance(value, str) and value and SAFE_VALUE.match(value)):
             raise ComponentArgsError(f"{pool}: {field} '{value}' may only contain letters, digits and _.,:=/@+-")
+    for pip_arg in args.get("pip_args") or []:
+        # The command text is kept in state and shown in logs: an index URL with a password must not be in it.
+        if re.search(r"://[^/\s]*@", str(pip_arg)):
+            raise ComponentArgsError(
+                f"{pool}: pip_args '{str(pip_arg).split('://')[0]}://…' holds credentials; put them in the hosts'"
+                " pip.conf or netrc instead"
+            )
     known_hosts = args.get("known_hosts")
     scripts_hash = scripts_sha256(_scripts_dir(name, args))
 

@@ -69,15 +69,19 @@ def _hashed_entry_matches(entry: str, names: set[str]) -> bool:
 
 def find_host_key(known_hosts: str, address: str, port: int = DEFAULT_SSH_PORT) -> str | None:
     """The first key for ``address:port`` in known_hosts text, as ``"<type> <base64>"``; None when absent.
-    ``@revoked`` and ``@cert-authority`` lines are never used as a pinned key; negated and wildcard patterns are
-    not matched (pin hosts by their exact name)."""
+    A key listed under ``@revoked`` is refused (HostKeyError); ``@cert-authority`` lines are not host keys;
+    negated and wildcard patterns are not matched (pin hosts by their exact name)."""
     names = _host_patterns(address, port)
+    revoked: set[str] = set()
+    found: str | None = None
     for raw_line in known_hosts.splitlines():
-        line = raw_line.strip()
-        if not line or line.startswith("#") or line.startswith("@"):
+        fields = raw_line.split()
+        if not fields or fields[0].startswith("#"):
             continue
-        fields = line.split()
-        if len(fields) < 3:
+        if fields[0] == "@revoked" and len(fields) >= 4:
+            revoked.add(normalize_host_key(" ".join(fields[2:4])))
+            continue
+        if fields[0].startswith("@") or len(fields) < 3 or found is not None:
             continue
         hosts_field = fields[0]
         if hosts_field.startswith("|"):
@@ -85,5 +89,7 @@ def find_host_key(known_hosts: str, address: str, port: int = DEFAULT_SSH_PORT) 
         else:
             matched = bool(names & set(hosts_field.split(",")))
         if matched:
-            return normalize_host_key(" ".join(fields[1:3]))
-    return None
+            found = normalize_host_key(" ".join(fields[1:3]))
+    if found is not None and found in revoked:
+        raise HostKeyError(f"the known_hosts key of {address} is marked @revoked; pin the host's new key")
+    return found

@@ -8,13 +8,14 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,6 @@ class NetnsHost:
     """``"ssh-ed25519 AAAA..."``: this host's public host key, pinned by the tests."""
     sshd_pid: int | None = None
     fake_nvml_config: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -132,6 +132,26 @@ def _teardown(host: NetnsHost) -> None:
     subprocess.run(["ip", "netns", "del", host.namespace], capture_output=True, check=False)
     # Deleting the namespace removes the veth pair; this only covers a half-built host.
     subprocess.run(["ip", "link", "del", host.host_veth], capture_output=True, check=False)
+
+
+NAMESPACE_PREFIX = "gpustack-t"
+"""Namespaces of these fixtures are named gpustack-t<pid of the test process>-<host index>."""
+
+
+def remove_stale_namespaces() -> list[str]:
+    """Delete namespaces that an earlier, killed test process of these fixtures left (its pid no longer runs),
+    with the processes still in them. Only names this module makes are touched."""
+    removed = []
+    for line in run("ip", "netns", "list").splitlines():
+        namespace = line.split()[0] if line.split() else ""
+        match = re.fullmatch(rf"{NAMESPACE_PREFIX}(\d+)-(\d+)", namespace)
+        if match is None or Path(f"/proc/{match.group(1)}").exists():
+            continue
+        owner = int(match.group(1))
+        stale = NetnsHost(HostSpec("stale"), namespace, "", f"gst{owner % 100000}h{match.group(2)}"[:15], Path("/"))
+        _teardown(stale)
+        removed.append(namespace)
+    return removed
 
 
 def namespace_exists(namespace: str) -> bool:
@@ -220,6 +240,7 @@ def netns_hosts(specs: list[HostSpec], workdir: Path, fake_nvml_library: Path | 
     """Bring up one namespace host per spec; on exit kill every process left in them and delete them."""
     require_tools()
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    remove_stale_namespaces()
     subnet = _free_subnet()
     tag = f"{os.getpid() % 100000}"
     client_key = workdir / "client_ed25519"
@@ -234,7 +255,7 @@ def netns_hosts(specs: list[HostSpec], workdir: Path, fake_nvml_library: Path | 
             root.mkdir()
             host = NetnsHost(
                 spec=spec,
-                namespace=f"gpustack-t{tag}-{index}",
+                namespace=f"{NAMESPACE_PREFIX}{os.getpid()}-{index}",
                 address=f"{SUBNET_PREFIX}.{subnet}.{4 * index + 2}",
                 host_veth=f"gst{tag}h{index}"[:15],
                 root=root,

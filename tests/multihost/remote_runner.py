@@ -14,9 +14,11 @@ and does what the pulumi-command provider does with them (provider/pkg/provider/
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paramiko
@@ -135,7 +137,10 @@ def copy_to_remote(inputs: dict[str, Any]) -> None:
             try:
                 sftp.stat(directory)
             except FileNotFoundError:
-                sftp.mkdir(directory)
+                try:
+                    sftp.mkdir(directory)
+                except OSError:
+                    sftp.stat(directory)  # made meanwhile by a parallel copy (like MkdirAll); else it raises
         sftp.put(str(source.path), remote_path)
         sftp.close()
     finally:
@@ -163,6 +168,17 @@ def run_command(inputs: dict[str, Any], step: str) -> CommandResult:
     return result
 
 
+def _comparable(value: Any) -> Any:
+    """Inputs in a form that compares by content: an asset by its path and file hash, as the engine diffs it."""
+    if isinstance(value, pulumi.FileAsset):
+        return ("file-asset", str(value.path), hashlib.sha256(Path(str(value.path)).read_bytes()).hexdigest())
+    if isinstance(value, dict):
+        return {key: _comparable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_comparable(item) for item in value]
+    return value
+
+
 COPY_TYPE = "command:remote:CopyToRemote"
 COMMAND_TYPE = "command:remote:Command"
 
@@ -181,32 +197,37 @@ class RemoteCommandApplier:
         self.applied: dict[str, tuple[str, dict[str, Any]]] = {}
         """Resource name → (type, inputs) as last applied."""
 
+    def apply_one(self, name: str, typ: str, inputs: dict[str, Any]) -> CommandResult | None:
+        """Create or update one resource now, if it is new or its inputs changed (None: nothing to do). A test
+        harness can call this as each remote resource registers, and :meth:`prune` at the end of a run."""
+        previous = self.applied.get(name)
+        if previous is not None and _comparable(previous[1]) == _comparable(inputs):
+            return None
+        if typ == COPY_TYPE:
+            copy_to_remote(inputs)
+            result = CommandResult(0, "", "")
+        else:
+            result = run_command(inputs, "create" if previous is None else "update")
+        self.applied[name] = (typ, inputs)
+        return result
+
+    def prune(self, registered: set[str]) -> dict[str, CommandResult]:
+        """Delete what was applied before but is no longer registered, latest first."""
+        return {name: self.delete(name) for name in reversed(list(self.applied)) if name not in registered}
+
     def apply(self, resources: list[Any]) -> dict[str, CommandResult]:
         import concurrent.futures
 
         wanted = {r.name: (r.typ, r.inputs) for r in resources if r.typ in (COPY_TYPE, COMMAND_TYPE)}
         results: dict[str, CommandResult] = {}
         for kind in (COPY_TYPE, COMMAND_TYPE):
-            changed = [
-                name
-                for name, (typ, inputs) in wanted.items()
-                if typ == kind and (name not in self.applied or self.applied[name][1] != inputs)
-            ]
-
-            def one(name: str, kind: str = kind) -> CommandResult:
-                inputs = wanted[name][1]
-                if kind == COPY_TYPE:
-                    copy_to_remote(inputs)
-                    return CommandResult(0, "", "")
-                return run_command(inputs, "create" if name not in self.applied else "update")
-
-            if changed:
-                with concurrent.futures.ThreadPoolExecutor(max_workers=len(changed)) as pool:
-                    results.update(zip(changed, pool.map(one, changed), strict=True))
-            for name in changed:
-                self.applied[name] = wanted[name]
-        for name in [name for name in self.applied if name not in wanted]:
-            results[name] = self.delete(name)
+            names = [name for name, (typ, _) in wanted.items() if typ == kind]
+            if not names:
+                continue
+            with concurrent.futures.ThreadPoolExecutor(max_workers=len(names)) as pool:
+                outcomes = pool.map(lambda name: self.apply_one(name, *wanted[name]), names)
+                results.update({name: r for name, r in zip(names, outcomes, strict=True) if r is not None})
+        results.update(self.prune(set(wanted)))
         return results
 
     def delete(self, name: str) -> CommandResult:
@@ -214,5 +235,5 @@ class RemoteCommandApplier:
         return run_command(inputs, "delete") if typ == COMMAND_TYPE else CommandResult(0, "", "")
 
     def destroy(self) -> dict[str, CommandResult]:
-        """Delete everything applied, commands last-applied first."""
-        return {name: self.delete(name) for name in reversed(list(self.applied))}
+        """Delete everything applied, latest first."""
+        return self.prune(set())

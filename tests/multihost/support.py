@@ -4,7 +4,6 @@ fake NVML library, and running an SshNodePool under Pulumi mocks to get the reso
 from __future__ import annotations
 
 import importlib.util
-import re
 import shutil
 import subprocess
 import sys
@@ -166,8 +165,3 @@ def host_resources(resources: list[pulumi_mocks.MockResourceArgs], pool: str, no
     return {
         suffix: named[f"{pool}-{node}-{suffix}"].inputs for suffix in ("install-script", "uninstall-script", "agent")
     }
-
-
-def version_of(result_stdout: str) -> str | None:
-    match = re.search(r"gpustack-runtime ([0-9][^ )]*)", result_stdout)
-    return match.group(1) if match else None
