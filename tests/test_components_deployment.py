@@ -142,7 +142,7 @@ def test_unreachable_agent_fails_check_with_a_clear_message(host: ProviderHost) 
     _, failures = host.check("urn:x", {}, news)
     [(prop, reason)] = failures
     assert prop == "agents"
-    assert "cannot read capacity of node box" in reason and "unreachable" in reason
+    assert "cannot read capacity of any node: box" in reason and "unreachable" in reason
 
 
 def test_unknown_agents_mean_placement_decided_at_update(host: ProviderHost) -> None:

@@ -180,16 +180,27 @@ def _placement_key(value: Any) -> Any:
     return value
 
 
-def read_inventory(agents: dict[str, str], token: str):
+def read_inventory(agents: dict[str, str], token: str, *, skip_unreachable: bool = False):
+    """The capacity documents of the agents. ``skip_unreachable``: leave out nodes whose agent does not answer
+    (a host that went down: its replicas are re-placed), as long as one agent answers. An agent that answers
+    with an error (wrong token, a bug) always fails: that is not a node that went away."""
     from gpustack_runtime.wire import Inventory
 
-    documents = []
+    documents, down = [], []
     for node, url in sorted(agents.items()):
         try:
             with AgentClient(url, token) as agent:
                 documents.append(agent.capacity())
+        except AgentUnreachable as error:
+            if not skip_unreachable:
+                raise PlacementFailure("agents", f"cannot read capacity of node {node}: {error}") from None
+            down.append(f"{node} ({error})")
         except AgentError as error:
             raise PlacementFailure("agents", f"cannot read capacity of node {node}: {error}") from None
+    if down and not documents:
+        raise PlacementFailure("agents", "cannot read capacity of any node: " + "; ".join(down))
+    for node in down:
+        print(f"warning: node {node} is left out of placement", file=sys.stderr)
     return Inventory(nodes=documents)
 
 
@@ -202,7 +213,7 @@ def plan_replica(news: dict[str, Any], olds: dict[str, Any], deployment: Any) ->
     from gpustack_pulumi.placement import PlacedReplica, Plan, PlanSummary, plan
 
     agents: dict[str, str] = news["agents"]
-    inventory = read_inventory(agents, news["token"])
+    inventory = read_inventory(agents, news["token"], skip_unreachable=True)
     previous = None
     old_placement = olds.get("placement") or {}
     if old_placement.get("placements"):

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import pulumi
@@ -154,6 +154,24 @@ class ProviderHost:
                 stream.close()
 
 
+class ExtraEngine(Protocol):
+    """Runs resources of other (non-dynamic) providers for real, e.g. ``pulumi_command.remote``."""
+
+    def handles(self, typ: str) -> bool: ...
+
+    def known(self) -> set[str]:
+        """Names of the resources applied so far (at preview the others have no id yet)."""
+        ...
+
+    def apply(self, name: str, typ: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Create or update the resource now; its outputs."""
+        ...
+
+    def prune(self, registered: set[str]) -> None:
+        """Delete what was applied before and is not registered any more."""
+        ...
+
+
 @dataclass
 class ResourceState:
     urn: str
@@ -190,8 +208,10 @@ class StackHarness:
         stack: str = "test",
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
+        extra_engine: ExtraEngine | None = None,
     ) -> None:
         self.program = program
+        self.extra_engine = extra_engine
         self.state_path = state_path
         self.config = dict(config or {})
         self.secret_config_keys = secret_config_keys
@@ -256,6 +276,8 @@ class StackHarness:
                 result.operations.append(("delete", res.name))
                 remaining.remove(res)
                 self._save_state(remaining)
+        if self.extra_engine is not None:
+            self.extra_engine.prune(set())
         return result
 
     def _run(self, *, preview: bool) -> RunResult:
@@ -280,6 +302,9 @@ class StackHarness:
                         host.delete(res.id, res.urn, res.outputs)
                         result.operations.append(("delete", name))
                 self._save_state(new_state)
+                if self.extra_engine is not None:
+                    # Like the engine: resources no longer declared go last, after replicas moved off them.
+                    self.extra_engine.prune({a.name for a in mocks.registered})
         return result
 
     def _execute_program(self, mocks: _EngineMocks, *, preview: bool) -> dict[str, Any]:
@@ -353,6 +378,17 @@ class _EngineMocks(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         self.registered.append(args)
+        extra = self.harness.extra_engine
+        if extra is not None and extra.handles(args.typ):
+            if self.preview:  # a resource not created yet has no id at preview: what depends on it is unknown
+                return (f"{args.name}-id" if args.name in extra.known() else None), dict(args.inputs)
+            try:
+                outputs = extra.apply(args.name, args.typ, dict(args.inputs))
+            except BaseException as exc:
+                self.failure.append(exc)
+                raise
+            self.result.operations.append(("apply", args.name))
+            return f"{args.name}-id", {**dict(args.inputs), **outputs}
         if not args.typ.startswith("pulumi-python:dynamic"):
             return (f"{args.name}-id" if args.custom else None), dict(args.inputs)
         try:
@@ -407,4 +443,12 @@ class _EngineMocks(pulumi.runtime.Mocks):
         return id_, outs
 
 
-__all__ = ["CheckFailed", "ProviderError", "ProviderHost", "RunResult", "StackHarness", "serialize_for_host"]
+__all__ = [
+    "CheckFailed",
+    "ExtraEngine",
+    "ProviderError",
+    "ProviderHost",
+    "RunResult",
+    "StackHarness",
+    "serialize_for_host",
+]

@@ -1,0 +1,218 @@
+"""Several hosts end to end through the engine harness: an SshNodePool of three network-namespace hosts (2×H100,
+4×L40S, CPU-only; fake GPUs, real sshd, the install script run over real SSH) and three deployments. Replicas land
+according to the hosts' devices and every endpoint answers; a host taken down is reported by refresh and the next
+update re-places its replica on the remaining hosts without moving the others; two stacks racing for the same GPU
+never double-book it; destroy leaves no process and no namespace behind."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pulumi
+import pytest
+from harness.pulumi_engine import StackHarness
+from multihost.netns import (
+    HostGroup,
+    NetnsHost,
+    _kill_namespace_processes,
+    _wait_for_tcp,
+    namespace_exists,
+    netns_hosts,
+    run,
+)
+from multihost.remote_runner import COMMAND_TYPE, COPY_TYPE, RemoteCommandApplier
+from multihost.support import HOST_SPECS, TOKEN, build_fake_nvml, build_wheelhouse, pool_args
+
+from gpustack_pulumi.components import GpuCluster, ModelDeployment, SshNodePool
+from gpustack_pulumi.providers.agent_client import AdmissionConflict
+from gpustack_pulumi.providers.model_replica import ModelReplicaProvider
+from gpustack_pulumi.tinymodel import write_tiny_gguf
+
+REPO = Path(__file__).resolve().parents[1]
+VERSION = "0.1.0"
+
+pytestmark = pytest.mark.slow
+
+
+def _llama_cpp_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class RemoteEngine:
+    """The harness's part for pulumi_command.remote resources: run them over real SSH (see remote_runner)."""
+
+    def __init__(self) -> None:
+        self.applier = RemoteCommandApplier()
+
+    def handles(self, typ: str) -> bool:
+        return typ in (COPY_TYPE, COMMAND_TYPE)
+
+    def known(self) -> set[str]:
+        return set(self.applier.applied)
+
+    def apply(self, name: str, typ: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        result = self.applier.apply_one(name, typ, inputs)
+        return {"stdout": result.stdout} if result is not None else {}
+
+    def prune(self, registered: set[str]) -> None:
+        self.applier.prune(registered)
+
+
+class Lab:
+    def __init__(self, group: HostGroup, wheelhouse: Path, fake_nvml: Path, model: Path, state: Path) -> None:
+        self.group, self.wheelhouse, self.fake_nvml, self.model = group, wheelhouse, fake_nvml, model
+        self.harness = StackHarness(
+            self.program, state_path=state, cwd=REPO, stack="onprem", extra_engine=RemoteEngine()
+        )
+
+    def program(self) -> None:
+        pool = SshNodePool("onprem", pool_args(self.group, self.wheelhouse, self.fake_nvml, VERSION))
+        cluster = GpuCluster("onprem", {"pools": [pool], "agent_token": pulumi.Output.secret(TOKEN)})
+        options = {"container": False, "python": sys.executable, "host": "0.0.0.0"}
+        common = {"cluster": cluster, "model": str(self.model), "engine": "llama.cpp", "max_model_len": 256,
+                  "engine_options": options, "ready_timeout_s": 120}  # fmt: skip
+        deployments = [
+            # latency: llama.cpp prefers a GPU (offload); the selectors pick the product.
+            ModelDeployment("alpha", {**common, "mode": "latency", "gpu_selector": ["NVIDIA H100 80GB HBM3"]}),
+            ModelDeployment("beta", {**common, "mode": "latency", "gpu_selector": ["NVIDIA L40S"], "replicas": 2}),
+            # balanced: llama.cpp prefers a CPU-only node.
+            ModelDeployment("gamma", {**common, "mode": "balanced"}),
+        ]
+        for deployment in deployments:
+            pulumi.export(f"{deployment._name}_endpoints", deployment.endpoints)
+            pulumi.export(f"{deployment._name}_placements", deployment.placements)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if not _llama_cpp_available():
+        pytest.skip("llama-cpp-python missing: run .ci/llama-cpp.sh")
+    base = tmp_path_factory.mktemp("multihost-e2e")
+    wheelhouse = build_wheelhouse(base / "wheelhouse", [VERSION])
+    fake_nvml = build_fake_nvml(base / "fakenvml")
+    model = write_tiny_gguf(base / "tiny.gguf")
+    with netns_hosts(HOST_SPECS, base, fake_nvml) as group:
+        yield Lab(group, wheelhouse, fake_nvml, model, base / "pulumi-state.json")
+
+
+def nodes_of(placements: list[dict]) -> list[str]:
+    return [p["placements"][0]["node"] for p in placements]
+
+
+def completes(endpoint: str) -> bool:
+    reply = httpx.post(f"{endpoint}/completions", json={"prompt": "hello", "max_tokens": 4}, timeout=60)
+    return reply.status_code == 200 and "choices" in reply.json()
+
+
+def state_by_name(lab: Lab) -> dict[str, Any]:
+    return {r.name: r for r in lab.harness.load_state()}
+
+
+def restart_sshd(host: NetnsHost) -> None:
+    run("ip", "netns", "exec", host.namespace, "/usr/sbin/sshd", "-f", str(host.root / "sshd_config"),
+        "-E", str(host.root / "sshd.log"))  # fmt: skip
+    _wait_for_tcp(host.address, 22, 10)
+
+
+def test_hosts_end_to_end(lab: Lab) -> None:
+    preview = lab.harness.preview()
+    assert preview.outputs["alpha_placements"] == [{"status": "decided at update"}]  # agents not installed yet
+    try:
+        up = lab.harness.up()
+        out = up.outputs
+        # Placement follows the devices each agent reports.
+        assert nodes_of(out["alpha_placements"]) == ["gpu-a"]
+        assert nodes_of(out["beta_placements"]) == ["gpu-b", "gpu-b"]
+        assert nodes_of(out["gamma_placements"]) == ["cpu-c"]
+        assert out["alpha_placements"][0]["placements"][0]["device_indices"] in ([0], [1])
+        assert out["gamma_placements"][0]["placements"][0]["device_indices"] == []
+        endpoints = out["alpha_endpoints"] + out["beta_endpoints"] + out["gamma_endpoints"]
+        assert len(set(endpoints)) == 4
+        assert all(completes(endpoint) for endpoint in endpoints)
+        before = {name: r.outputs["instances"][0]["pid"] for name, r in state_by_name(lab).items()
+                  if name.startswith(("alpha", "beta"))}  # fmt: skip
+
+        # Host cpu-c goes down: every process of its namespace (sshd, agent, engine) is killed.
+        cpu_c = lab.group.by_name("cpu-c")
+        _kill_namespace_processes(cpu_c)
+        refreshed = lab.harness.refresh()
+        assert refreshed.drift["gamma-r0"]["state"] == "unreachable"
+        assert not [name for name in refreshed.drift if name.startswith(("alpha", "beta"))]
+
+        # The next update re-places gamma on a remaining host; alpha and beta do not move.
+        moved = lab.harness.up()
+        assert "gamma-r0" in moved.ops("replace")
+        assert not [n for n in moved.ops("replace") + moved.ops("update") if n.startswith(("alpha", "beta"))]
+        assert nodes_of(moved.outputs["gamma_placements"])[0] in ("gpu-a", "gpu-b")
+        assert completes(moved.outputs["gamma_endpoints"][0])
+        after = {name: r.outputs["instances"][0]["pid"] for name, r in state_by_name(lab).items()
+                 if name.startswith(("alpha", "beta"))}  # fmt: skip
+        assert after == before
+    finally:
+        restart_sshd(lab.group.by_name("cpu-c"))  # the host comes back, so its agent can be uninstalled
+        lab.harness.destroy()
+    for host in lab.group.hosts:  # only each host's sshd is left: no agent, no engine
+        leftovers = [
+            pid for pid in host.pids() if "sshd" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        ]
+        assert leftovers == [], f"{host.name} still runs {leftovers}"
+
+
+def test_two_stacks_racing_for_one_gpu_never_double_book(lab: Lab) -> None:
+    """Two stacks' replicas both placed (at check) on the same free L40S, each claiming 60 % of it: the agent's
+    admission lets exactly one start; the other fails cleanly with the numbers and leaves nothing behind."""
+    lab.harness.up()
+    try:
+        agents = {r.name: r for r in lab.harness.load_state()}["alpha-r0"].outputs["agents"]
+        provider = ModelReplicaProvider()
+
+        def props(stack: str) -> dict[str, Any]:
+            news = {
+                "deployment": {"name": "race", "model": str(lab.model), "engine": "llama.cpp", "mode": "latency",
+                               "max_model_len": 256, "gpu_selector": ["NVIDIA L40S"],
+                               "engine_options": {"container": False, "python": sys.executable, "host": "0.0.0.0"}},
+                "replica": 0, "owner": f"gpustack-pulumi/{stack}/race/r0/", "agents": agents, "token": TOKEN,
+                "secrets": {}, "ready_timeout_s": 120,
+            }  # fmt: skip
+            checked = provider.check({}, news)
+            assert not checked.failures, checked.failures
+            inputs = checked.inputs
+            device = inputs["launch"][0]["visible_devices"]
+            assert inputs["launch"][0]["node"] == "gpu-b" and device
+            big = int(0.6 * 48_305_799_168)
+            inputs["launch"][0]["memory_bytes_per_device"] = big
+            return inputs
+
+        first, second = props("stack-one"), props("stack-two")
+        assert first["launch"][0]["visible_devices"] == second["launch"][0]["visible_devices"]  # both chose it
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            futures = [pool.submit(provider.create, p) for p in (first, second)]
+            outcomes = []
+            for future in futures:
+                try:
+                    outcomes.append(future.result())
+                except AdmissionConflict as conflict:
+                    outcomes.append(conflict)
+        conflicts = [o for o in outcomes if isinstance(o, AdmissionConflict)]
+        created = [o for o in outcomes if not isinstance(o, AdmissionConflict)]
+        assert len(conflicts) == 1 and len(created) == 1
+        assert "409" in str(conflicts[0])
+        winner = created[0]
+        provider.delete(winner.id, winner.outs)
+    finally:
+        restart_needed = [h for h in lab.group.hosts if not h.pids()]
+        for host in restart_needed:
+            restart_sshd(host)
+        lab.harness.destroy()
+    for host in lab.group.hosts:
+        assert namespace_exists(host.namespace)  # the fixture removes them at the end of the module
