@@ -8,6 +8,7 @@ from the catalog's shipped config.json files.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from gpustack_runtime.wire import Allocation, CapacityDocument, DeviceCapacity, Inventory
 
@@ -16,6 +17,8 @@ from gpustack_pulumi.placement import Deployment, Plan
 from gpustack_pulumi.placement.demand import DemandRequest, DeviceDemand
 
 GIB = 1024**3
+TINY_GGUF = str(Path(__file__).resolve().parents[1] / "examples" / "models" / "tiny-llama.gguf")
+"""A real (tiny) GGUF model: llama.cpp deployments need one."""
 
 H100 = ("NVIDIA H100 80GB HBM3", 80 * GIB, "9.0")
 L40S = ("NVIDIA L40S", 48 * GIB, "8.9")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from placement_helpers import A10G, ASCEND, GIB, H100, L40S, dep, inventory, node, stub_factory, where
+from placement_helpers import A10G, ASCEND, GIB, H100, L40S, TINY_GGUF, dep, inventory, node, stub_factory, where
 
 from gpustack_pulumi.placement import plan
 
@@ -35,7 +35,9 @@ def test_mindie_runs_only_on_ascend_and_auto_picks_it_there():
 
 def test_llama_cpp_runs_cpu_only_on_a_node_without_devices():
     inv = inventory(node("cpu", host_gib=64))
-    result = plan(inv, [dep("l", engine="llama.cpp", replicas=2)], demand_factory=stub_factory)
+    result = plan(
+        inv, [dep("l", TINY_GGUF, max_model_len=512, engine="llama.cpp", replicas=2)], demand_factory=stub_factory
+    )
     assert [(r.engine, r.placements[0].node, r.placements[0].device_indices) for r in result.replicas] == [
         ("llama.cpp", "cpu", []),
         ("llama.cpp", "cpu", []),
@@ -108,7 +110,14 @@ def test_priority_decides_who_wins(exact):
 @pytest.mark.parametrize("exact", [False, True])
 def test_llama_cpp_prefers_cpu_to_save_gpus_unless_mode_is_latency(exact):
     inv = inventory(node("gpu", H100, 1), node("cpu", host_gib=64))
-    balanced = plan(inv, [dep("l", engine="llama.cpp")], demand_factory=stub_factory, exact=exact)
+    balanced = plan(
+        inv, [dep("l", TINY_GGUF, max_model_len=512, engine="llama.cpp")], demand_factory=stub_factory, exact=exact
+    )
     assert balanced.replicas[0].placements[0].node == "cpu"
-    latency = plan(inv, [dep("l", engine="llama.cpp", mode="latency")], demand_factory=stub_factory, exact=exact)
+    latency = plan(
+        inv,
+        [dep("l", TINY_GGUF, max_model_len=512, engine="llama.cpp", mode="latency")],
+        demand_factory=stub_factory,
+        exact=exact,
+    )
     assert latency.replicas[0].placements[0].node == "gpu"
