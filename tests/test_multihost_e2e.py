@@ -70,12 +70,16 @@ class RemoteEngine:
 class Lab:
     def __init__(self, group: HostGroup, wheelhouse: Path, fake_nvml: Path, model: Path, state: Path) -> None:
         self.group, self.wheelhouse, self.fake_nvml, self.model = group, wheelhouse, fake_nvml, model
+        self.hosts: list[str] | None = None  # None: every host of the group
         self.harness = StackHarness(
             self.program, state_path=state, cwd=REPO, stack="onprem", extra_engine=RemoteEngine()
         )
 
     def program(self) -> None:
-        pool = SshNodePool("onprem", pool_args(self.group, self.wheelhouse, self.fake_nvml, VERSION))
+        args = pool_args(self.group, self.wheelhouse, self.fake_nvml, VERSION)
+        if self.hosts is not None:
+            args["hosts"] = [host for host in args["hosts"] if host["node_name"] in self.hosts]
+        pool = SshNodePool("onprem", args)
         cluster = GpuCluster("onprem", {"pools": [pool], "agent_token": pulumi.Output.secret(TOKEN)})
         options = {"container": False, "python": sys.executable, "host": "0.0.0.0"}
         common = {"cluster": cluster, "model": str(self.model), "engine": "llama.cpp", "max_model_len": 256,
@@ -216,3 +220,23 @@ def test_two_stacks_racing_for_one_gpu_never_double_book(lab: Lab) -> None:
         lab.harness.destroy()
     for host in lab.group.hosts:
         assert namespace_exists(host.namespace)  # the fixture removes them at the end of the module
+
+
+def test_removing_a_host_drains_it_before_its_agent_goes(lab: Lab) -> None:
+    lab.hosts = None
+    lab.harness.up()
+    try:
+        assert nodes_of(lab.harness.up().outputs["gamma_placements"]) == ["cpu-c"]
+        cpu_c = lab.group.by_name("cpu-c")
+        assert cpu_c.agent_pids()
+        lab.hosts = ["gpu-a", "gpu-b"]
+        drained = lab.harness.up()
+        # gamma moved first (its replacement ran while cpu-c's agent still answered), then cpu-c's agent went.
+        assert "gamma-r0" in drained.ops("replace")
+        assert nodes_of(drained.outputs["gamma_placements"])[0] in ("gpu-a", "gpu-b")
+        assert completes(drained.outputs["gamma_endpoints"][0])
+        assert not cpu_c.agent_pids()  # uninstalled
+        assert "onprem-cpu-c-agent" not in lab.harness.extra_engine.known()  # type: ignore[union-attr]
+    finally:
+        lab.hosts = None
+        lab.harness.destroy()
