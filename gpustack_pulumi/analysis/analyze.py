@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from gpustack_pulumi.analysis.architectures import ArchitectureShape, ComponentCount, build_shape
 from gpustack_pulumi.analysis.errors import AnalysisError
-from gpustack_pulumi.analysis.profile import ModelProfile, WeightComponent
+from gpustack_pulumi.analysis.profile import ComponentName, ModelProfile, WeightComponent
 from gpustack_pulumi.analysis.quantization import (
     WeightFormat,
     checkpoint_format,
@@ -238,19 +238,8 @@ def _exact_components(
     return out
 
 
-_ORDER = [
-    "embedding",
-    "attention",
-    "attention_kv",
-    "attention_replicated",
-    "mlp",
-    "experts",
-    "shared_experts",
-    "router",
-    "norms",
-    "lm_head",
-    "other",
-]
+# Components in the order a forward pass meets them (for readable output), from the ComponentName literal.
+_ORDER = [name for name in get_args(ComponentName) if name != "lm_head"] + ["lm_head"]
 
 
 def _component_order(name: str) -> int:

@@ -124,3 +124,46 @@ def no_gguf(engine: str, context: EngineContext) -> list[EngineRefusal]:
     if context.profile.source == "gguf" or context.model_path.lower().endswith(".gguf"):
         return [EngineRefusal(engine, "model", "GGUF files are served by llama.cpp", ["engine: llama.cpp"])]
     return []
+
+
+def node_spec(
+    engine: str,
+    version: EngineVersion,
+    context: EngineContext,
+    rank: int,
+    argv: list[str],
+    *,
+    command_length: int,
+    env: dict[str, str],
+    image: str | None,
+    api_key_env: str,
+    health_path: str,
+    metrics_path: str | None,
+    reasons: list[str],
+    argv_from_env: dict[str, str] | None = None,
+) -> LaunchSpec:
+    """The LaunchSpec of node ``rank`` of a replica: rank 0 is the head (serves the API, holds the key, answers
+    health checks); the others are workers without an HTTP server."""
+    placement = context.replica.placements[rank]
+    head = rank == 0
+    return LaunchSpec(
+        engine=engine,
+        engine_version=version.version,
+        deployment=context.deployment.name,
+        replica=context.replica.replica,
+        node=placement.node,
+        node_role="head" if head else "worker",
+        node_rank=rank,
+        argv=argv,
+        command_length=command_length,
+        env=env,
+        secret_env=secret_env(context, api_key_env if head else None),
+        argv_from_env=argv_from_env or {},
+        image=image,
+        port=context.options.port,
+        health_path=health_path if head else None,
+        metrics_path=metrics_path if head else None,
+        visible_devices=placement.device_indices,
+        memory_bytes_per_device=placement.memory_bytes_per_device,
+        reasons=reasons,
+    )

@@ -22,10 +22,10 @@ from gpustack_pulumi.engines.common import (
     flag_refusals,
     image_for,
     no_gguf,
+    node_spec,
     offload_host_bytes,
     port_argument,
     resolve_version,
-    secret_env,
 )
 from gpustack_pulumi.engines.tuning import Tuning, distributed_port, fp8_refusals, merge_extra_args, tune
 from gpustack_pulumi.engines.versions import EngineVersion
@@ -134,35 +134,28 @@ class SglangEngine:
         image = image_for(version, context, reasons)
         nodes = context.replica.placements
         specs = []
-        for rank, placement in enumerate(nodes):
+        for rank in range(len(nodes)):
             argv = list(base)
             if len(nodes) > 1:
                 address = f"{context.node_addresses[context.head_node]}:{distributed_port(context)}"
                 argv += ["--nnodes", str(len(nodes)), "--node-rank", str(rank), "--dist-init-addr", address]
             argv = merge_extra_args(NAME, argv, context.options.extra_args)
-            head = rank == 0
-            api_key = head and context.options.api_key_secret is not None
+            api_key = rank == 0 and context.options.api_key_secret is not None
             specs.append(
-                LaunchSpec(
-                    engine=NAME,
-                    engine_version=version.version,
-                    deployment=context.deployment.name,
-                    replica=context.replica.replica,
-                    node=placement.node,
-                    node_role="head" if head else "worker",
-                    node_rank=rank,
-                    argv=argv,
+                node_spec(
+                    NAME,
+                    version,
+                    context,
+                    rank,
+                    argv,
                     command_length=COMMAND_LENGTH,
                     env=dict(context.options.extra_env),
-                    secret_env=secret_env(context, API_KEY_ENV if head else None),
-                    argv_from_env={"--api-key": API_KEY_ENV} if api_key else {},
                     image=image,
-                    port=context.options.port,
-                    health_path=HEALTH_PATH if head else None,
-                    metrics_path=METRICS_PATH if head else None,
-                    visible_devices=placement.device_indices,
-                    memory_bytes_per_device=placement.memory_bytes_per_device,
+                    api_key_env=API_KEY_ENV,
+                    health_path=HEALTH_PATH,
+                    metrics_path=METRICS_PATH,
                     reasons=reasons,
+                    argv_from_env={"--api-key": API_KEY_ENV} if api_key else None,
                 )
             )
         return specs

@@ -26,10 +26,10 @@ from gpustack_pulumi.engines.common import (
     flag_refusals,
     image_for,
     no_gguf,
+    node_spec,
     offload_host_bytes,
     port_argument,
     resolve_version,
-    secret_env,
 )
 from gpustack_pulumi.engines.tuning import Tuning, distributed_port, fp8_refusals, merge_extra_args, tune
 from gpustack_pulumi.engines.versions import EngineVersion
@@ -152,7 +152,7 @@ class VllmEngine:
         nodes = context.replica.placements
         specs = []
         ray = len(nodes) > 1 and context.options.multi_node_backend == "ray"
-        for rank, placement in enumerate(nodes):
+        for rank in range(len(nodes)):
             argv = list(base)
             command_length = COMMAND_LENGTH
             if ray:
@@ -167,26 +167,19 @@ class VllmEngine:
                     argv.append("--headless")
             if rank == 0 or not ray:
                 argv = merge_extra_args(NAME, argv, context.options.extra_args)
-            head = rank == 0
             specs.append(
-                LaunchSpec(
-                    engine=NAME,
-                    engine_version=version.version,
-                    deployment=context.deployment.name,
-                    replica=context.replica.replica,
-                    node=placement.node,
-                    node_role="head" if head else "worker",
-                    node_rank=rank,
-                    argv=argv,
+                node_spec(
+                    NAME,
+                    version,
+                    context,
+                    rank,
+                    argv,
                     command_length=command_length,
                     env=env,
-                    secret_env=secret_env(context, API_KEY_ENV if head else None),
                     image=image,
-                    port=context.options.port,
-                    health_path=HEALTH_PATH if head else None,
-                    metrics_path=METRICS_PATH if head else None,
-                    visible_devices=placement.device_indices,
-                    memory_bytes_per_device=placement.memory_bytes_per_device,
+                    api_key_env=API_KEY_ENV,
+                    health_path=HEALTH_PATH,
+                    metrics_path=METRICS_PATH,
                     reasons=reasons,
                 )
             )
