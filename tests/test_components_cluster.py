@@ -14,8 +14,8 @@ import httpx
 import pulumi
 import pytest
 from harness.pulumi_engine import StackHarness
+from harness.recording_mocks import recording_mocks
 from pulumi.dynamic.dynamic import serialize_provider
-from pulumi.runtime import mocks as pulumi_mocks
 
 from gpustack_pulumi.components import AgentToken, ComponentArgsError, GpuCluster, LocalNodePool
 from gpustack_pulumi.providers.local_agent import LocalAgentProvider, same_process_running
@@ -24,28 +24,10 @@ from gpustack_pulumi.providers.token import AgentTokenProvider
 REPO = Path(__file__).resolve().parents[1]
 
 
-class RecordingMocks(pulumi.runtime.Mocks):
-    def __init__(self) -> None:
-        self.resources: list[pulumi_mocks.MockResourceArgs] = []
-
-    def new_resource(self, args: pulumi_mocks.MockResourceArgs):
-        self.resources.append(args)
-        outputs = dict(args.inputs)
-        if args.typ.endswith("LocalAgent"):
-            outputs["endpoint"] = "http://127.0.0.1:1"
-        return (f"{args.name}-id" if args.custom else None), outputs
-
-    def call(self, args: pulumi_mocks.MockCallArgs):
-        return {}
-
-
 @pytest.fixture
 def mocks():
-    recorder = RecordingMocks()
-    monitor = pulumi_mocks.MockMonitor(recorder)
-    pulumi.runtime.set_mocks(recorder, preview=False, monitor=monitor)
-    yield recorder, monitor
-    pulumi.runtime.settings.reset_options()
+    with recording_mocks() as installed:
+        yield installed
 
 
 @pulumi.runtime.test

@@ -12,8 +12,8 @@ import dill
 import pulumi
 import pytest
 from harness.pulumi_engine import ProviderHost, serialize_for_host
+from harness.recording_mocks import recording_mocks
 from pulumi.dynamic.dynamic import serialize_provider
-from pulumi.runtime import mocks as pulumi_mocks
 
 from gpustack_pulumi.components import ComponentArgsError, GpuCluster, LocalNodePool, ModelDeployment
 from gpustack_pulumi.providers.model_replica import DECIDED_AT_UPDATE, ModelReplicaProvider, instance_id
@@ -21,29 +21,10 @@ from gpustack_pulumi.providers.model_replica import DECIDED_AT_UPDATE, ModelRepl
 REPO = Path(__file__).resolve().parents[1]
 
 
-class EchoMocks(pulumi.runtime.Mocks):
-    def __init__(self) -> None:
-        self.resources: list[pulumi_mocks.MockResourceArgs] = []
-
-    def new_resource(self, args: pulumi_mocks.MockResourceArgs):
-        self.resources.append(args)
-        outputs = dict(args.inputs)
-        if args.typ.endswith("LocalAgent"):
-            outputs["endpoint"] = "http://127.0.0.1:1"
-        if args.typ.endswith("ModelReplica"):
-            outputs["endpoint"] = f"http://127.0.0.1:4000{args.inputs['replica']:.0f}/v1"
-        return (f"{args.name}-id" if args.custom else None), outputs
-
-    def call(self, args: pulumi_mocks.MockCallArgs):
-        return {}
-
-
 @pytest.fixture
 def mocks():
-    recorder = EchoMocks()
-    pulumi.runtime.set_mocks(recorder, preview=False, monitor=pulumi_mocks.MockMonitor(recorder))
-    yield recorder
-    pulumi.runtime.settings.reset_options()
+    with recording_mocks() as (recorder, _monitor):
+        yield recorder
 
 
 def cluster() -> GpuCluster:
