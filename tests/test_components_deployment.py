@@ -131,3 +131,20 @@ def test_unknown_agents_mean_placement_decided_at_update(host: ProviderHost) -> 
     checked, failures = host.check("urn:x", {}, news)
     assert failures == []
     assert checked["placement"] == {"status": DECIDED_AT_UPDATE}
+
+
+def test_diff_replaces_only_on_placement_or_launch_changes() -> None:
+    provider = ModelReplicaProvider()
+    placement = {"node": "a", "placements": [{"node": "a", "device_indices": [0]}], "reason": "binpack"}
+    launch = [{"node": "a", "argv": ["vllm", "serve", "m"], "reasons": ["mode balanced"]}]
+    olds = {"placement": placement, "launch": launch, "token": "t", "ready_timeout_s": 60}
+    same_but_reworded = {**olds, "placement": {**placement, "reason": "kept"},
+                         "launch": [{**launch[0], "reasons": ["kept where it was"]}]}  # fmt: skip
+    assert provider.diff("id", olds, same_but_reworded).changes is False
+    moved = {**olds, "placement": {**placement, "placements": [{"node": "a", "device_indices": [1]}]}}
+    result = provider.diff("id", olds, moved)
+    assert result.changes and result.replaces == ["placement"] and result.delete_before_replace
+    relaunched = {**olds, "launch": [{**launch[0], "argv": ["vllm", "serve", "m", "--x"]}]}
+    assert provider.diff("id", olds, relaunched).replaces == ["launch"]
+    new_token = {**olds, "token": "u"}
+    assert provider.diff("id", olds, new_token).changes and provider.diff("id", olds, new_token).replaces == []

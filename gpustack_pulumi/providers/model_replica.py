@@ -170,9 +170,9 @@ def restore_nulls(model: Any, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _placement_key(value: Any) -> Any:
-    """What identifies a placement or launch for diffing (the free-text reason does not)."""
+    """What identifies a placement or launch for diffing (the free-text reasons do not)."""
     if isinstance(value, dict):
-        return {k: _placement_key(v) for k, v in value.items() if k != "reason"}
+        return {k: _placement_key(v) for k, v in value.items() if k not in ("reason", "reasons")}
     if isinstance(value, list):
         return [_placement_key(v) for v in value]
     if isinstance(value, float) and value.is_integer():
