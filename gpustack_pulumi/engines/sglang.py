@@ -62,10 +62,14 @@ class SglangEngine:
         return refusals
 
     def launch_specs(self, context: EngineContext) -> list[LaunchSpec]:
-        raise_first(self.check(context))
-        version, _ = resolve_version(NAME, context)
+        # Same checks as ``check``, but the specs are rendered once and returned.
+        version, refusals = resolve_version(NAME, context)
+        raise_first(refusals)
         assert version is not None
-        return self._render(context, version, tune(NAME, context))
+        raise_first(self._static_refusals(context, version))
+        specs = self._render(context, version, tune(NAME, context))
+        raise_first([refusal for spec in specs for refusal in flag_refusals(NAME, version, spec)])
+        return specs
 
     def extra_memory(self, context: EngineContext) -> ExtraMemory:
         return extra_memory(context, tune(NAME, context))
