@@ -130,6 +130,7 @@ def _counted_components(
                 dtype=fmt.label(),
                 sharding=comp.sharding,
                 layers=comp.layers,
+                layer_parameters=tuple(comp.layer_parameters),
             )
         )
     return out

@@ -13,7 +13,7 @@ Formulas are the module shapes of the Hugging Face / vLLM implementations:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +29,15 @@ class ComponentCount:
     sharding: Sharding
     parameters: int = 0
     active: int = 0
-    layers: int = 0
     quantizable: bool = False  # linear weights that a weight format (fp8, int4...) applies to
     is_expert: bool = False  # routed experts (the only thing MXFP4 checkpoints quantize)
+    # Parameters in each decoder layer (index = layer); empty for non-layer weights (embeddings, final norm).
+    layer_parameters: list[int] = field(default_factory=list)
+
+    @property
+    def layers(self) -> int:
+        """Decoder layers this component has weights in."""
+        return sum(1 for p in self.layer_parameters if p)
 
     def add(self, parameters: int, active: int | None = None) -> None:
         self.parameters += parameters
@@ -70,10 +76,15 @@ class ArchitectureShape:
 
 
 class _Counter:
-    """Accumulates component counts while a family function walks the layers."""
+    """Accumulates component counts while a family function walks the layers.
 
-    def __init__(self) -> None:
+    Per-layer components record which decoder layers hold them (``layers``: the layer indices, the parameters
+    split evenly over them), so pipeline stages and mixed dense/MoE stacks get exactly their own weights.
+    """
+
+    def __init__(self, num_layers: int = 0) -> None:
         self.components: dict[str, ComponentCount] = {}
+        self.num_layers = num_layers
 
     def add(
         self,
@@ -82,7 +93,7 @@ class _Counter:
         parameters: int,
         *,
         active: int | None = None,
-        layers: int = 0,
+        layers: Sequence[int] = (),
         quantizable: bool = False,
         is_expert: bool = False,
     ) -> None:
@@ -91,8 +102,15 @@ class _Counter:
         comp = self.components.setdefault(
             name, ComponentCount(name, sharding, quantizable=quantizable, is_expert=is_expert)
         )
+        if comp.sharding != sharding:
+            raise AssertionError(f"component {name} mixes shardings {comp.sharding} and {sharding}")
         comp.add(parameters, active)
-        comp.layers = max(comp.layers, layers)
+        if layers:
+            if not comp.layer_parameters:
+                comp.layer_parameters = [0] * self.num_layers
+            per_layer, rest = divmod(parameters, len(layers))
+            for position, layer in enumerate(layers):
+                comp.layer_parameters[layer] += per_layer + (1 if position < rest else 0)
 
 
 # ----- shared building blocks ---------------------------------------------------------------------------
@@ -107,7 +125,7 @@ def _embeddings(c: _Counter, cfg: ConfigView, hidden: int, vocab: int, *, tied_d
 def _gqa_attention(
     c: _Counter,
     *,
-    layers: int,
+    layers: Sequence[int],
     hidden: int,
     heads: int,
     kv_heads: int,
@@ -122,22 +140,24 @@ def _gqa_attention(
     q_out = heads * head_dim * (2 if gated_q else 1)  # Qwen3-Next's gated attention doubles q_proj
     q_o = hidden * q_out + heads * head_dim * hidden
     q_o += (q_out if qkv_bias else 0) + (hidden if o_bias else 0)
-    c.add("attention", "tp", q_o * layers, layers=layers, quantizable=True)
+    n = len(layers)
+    c.add("attention", "tp", q_o * n, layers=layers, quantizable=True)
     kv = 2 * hidden * kv_heads * head_dim + (2 * kv_heads * head_dim if qkv_bias else 0)
-    c.add("attention_kv", "kv_heads", kv * layers, layers=layers, quantizable=True)
-    extra = (2 * head_dim if qk_norm else 0) + (heads if sinks else 0)
-    c.add("norms", "replicated", extra * layers, layers=layers)
+    c.add("attention_kv", "kv_heads", kv * n, layers=layers, quantizable=True)
+    # q/k norms are replicated; gpt-oss's sinks are split by head (one per head, like q_proj's rows).
+    c.add("norms", "replicated", (2 * head_dim if qk_norm else 0) * n, layers=layers)
+    c.add("attention", "tp", (heads if sinks else 0) * n, layers=layers, quantizable=True)
 
 
-def _dense_mlp(c: _Counter, *, layers: int, hidden: int, intermediate: int, bias: bool = False) -> None:
+def _dense_mlp(c: _Counter, *, layers: Sequence[int], hidden: int, intermediate: int, bias: bool = False) -> None:
     per_layer = 3 * hidden * intermediate + ((2 * intermediate + hidden) if bias else 0)
-    c.add("mlp", "tp", per_layer * layers, layers=layers, quantizable=True)
+    c.add("mlp", "tp", per_layer * len(layers), layers=layers, quantizable=True)
 
 
 def _moe(
     c: _Counter,
     *,
-    layers: int,
+    layers: Sequence[int],
     hidden: int,
     experts: int,
     top_k: int,
@@ -148,25 +168,26 @@ def _moe(
     router_bias: bool = False,
     shared_gate: bool = False,
 ) -> None:
+    n = len(layers)
     per_expert = 3 * hidden * expert_intermediate + ((2 * expert_intermediate + hidden) if expert_bias else 0)
     c.add(
         "experts",
         "tp",
-        per_expert * experts * layers,
-        active=per_expert * top_k * layers,
+        per_expert * experts * n,
+        active=per_expert * top_k * n,
         layers=layers,
         quantizable=True,
         is_expert=True,
     )
     if shared_experts:
         shared = 3 * hidden * (shared_intermediate or expert_intermediate) * shared_experts
-        c.add("shared_experts", "tp", shared * layers, layers=layers, quantizable=True)
+        c.add("shared_experts", "tp", shared * n, layers=layers, quantizable=True)
     router = hidden * experts + (experts if router_bias else 0) + (hidden if shared_gate else 0)
-    c.add("router", "replicated", router * layers, layers=layers)
+    c.add("router", "replicated", router * n, layers=layers)
 
 
-def _layer_norms(c: _Counter, *, layers: int, hidden: int, per_layer: int = 2) -> None:
-    c.add("norms", "replicated", per_layer * hidden * layers, layers=layers)
+def _layer_norms(c: _Counter, *, layers: Sequence[int], hidden: int, per_layer: int = 2) -> None:
+    c.add("norms", "replicated", per_layer * hidden * len(layers), layers=layers)
     c.add("other", "replicated", hidden)  # final norm
 
 
@@ -257,11 +278,11 @@ def dense_decoder(cfg: ConfigView, family: str) -> ArchitectureShape:
     inter = cfg.require_int("intermediate_size", "ffn_dim", "n_inner")
     qkv_bias = family == "qwen2" or bool(cfg.get("attention_bias", default=False))
     gemma = family in ("gemma2", "gemma3")
-    c = _Counter()
+    c = _Counter(n)
     _embeddings(c, cfg, h, v, tied_default=gemma)
     _gqa_attention(
         c,
-        layers=n,
+        layers=range(n),
         hidden=h,
         heads=heads,
         kv_heads=kv,
@@ -270,9 +291,9 @@ def dense_decoder(cfg: ConfigView, family: str) -> ArchitectureShape:
         o_bias=bool(cfg.get("attention_bias", default=False)) and family != "qwen2",
         qk_norm=family in ("qwen3", "gemma3"),
     )
-    _dense_mlp(c, layers=n, hidden=h, intermediate=inter, bias=bool(cfg.get("mlp_bias", default=False)))
+    _dense_mlp(c, layers=range(n), hidden=h, intermediate=inter, bias=bool(cfg.get("mlp_bias", default=False)))
     # Gemma 2/3 have pre- and post-norms around both attention and MLP (4 per layer).
-    _layer_norms(c, layers=n, hidden=h, per_layer=4 if gemma else 2)
+    _layer_norms(c, layers=range(n), hidden=h, per_layer=4 if gemma else 2)
 
     sliding = _sliding_layers(cfg, family, n)
     groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=sliding)
@@ -307,11 +328,11 @@ def mixtral(cfg: ConfigView, family: str = "mixtral") -> ArchitectureShape:
     experts = cfg.require_int("num_local_experts")
     top_k = cfg.require_int("num_experts_per_tok")
     inter = cfg.require_int("intermediate_size")
-    c = _Counter()
+    c = _Counter(n)
     _embeddings(c, cfg, h, v)
-    _gqa_attention(c, layers=n, hidden=h, heads=heads, kv_heads=kv, head_dim=d)
-    _moe(c, layers=n, hidden=h, experts=experts, top_k=top_k, expert_intermediate=inter)
-    _layer_norms(c, layers=n, hidden=h)
+    _gqa_attention(c, layers=range(n), hidden=h, heads=heads, kv_heads=kv, head_dim=d)
+    _moe(c, layers=range(n), hidden=h, experts=experts, top_k=top_k, expert_intermediate=inter)
+    _layer_norms(c, layers=range(n), hidden=h)
     groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=[True] * n)
     return _moe_shape(
         family,
@@ -332,13 +353,14 @@ def qwen3_moe(cfg: ConfigView, family: str = "qwen3_moe") -> ArchitectureShape:
     moe_inter = cfg.require_int("moe_intermediate_size")
     step = cfg.int_or("decoder_sparse_step", default=1) or 1
     mlp_only = set(cfg.get("mlp_only_layers", default=[]) or [])
-    moe_layers = sum(1 for i in range(n) if i not in mlp_only and (i + 1) % step == 0)
+    moe_ids = [i for i in range(n) if i not in mlp_only and (i + 1) % step == 0]
+    dense_ids = [i for i in range(n) if i not in set(moe_ids)]
     shared_inter = cfg.int_or("shared_expert_intermediate_size", default=0)
-    c = _Counter()
+    c = _Counter(n)
     _embeddings(c, cfg, h, v)
     _gqa_attention(
         c,
-        layers=n,
+        layers=range(n),
         hidden=h,
         heads=heads,
         kv_heads=kv,
@@ -346,11 +368,11 @@ def qwen3_moe(cfg: ConfigView, family: str = "qwen3_moe") -> ArchitectureShape:
         qkv_bias=family == "qwen2_moe",
         qk_norm=family == "qwen3_moe",
     )
-    if n - moe_layers:
-        _dense_mlp(c, layers=n - moe_layers, hidden=h, intermediate=cfg.require_int("intermediate_size"))
+    if dense_ids:
+        _dense_mlp(c, layers=dense_ids, hidden=h, intermediate=cfg.require_int("intermediate_size"))
     _moe(
         c,
-        layers=moe_layers,
+        layers=moe_ids,
         hidden=h,
         experts=experts,
         top_k=top_k,
@@ -359,7 +381,7 @@ def qwen3_moe(cfg: ConfigView, family: str = "qwen3_moe") -> ArchitectureShape:
         shared_intermediate=shared_inter or None,
         shared_gate=bool(shared_inter),
     )
-    _layer_norms(c, layers=n, hidden=h)
+    _layer_norms(c, layers=range(n), hidden=h)
     groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=[False] * n)
     return _moe_shape(
         family,
@@ -383,14 +405,14 @@ def glm4_moe(cfg: ConfigView, family: str = "glm4_moe") -> ArchitectureShape:
     dense_layers = min(n, cfg.int_or("first_k_dense_replace", default=0))
     qkv_bias = bool(cfg.get("attention_bias", default=False))
     qk_norm = bool(cfg.get("use_qk_norm", default=False))
-    c = _Counter()
+    c = _Counter(n)
     _embeddings(c, cfg, h, v)
-    _gqa_attention(c, layers=n, hidden=h, heads=heads, kv_heads=kv, head_dim=d, qkv_bias=qkv_bias, qk_norm=qk_norm)
-    _dense_mlp(c, layers=dense_layers, hidden=h, intermediate=cfg.require_int("intermediate_size"))
+    _gqa_attention(c, layers=range(n), hidden=h, heads=heads, kv_heads=kv, head_dim=d, qkv_bias=qkv_bias, qk_norm=qk_norm)
+    _dense_mlp(c, layers=range(dense_layers), hidden=h, intermediate=cfg.require_int("intermediate_size"))
     # e_score_correction_bias: one float per expert per MoE layer, counted with the router.
     _moe(
         c,
-        layers=n - dense_layers,
+        layers=range(dense_layers, n),
         hidden=h,
         experts=experts,
         top_k=top_k,
@@ -398,7 +420,7 @@ def glm4_moe(cfg: ConfigView, family: str = "glm4_moe") -> ArchitectureShape:
         shared_experts=shared,
         router_bias=True,
     )
-    _layer_norms(c, layers=n, hidden=h)
+    _layer_norms(c, layers=range(n), hidden=h)
 
     mtp_layers = cfg.int_or("num_nextn_predict_layers", default=0)
     per_mtp = _mtp_layer_parameters(
@@ -434,12 +456,12 @@ def gpt_oss(cfg: ConfigView, family: str = "gpt_oss") -> ArchitectureShape:
     experts = cfg.require_int("num_local_experts", "num_experts")
     top_k = cfg.require_int("num_experts_per_tok", "experts_per_token")
     inter = cfg.require_int("intermediate_size")
-    c = _Counter()
+    c = _Counter(n)
     _embeddings(c, cfg, h, v)
-    _gqa_attention(c, layers=n, hidden=h, heads=heads, kv_heads=kv, head_dim=d, qkv_bias=True, o_bias=True, sinks=True)
+    _gqa_attention(c, layers=range(n), hidden=h, heads=heads, kv_heads=kv, head_dim=d, qkv_bias=True, o_bias=True, sinks=True)
     _moe(
         c,
-        layers=n,
+        layers=range(n),
         hidden=h,
         experts=experts,
         top_k=top_k,
@@ -447,7 +469,7 @@ def gpt_oss(cfg: ConfigView, family: str = "gpt_oss") -> ArchitectureShape:
         expert_bias=True,
         router_bias=True,
     )
-    _layer_norms(c, layers=n, hidden=h)
+    _layer_norms(c, layers=range(n), hidden=h)
     kinds = _layer_kinds(cfg, n) or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
     sliding = [k == "sliding_attention" for k in kinds]
     cfg.require_int("sliding_window", hint="gpt-oss uses a 128-token window on alternate layers")
@@ -485,25 +507,29 @@ def deepseek(cfg: ConfigView, family: str = "deepseek_v3") -> ArchitectureShape:
     dense_layers = min(n, cfg.int_or("first_k_dense_replace", default=0))
     is_v32 = family == "deepseek_v32"
 
-    c = _Counter()
+    c = _Counter(n)
     _embeddings(c, cfg, h, v)
     q_head = nope + rope
     # Split (column/row parallel) projections: q_b (or q_proj), kv_b, o_proj.
     split = (q_lora * heads * q_head if q_lora else h * heads * q_head) + kv_lora * heads * (nope + v_dim)
     split += heads * v_dim * h
-    c.add("attention", "tp", split * n, layers=n, quantizable=True)
-    # Replicated on every rank (ReplicatedLinear in vLLM): q_a, kv_a (latent + shared rope key), their norms.
-    replicated = (h * q_lora + q_lora if q_lora else 0) + h * (kv_lora + rope) + kv_lora
+    c.add("attention", "tp", split * n, layers=range(n), quantizable=True)
+    # Replicated on every rank (ReplicatedLinear in vLLM): the down-projections q_a and kv_a (latent + shared
+    # rope key); their RMSNorms are replicated norms.
+    replicated = (h * q_lora if q_lora else 0) + h * (kv_lora + rope)
+    mla_norms = (q_lora or 0) + kv_lora
     if is_v32:
         index_heads = cfg.require_int("index_n_heads")
         index_dim = cfg.require_int("index_head_dim")
-        # Lightning indexer: wq_b (q_lora → heads·dim), wk (h → dim) + its norm, weights_proj (h → heads).
-        replicated += (q_lora or h) * index_heads * index_dim + h * index_dim + 2 * index_dim + h * index_heads
-    c.add("attention_replicated", "replicated", replicated * n, layers=n, quantizable=True)
-    _dense_mlp(c, layers=dense_layers, hidden=h, intermediate=cfg.require_int("intermediate_size"))
+        # Lightning indexer: wq_b (q_lora → heads·dim), wk (h → dim), weights_proj (h → heads); k_norm (LayerNorm).
+        replicated += (q_lora or h) * index_heads * index_dim + h * index_dim + h * index_heads
+        mla_norms += 2 * index_dim
+    c.add("attention_replicated", "replicated", replicated * n, layers=range(n), quantizable=True)
+    c.add("norms", "replicated", mla_norms * n, layers=range(n))
+    _dense_mlp(c, layers=range(dense_layers), hidden=h, intermediate=cfg.require_int("intermediate_size"))
     _moe(
         c,
-        layers=n - dense_layers,
+        layers=range(dense_layers, n),
         hidden=h,
         experts=experts,
         top_k=top_k,
@@ -511,12 +537,12 @@ def deepseek(cfg: ConfigView, family: str = "deepseek_v3") -> ArchitectureShape:
         shared_experts=shared,
         router_bias=cfg.get("topk_method") == "noaux_tc",
     )
-    _layer_norms(c, layers=n, hidden=h)
+    _layer_norms(c, layers=range(n), hidden=h)
 
     mtp_layers = cfg.int_or("num_nextn_predict_layers", default=0)
     per_mtp = _mtp_layer_parameters(
         hidden=h,
-        attention=split + replicated,
+        attention=split + replicated + mla_norms,
         moe=experts * 3 * h * moe_inter + shared * 3 * h * moe_inter + h * experts + experts,
     )
     # DeepSeek checkpoints store a copy of the embedding and LM head inside each MTP module.
@@ -570,24 +596,27 @@ def qwen3_next(cfg: ConfigView, family: str = "qwen3_next") -> ArchitectureShape
     if kinds is None:
         interval = cfg.require_int("full_attention_interval", hint="or list layer_types")
         kinds = ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(n)]
-    n_full = sum(1 for k in kinds if k == "full_attention")
-    n_linear = n - n_full
+    full_ids = [i for i, k in enumerate(kinds) if k == "full_attention"]
+    linear_ids = [i for i, k in enumerate(kinds) if k != "full_attention"]
+    n_full, n_linear = len(full_ids), len(linear_ids)
     experts = cfg.require_int("num_experts")
     top_k = cfg.require_int("num_experts_per_tok")
     moe_inter = cfg.require_int("moe_intermediate_size")
     shared_inter = cfg.int_or("shared_expert_intermediate_size", default=0)
 
-    c = _Counter()
+    c = _Counter(n)
     _embeddings(c, cfg, h, v)
-    _gqa_attention(c, layers=n_full, hidden=h, heads=heads, kv_heads=kv, head_dim=d, qk_norm=True, gated_q=True)
+    _gqa_attention(c, layers=full_ids, hidden=h, heads=heads, kv_heads=kv, head_dim=d, qk_norm=True, gated_q=True)
     conv_dim = 2 * kh * kd + vh * vd
-    # in_proj_qkvz + in_proj_ba + out_proj are split; conv weights, dt_bias, A_log and the norm are small.
-    linear = h * (2 * kh * kd + 2 * vh * vd) + h * 2 * vh + vh * vd * h
-    c.add("attention", "tp", linear * n_linear, layers=n_linear, quantizable=True)
-    c.add("norms", "replicated", (conv_dim * kernel + 2 * vh + vd) * n_linear, layers=n_linear)
+    # Split over TP ranks (vLLM's Qwen3NextGatedDeltaNet): in_proj_qkvz, in_proj_ba (column parallel), out_proj
+    # (row parallel), the conv1d weights (column parallel over conv_dim), dt_bias and A_log (one per value head).
+    linear = h * (2 * kh * kd + 2 * vh * vd) + h * 2 * vh + vh * vd * h + conv_dim * kernel + 2 * vh
+    c.add("attention", "tp", linear * n_linear, layers=linear_ids, quantizable=True)
+    # The gated RMSNorm over one value head is replicated.
+    c.add("norms", "replicated", vd * n_linear, layers=linear_ids)
     _moe(
         c,
-        layers=n,
+        layers=range(n),
         hidden=h,
         experts=experts,
         top_k=top_k,
@@ -596,7 +625,7 @@ def qwen3_next(cfg: ConfigView, family: str = "qwen3_next") -> ArchitectureShape
         shared_intermediate=shared_inter or None,
         shared_gate=bool(shared_inter),
     )
-    _layer_norms(c, layers=n, hidden=h)
+    _layer_norms(c, layers=range(n), hidden=h)
 
     groups = [
         KvLayerGroup(kind="full_attention", num_layers=n_full, num_kv_heads=kv, head_size=2 * d),

@@ -50,6 +50,13 @@ class WeightComponent(BaseModel):
     sharding: Sharding
     active_parameters: int = Field(ge=0, description="Parameters one token touches (top-k of routed experts).")
     layers: int = Field(default=0, ge=0, description="Decoder layers this component spans (0: not per-layer).")
+    layer_parameters: tuple[int, ...] = Field(
+        default=(),
+        description=(
+            "Parameters in each decoder layer (index = layer), so a pipeline stage holds exactly its layers' "
+            "share; empty for non-layer weights (embeddings, LM head, final norm)."
+        ),
+    )
 
 
 class KvLayerGroup(BaseModel):
@@ -248,27 +255,35 @@ class ModelProfile(BaseModel):
     def weights_per_rank(self, tp: int = 1, pp: int = 1) -> int:
         """Weight bytes the most loaded GPU of a TP×PP replica holds.
 
-        Layers are split evenly over PP stages (leftovers to the first stages, as vLLM does); the first stage
-        holds the embedding, the last the LM head. We return the largest stage.
+        Each tensor is held as the engines shard it (:data:`Sharding`): linear layers split over TP ranks,
+        K/V projections split up to the KV head count, the vocabulary padded then split, norms, routers and
+        MLA's down-projections replicated. A rank of stage ``s`` holds exactly the layers of that stage (vLLM's
+        ``get_pp_indices``: even split, leftovers to the stages before the last); the first stage also holds
+        the embedding, the last the LM head and the final norm. We return the largest stage.
         """
+        return max(self.weights_per_stage(tp, pp))
+
+    def weights_per_stage(self, tp: int = 1, pp: int = 1) -> list[int]:
+        """Weight bytes of one TP rank of each pipeline stage (see :meth:`weights_per_rank`)."""
         if tp < 1 or pp < 1:
             raise ValueError("tp and pp must be ≥ 1")
-        per_stage_layers = [self.num_layers // pp + (1 if i < self.num_layers % pp else 0) for i in range(pp)]
-        stage_bytes = []
-        for stage, layers in enumerate(per_stage_layers):
-            total = 0.0
-            for comp in self.components:
-                share = self._rank_share(comp, tp)
-                if comp.name == "embedding":
-                    total += comp.bytes * share if stage == 0 else 0
-                elif comp.name == "lm_head":
-                    total += comp.bytes * share if stage == pp - 1 else 0
-                elif comp.layers:
-                    total += comp.bytes * share * layers / comp.layers
-                else:  # final norm and other non-layer weights: last stage
-                    total += comp.bytes * share if stage == pp - 1 else 0
-            stage_bytes.append(total)
-        return math.ceil(max(stage_bytes))
+        if pp > self.num_layers:
+            raise ValueError(f"pipeline parallel size {pp} exceeds the model's {self.num_layers} layers")
+        bounds = pp_layer_bounds(self.num_layers, pp)
+        stage_bytes = [0.0] * pp
+        for comp in self.components:
+            held = comp.bytes * self._rank_share(comp, tp)
+            if comp.name == "embedding":
+                stage_bytes[0] += held
+            elif comp.layer_parameters and pp > 1:
+                total = sum(comp.layer_parameters) or 1
+                for stage, (start, end) in enumerate(bounds):
+                    stage_bytes[stage] += held * sum(comp.layer_parameters[start:end]) / total
+            elif comp.layer_parameters:
+                stage_bytes[0] += held
+            else:  # LM head, final norm and other non-layer weights: last stage
+                stage_bytes[-1] += held
+        return [math.ceil(b) for b in stage_bytes]
 
     def _rank_share(self, comp: WeightComponent, tp: int) -> float:
         match comp.sharding:
@@ -301,6 +316,20 @@ class ModelProfile(BaseModel):
     @property
     def uses_mla(self) -> bool:
         return any(g.kind == "mla" for g in self.kv_groups)
+
+
+def pp_layer_bounds(num_layers: int, pp: int) -> list[tuple[int, int]]:
+    """[start, end) layer ranges of each pipeline stage, as vLLM's ``get_pp_indices`` splits them: an even
+    split, with the leftover layers given one each to the stages before the last (from the second-to-last
+    backwards)."""
+    sizes = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):
+        sizes[-i] += 1
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size
+    return bounds
 
 
 def uses_fixed_layout(kv_cache_dtype: str) -> bool:
