@@ -16,7 +16,7 @@ def test_gpustack_claim_formula():
 
 def test_gpustack_gives_every_vllm_replica_whole_gpus():
     inv = inventory(node("n", H100, 2))
-    deployments = [dep("small", replicas=10, max_model_len=8192)]
+    deployments = [dep("small", replicas=10, max_model_len=8192, pack_replicas=True)]
     baseline = gpustack_plan(inv, deployments)
     assert baseline.summary.placed == 2  # one replica per GPU: allocatable falls to 10 % after the first
     assert {r.placements[0].memory_bytes_per_device for r in baseline.replicas} == {int(80 * GIB * 0.9)}

@@ -37,7 +37,7 @@ def test_exact_solver_minimises_gpus_then_nodes_after_placing_everything():
     inv = inventory(node("n1", H100, 2), node("n2", H100, 2))
     result = plan(
         inv,
-        [dep("a", replicas=6), dep("b", model="Qwen/Qwen3-8B", replicas=2)],
+        [dep("a", replicas=6, pack_replicas=True), dep("b", model="Qwen/Qwen3-8B", replicas=2, pack_replicas=True)],
         demand_factory=stub_factory,
         exact=True,
     )

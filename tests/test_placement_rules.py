@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from placement_helpers import A10G, ASCEND, GIB, H100, L40S, TINY_GGUF, dep, inventory, node, stub_factory, where
+from placement_helpers import (
+    A10G,
+    ASCEND,
+    GIB,
+    H100,
+    L40S,
+    TINY_GGUF,
+    claimed_per_device,
+    dep,
+    inventory,
+    node,
+    stub_factory,
+    where,
+)
 
 from gpustack_pulumi.placement import plan
 
@@ -83,12 +96,49 @@ def test_node_selector_and_gpu_selector_by_product_and_uuid():
 
 def test_binpack_fills_fewest_gpus_and_spread_uses_different_nodes():
     inv = inventory(node("n1", H100, 2), node("n2", H100, 2), node("n3", H100, 2))
-    deployments = [dep("web", replicas=3)]
+    packed = [dep("web", replicas=3, pack_replicas=True)]
     for exact in (False, True):
-        binpack = plan(inv, deployments, demand_factory=stub_factory, exact=exact)
+        binpack = plan(inv, packed, demand_factory=stub_factory, exact=exact)
         assert (binpack.summary.gpus_used, binpack.summary.nodes_used) == (1, 1)
-        spread = plan(inv, deployments, strategy="spread", demand_factory=stub_factory, exact=exact)
-        assert sorted(p.node for r in spread.replicas for p in r.placements) == ["n1", "n2", "n3"]
+        for deployments in (packed, [dep("web", replicas=3)]):  # spread ignores pack_replicas
+            spread = plan(inv, deployments, strategy="spread", demand_factory=stub_factory, exact=exact)
+            assert sorted(p.node for r in spread.replicas for p in r.placements) == ["n1", "n2", "n3"]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_replicas_of_one_deployment_keep_to_distinct_gpus_and_nodes_where_room_allows(exact):
+    # Two nodes of 4 GPUs: 3 replicas take 3 GPUs on both nodes (node apart where room allows, then GPU apart);
+    # another deployment still packs onto GPUs in use (binpack between deployments).
+    inv = inventory(node("n1", H100, 4), node("n2", H100, 4))
+    result = plan(inv, [dep("web", replicas=3), dep("other", replicas=1)], demand_factory=stub_factory, exact=exact)
+    web = [where(result)[("web", i)] for i in range(3)]
+    devices = [(n, g) for placement in web for n, gids in placement for g in gids]
+    assert len(set(devices)) == 3, devices  # no GPU holds two replicas of web
+    assert {n for n, _ in devices} == {"n1", "n2"}  # both nodes used
+    other = where(result)[("other", 0)]
+    assert next((n, g) for n, gids in other for g in gids) in devices  # other deployments still pack
+    # More replicas than GPUs: they share GPUs rather than stay unplaced, and every GPU holds one.
+    crowded = plan(inventory(node("n1", H100, 2)), [dep("web", replicas=5)], demand_factory=stub_factory, exact=exact)
+    assert crowded.summary.placed == 5
+    assert set(claimed_per_device(crowded)) == {("n1", 0), ("n1", 1)}
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_spread_spreads_at_gpu_level_too(exact):
+    # One node of 8 GPUs: spread puts three replicas on three GPUs, not all on GPU 0.
+    inv = inventory(node("h200", H100, 8))
+    for pack in (False, True):
+        result = plan(
+            inv,
+            [dep("web", replicas=3, pack_replicas=pack)],
+            strategy="spread",
+            demand_factory=stub_factory,
+            exact=exact,
+        )
+        devices = {
+            (n, g) for r in result.replicas for n, gids in where(result)[(r.deployment, r.replica)] for g in gids
+        }
+        assert len(devices) == 3
 
 
 @pytest.mark.parametrize("exact", [False, True])

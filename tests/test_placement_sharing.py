@@ -23,7 +23,7 @@ from gpustack_pulumi.placement import plan
 
 def test_small_models_share_one_gpu_and_fractions_sum_within_the_device():
     inv = inventory(node("n1", H100, 2))
-    result = plan(inv, [dep("small", replicas=10)], demand_factory=stub_factory)
+    result = plan(inv, [dep("small", replicas=10, pack_replicas=True)], demand_factory=stub_factory)
     assert result.summary.placed == 10
     assert all(v == [("n1", [0])] for v in where(result).values())
     assert all(r.memory_fraction == round(5 * GIB / (80 * GIB), 3) for r in result.replicas)

@@ -171,6 +171,8 @@ class ClusterState:
         self.node_users: list[int] = [0] * len(cluster.nodes)
         self.host_free: dict[int, int | None] = {n: cluster.nodes[n].host_base_free for n in cluster.cpu_nodes}
         self.dep_nodes: dict[str, dict[int, int]] = defaultdict(dict)  # deployment -> node -> replicas
+        self.dep_gpus: dict[str, dict[int, int]] = defaultdict(dict)  # deployment -> device -> replicas
+        self.packed: set[str] = set()  # deployments whose replicas may share GPUs and nodes (binpack)
         self._dev_index: dict[tuple[int, ScopeKey], SortedList] = {}
         self._dev_by_class: dict[int, list[tuple[frozenset[int] | None, SortedList]]] = defaultdict(list)
         self._kth_index: dict[tuple[int, int, ScopeKey], tuple[SortedList, dict[int, int]]] = {}
@@ -254,6 +256,7 @@ class ClusterState:
         for node_id, gids in node_gids:
             for g in gids:
                 self.users[g] += 1
+                self._count_gpu(deployment, g, +1)
             self._count_node(deployment, node_id, +1)
 
     def release(self, deployment: str, node_gids: list[tuple[int, list[int]]], bytes_per_device: int) -> None:
@@ -261,6 +264,7 @@ class ClusterState:
         for node_id, gids in node_gids:
             for g in gids:
                 self.users[g] -= 1
+                self._count_gpu(deployment, g, -1)
             self._count_node(deployment, node_id, -1)
 
     def claim_host(self, deployment: str, node_id: int, host_bytes: int, sign: int = +1) -> None:
@@ -273,6 +277,14 @@ class ClusterState:
             self._cpu_index.remove((old, node_id))
             self._cpu_index.add((new, node_id))
         self._count_node(deployment, node_id, sign)
+
+    def _count_gpu(self, deployment: str, gid: int, sign: int) -> None:
+        counts = self.dep_gpus[deployment]
+        value = counts.get(gid, 0) + sign
+        if value:
+            counts[gid] = value
+        else:
+            counts.pop(gid, None)
 
     def _count_node(self, deployment: str, node_id: int, sign: int) -> None:
         self.node_users[node_id] += sign

@@ -52,10 +52,16 @@ class Placer:
         self.state = state
         self.pipeline = pipeline
         self.strategy = strategy
+        self._avoid_gpus: dict[int, int] | None = None  # set per replica by candidates()
 
     # --- one replica ---------------------------------------------------------------------------------
     def candidates(self, prepared: PreparedDeployment) -> list[Candidate]:
-        avoid = self.state.dep_nodes.get(prepared.name) if self.strategy == "spread" else None
+        # Availability: keep replicas of one deployment off the nodes and GPUs that hold its other replicas,
+        # where room allows (every deployment under spread; those not packing their replicas under binpack).
+        apart = prepared.name not in self.state.packed
+        avoid = self.state.dep_nodes.get(prepared.name) if apart else None
+        avoid_gpus = self.state.dep_gpus.get(prepared.name) if apart else None
+        self._avoid_gpus = avoid_gpus or None
         found: list[Candidate] = []
         for option in prepared.options:
             for tp in option.tps:
@@ -316,15 +322,21 @@ class Placer:
         scope_key, scope = prepared.scope_key, prepared.eligible_nodes
         if tp == 1 and pp == 1:
             index = self.state.device_index(option.class_id, scope_key, scope)
-            fallback = None
+            own_node = shared_gpu = None  # fallbacks: another GPU of a node it is on; a GPU it is on
             node_of = self.state.cluster.dev_node
+            avoid_gpus = self._avoid_gpus
             for _, gid in index.irange((claim, -1)):
                 node = node_of[gid]
+                if avoid_gpus and gid in avoid_gpus:
+                    if shared_gpu is None:
+                        shared_gpu = (node, [gid])
+                    continue
                 if avoid and node in avoid:
-                    if fallback is None:
-                        fallback = (node, [gid])
+                    if own_node is None:
+                        own_node = (node, [gid])
                     continue
                 return [(node, [gid])]
+            fallback = own_node or shared_gpu
             return [fallback] if fallback is not None else None
         index = self.state.kth_index(option.class_id, tp, scope_key, scope)
         chosen: list[tuple[int, list[int]]] = []

@@ -46,6 +46,11 @@ class Deployment(PlacementModel):
         default_factory=list, description="Allowed GPU products (driver name or catalog key) or device UUIDs."
     )
     priority: int = Field(default=0, description="Higher wins when not everything fits.")
+    pack_replicas: bool = Field(
+        default=False,
+        description="False (default): replicas keep apart for availability — each on its own GPU and, where "
+        "room allows, its own node. True: under binpack they may share GPUs and nodes (densest).",
+    )
     engine_options: dict[str, Any] = Field(
         default_factory=dict,
         description="Engine options (gpustack_pulumi.engines.EngineOptions): speculative decoding, KV offload, "

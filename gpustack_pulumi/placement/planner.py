@@ -181,6 +181,7 @@ class Planner:
         memo = PrepareMemo()
         prepared = {name: prepare(dep, self.cluster, self.cache, memo) for name, dep in by_name.items()}
         state = ClusterState(self.cluster)
+        state.packed = {name for name, dep in by_name.items() if dep.pack_replicas and strategy == "binpack"}
         outcome = _Outcome()
         previous_by_key: dict[tuple[str, int], PlacedReplica] = {}
         if previous is not None:

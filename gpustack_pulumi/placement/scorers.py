@@ -127,6 +127,30 @@ class SpreadReplicas:
         return MAX_SCORE // (1 + worst)
 
 
+def spreads_replicas(pack_replicas: bool, strategy: str) -> bool:
+    """Whether replicas of one deployment keep apart (distinct GPUs, and nodes where room allows): always under
+    spread; under binpack unless the deployment asks to pack them."""
+    return strategy == "spread" or not pack_replicas
+
+
+class ReplicaAntiAffinity:
+    """Availability: a replica away from the GPUs (100) and nodes (50 when only the node is shared) that
+    already hold replicas of its deployment, unless the deployment packs its replicas (binpack only)."""
+
+    name = "anti-affinity"
+
+    def score(self, candidate: Candidate, state: ClusterState, deployment: str, mode: str) -> int:
+        if deployment in state.packed:
+            return MAX_SCORE
+        gpus = state.dep_gpus.get(deployment, {})
+        if any(g in gpus for _, gids in candidate.node_gids for g in gids):
+            return 0
+        nodes = state.dep_nodes.get(deployment, {})
+        if any(node in nodes for node, _ in candidate.node_gids):
+            return MAX_SCORE // 2
+        return MAX_SCORE
+
+
 class AcceleratorForLatency:
     """mode=latency: an accelerator beats a CPU-only node (llama.cpp is the engine that can do both)."""
 
@@ -147,16 +171,18 @@ SCORER_REGISTRY: dict[str, Callable[[], Scorer]] = {
         MostAllocated,
         SameTopologyGroup,
         SpreadReplicas,
+        ReplicaAntiAffinity,
         AcceleratorForLatency,
     )
 }
 
 # Weights per strategy. Ordered so that each heavier concern dominates: an accelerator for latency, then
-# (spread) distinct nodes, then the smallest TP, then not opening GPUs and nodes, then the NVLink clique,
-# then the tightest fit.
+# replicas of one deployment apart (distinct GPUs, then nodes), then (spread) distinct nodes, then the
+# smallest TP, then not opening GPUs and nodes, then the NVLink clique, then the tightest fit.
 STRATEGY_WEIGHTS: dict[str, dict[str, int]] = {
     "binpack": {
-        "accelerator-for-latency": 64,
+        "accelerator-for-latency": 128,
+        "anti-affinity": 64,
         "smallest-tp": 16,
         "fewest-new-gpus": 8,
         "fewest-new-nodes": 4,
@@ -164,7 +190,8 @@ STRATEGY_WEIGHTS: dict[str, dict[str, int]] = {
         "most-allocated": 1,
     },
     "spread": {
-        "accelerator-for-latency": 64,
+        "accelerator-for-latency": 256,
+        "anti-affinity": 128,
         "spread": 32,
         "smallest-tp": 16,
         "fewest-new-gpus": 8,

@@ -2,8 +2,9 @@
 
 Objective, strictly in this order (integer weights, so CP-SAT optimises it exactly):
 1. placed replicas, weighted so that one replica of a higher priority outweighs all lower ones;
-2. fewest mode=latency replicas on CPU-only nodes; 3. (spread only) fewest extra replicas of one
-deployment on one node; 4. fewest GPUs used, 5. fewest nodes used, 6. fewest ranks.
+2. fewest mode=latency replicas on CPU-only nodes; 3. fewest extra replicas of one deployment on one device,
+then 4. on one node (availability: every deployment under spread, those without ``pack_replicas`` under
+binpack); 5. fewest GPUs used, 6. fewest nodes used, 7. fewest ranks.
 Two solves: (1) alone first, then the rest with (1) held at its best value.
 
 Variables per deployment and option (device class × smallest TP with room, multi-node TP × PP, or CPU):
@@ -26,7 +27,7 @@ from gpustack_pulumi.placement.cluster import ClusterState
 from gpustack_pulumi.placement.demand import CLAIM_GRANULARITY_BYTES
 from gpustack_pulumi.placement.heuristic import Placer, ReplicaTask
 from gpustack_pulumi.placement.models import Strategy
-from gpustack_pulumi.placement.scorers import Candidate, ScoredCandidate, ScorePipeline
+from gpustack_pulumi.placement.scorers import Candidate, ScoredCandidate, ScorePipeline, spreads_replicas
 
 # Time kept back from the budget for model building and extraction, so the whole call stays inside it.
 SOLVE_MARGIN_FRACTION = 0.2
@@ -287,23 +288,45 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
         node_used[node] = used
     buckets = _break_device_symmetry(model, state, load, eligibility, device_used)
 
+    # Availability: replicas of one deployment on distinct devices and, where room allows, distinct nodes —
+    # for every deployment under spread, and for those that do not ask to pack their replicas under binpack.
     excess_terms = []
     excess_of: dict[tuple[int, int], tuple[object, int]] = {}
-    if strategy == "spread":
-        for (gi, node), terms in dep_node.items():
-            name = groups[gi].tasks[0].prepared.name
-            existing = state.dep_nodes.get(name, {}).get(node, 0)
-            bound = len(groups[gi].tasks) + existing
-            excess = model.NewIntVar(0, bound, f"excess_{gi}_{node}")
-            model.Add(excess >= sum(terms) + existing - 1)
-            excess_terms.append(excess)
-            excess_of[(gi, node)] = (excess, existing)
+    gpu_excess_terms = []
+    gpu_excess_of: dict[tuple[int, int], tuple[object, int]] = {}
+    dep_dev: dict[tuple[int, int], list] = {}
+    for gi, _option, _c, _ys, zs in extract:
+        for g, z in zs.items():
+            dep_dev.setdefault((gi, g), []).append(z)
+    for (gi, node), terms in dep_node.items():
+        prepared = groups[gi].tasks[0].prepared
+        if not spreads_replicas(prepared.deployment.pack_replicas, strategy):
+            continue
+        existing = state.dep_nodes.get(prepared.name, {}).get(node, 0)
+        bound = len(groups[gi].tasks) + existing
+        excess = model.NewIntVar(0, bound, f"excess_{gi}_{node}")
+        model.Add(excess >= sum(terms) + existing - 1)
+        excess_terms.append(excess)
+        excess_of[(gi, node)] = (excess, existing)
+    for (gi, g), terms in dep_dev.items():
+        prepared = groups[gi].tasks[0].prepared
+        if not spreads_replicas(prepared.deployment.pack_replicas, strategy):
+            continue
+        existing = state.dep_gpus.get(prepared.name, {}).get(g, 0)
+        bound = len(groups[gi].tasks) + existing
+        excess = model.NewIntVar(0, bound, f"gexcess_{gi}_{g}")
+        model.Add(excess >= sum(terms) + existing - 1)
+        gpu_excess_terms.append(excess)
+        gpu_excess_of[(gi, g)] = (excess, existing)
 
     ranks = sum(o.tp * o.pp * len(group.tasks) for group in groups for o in group.options) + 1
     node_weight = ranks + 1
     device_weight = node_weight * (len(new_nodes) + 1)
     spread_weight = device_weight * (len(new_devices) + 1)
-    latency_weight = spread_weight * (len(tasks) + 1)
+    excess_bound = sum(len(groups[gi].tasks) + existing for (gi, _), (_, existing) in excess_of.items())
+    gpu_spread_weight = spread_weight * (excess_bound + 1)
+    gpu_excess_bound = sum(len(groups[gi].tasks) + existing for (gi, _), (_, existing) in gpu_excess_of.items())
+    latency_weight = gpu_spread_weight * (gpu_excess_bound + 1)
     base = latency_weight * (len(tasks) + 1)
     tier = _tier_weights(tasks, base)
     primary = sum(
@@ -311,13 +334,14 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     )
     secondary = (
         -latency_weight * sum(latency_cpu_terms)
+        - gpu_spread_weight * sum(gpu_excess_terms)
         - spread_weight * sum(excess_terms)
         - device_weight * sum(new_devices)
         - node_weight * sum(new_nodes)
         - sum(rank_terms)
     )
     heuristic_value = _value(
-        heuristic, tier, state, strategy, (latency_weight, spread_weight, device_weight, node_weight)
+        heuristic, tier, state, strategy, (latency_weight, gpu_spread_weight, spread_weight, device_weight, node_weight)
     )
     base_weight = min(tier.values()) if tier else 1
 
@@ -335,7 +359,9 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
         solver.parameters.max_deterministic_time = max(0.01, time_budget_s * DETERMINISTIC_SHARE_PER_SOLVE)
         return solver.Solve(model)
 
-    _hint_from(model, heuristic, groups, extract, placed_vars, device_used, node_used, excess_of, buckets, pools)
+    _hint_from(
+        model, heuristic, groups, extract, placed_vars, device_used, node_used, excess_of, gpu_excess_of, buckets, pools
+    )
     model.Maximize(primary)
     status = run(0.5)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -402,6 +428,7 @@ def _hint_from(
     device_used: dict[int, object],
     node_used: dict[int, object],
     excess_of: dict[tuple[int, int], tuple[object, int]],
+    gpu_excess_of: dict[tuple[int, int], tuple[object, int]],
     buckets: list[list[int]],
     pools: dict[tuple[int, int], list[tuple[object, list[int]]]],
 ) -> None:
@@ -460,6 +487,12 @@ def _hint_from(
         model.AddHint(var, 1 if node_stages.get(node) else 0)
     for (gi, node), (var, existing) in excess_of.items():
         model.AddHint(var, max(0, group_node.get((gi, node), 0) + existing - 1))
+    group_device: dict[tuple[int, int], int] = {}
+    for (ei, g), count in z_counts.items():
+        key = (extract[ei][0], g)
+        group_device[key] = group_device.get(key, 0) + count
+    for (gi, g), (var, existing) in gpu_excess_of.items():
+        model.AddHint(var, max(0, group_device.get((gi, g), 0) + existing - 1))
 
 
 def _break_device_symmetry(
@@ -553,14 +586,16 @@ def _value(
     tier: dict[int, int],
     state: ClusterState,
     strategy: Strategy,
-    weights: tuple[int, int, int, int],
+    weights: tuple[int, int, int, int, int],
 ) -> int:
     """The solver's objective for a given assignment (to compare the heuristic's on equal terms)."""
-    latency_weight, spread_weight, device_weight, node_weight = weights
+    latency_weight, gpu_spread_weight, spread_weight, device_weight, node_weight = weights
     value = 0
     devices: set[int] = set()
     nodes: set[int] = set()
     dep_nodes: dict[tuple[str, int], int] = {}
+    dep_gpus: dict[tuple[str, int], int] = {}
+    spreading: set[str] = set()
     for task, chosen in assignments:
         if chosen is None:
             continue
@@ -573,10 +608,18 @@ def _value(
                 nodes.add(node)
             key = (task.prepared.name, node)
             dep_nodes[key] = dep_nodes.get(key, 0) + 1
+            for g in gids:
+                dep_gpus[(task.prepared.name, g)] = dep_gpus.get((task.prepared.name, g), 0) + 1
             devices.update(g for g in gids if not state.users[g])
+        if spreads_replicas(task.prepared.deployment.pack_replicas, strategy):
+            spreading.add(task.prepared.name)
     value -= device_weight * len(devices) + node_weight * len(nodes)
-    if strategy == "spread":
-        for (deployment, node), count in dep_nodes.items():
+    for (deployment, node), count in dep_nodes.items():
+        if deployment in spreading:
             existing = state.dep_nodes.get(deployment, {}).get(node, 0)
             value -= spread_weight * max(0, count + existing - 1)
+    for (deployment, g), count in dep_gpus.items():
+        if deployment in spreading:
+            existing = state.dep_gpus.get(deployment, {}).get(g, 0)
+            value -= gpu_spread_weight * max(0, count + existing - 1)
     return value
