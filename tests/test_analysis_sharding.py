@@ -72,7 +72,12 @@ def _glm4_moe_layer(cfg: dict, i: int) -> list[Tensor]:
     if i < cfg["first_k_dense_replace"]:
         return [*out, (3 * h * cfg["intermediate_size"], "tp", BF16)]
     E, mi = cfg["n_routed_experts"], cfg["moe_intermediate_size"]
-    return [*out, (E * h + E, "rep", BF16), (E * 3 * h * mi, "tp", BF16), (cfg["n_shared_experts"] * 3 * h * mi, "tp", BF16)]
+    return [
+        *out,
+        (E * h + E, "rep", BF16),
+        (E * 3 * h * mi, "tp", BF16),
+        (cfg["n_shared_experts"] * 3 * h * mi, "tp", BF16),
+    ]
 
 
 def _qwen3_next_layer(cfg: dict, i: int) -> list[Tensor]:

@@ -407,7 +407,9 @@ def glm4_moe(cfg: ConfigView, family: str = "glm4_moe") -> ArchitectureShape:
     qk_norm = bool(cfg.get("use_qk_norm", default=False))
     c = _Counter(n)
     _embeddings(c, cfg, h, v)
-    _gqa_attention(c, layers=range(n), hidden=h, heads=heads, kv_heads=kv, head_dim=d, qkv_bias=qkv_bias, qk_norm=qk_norm)
+    _gqa_attention(
+        c, layers=range(n), hidden=h, heads=heads, kv_heads=kv, head_dim=d, qkv_bias=qkv_bias, qk_norm=qk_norm
+    )
     _dense_mlp(c, layers=range(dense_layers), hidden=h, intermediate=cfg.require_int("intermediate_size"))
     # e_score_correction_bias: one float per expert per MoE layer, counted with the router.
     _moe(
@@ -458,7 +460,9 @@ def gpt_oss(cfg: ConfigView, family: str = "gpt_oss") -> ArchitectureShape:
     inter = cfg.require_int("intermediate_size")
     c = _Counter(n)
     _embeddings(c, cfg, h, v)
-    _gqa_attention(c, layers=range(n), hidden=h, heads=heads, kv_heads=kv, head_dim=d, qkv_bias=True, o_bias=True, sinks=True)
+    _gqa_attention(
+        c, layers=range(n), hidden=h, heads=heads, kv_heads=kv, head_dim=d, qkv_bias=True, o_bias=True, sinks=True
+    )
     _moe(
         c,
         layers=range(n),
