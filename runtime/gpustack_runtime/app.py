@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -44,6 +45,7 @@ from gpustack_runtime.capacity import (
 )
 from gpustack_runtime.config import AgentConfig, agent_version
 from gpustack_runtime.devices.base import DeviceBackend, DeviceQueryError, DeviceSnapshot
+from gpustack_runtime.guard import RequestGuard, StrictJSONResponse, render_validation_error
 from gpustack_runtime.ledger import Admitted, DeviceUsage, DuplicateDeviceError, Ledger
 from gpustack_runtime.metrics import (
     AgentCollector,
@@ -214,6 +216,20 @@ def _render_device_query_error(_: Request, error: Exception) -> JSONResponse:
     )
 
 
+def _render_state_write_error(request: Request, error: Exception) -> JSONResponse:
+    """The agent could not write its state (a full disk, a read-only file system). Every route undoes its
+    change before this reaches the client, so state and reality still agree; the client may retry."""
+    assert isinstance(error, OSError)
+    logger.error("%s %s: could not write the agent's state: %s", request.method, request.url.path, error)
+    return StrictJSONResponse(
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        content={
+            "detail": f"the agent could not write its state ({error.strerror or error}); nothing was changed. "
+            "Free disk space in the agent's state directory and retry"
+        },
+    )
+
+
 def _duplicate_device(error: DuplicateDeviceError) -> HTTPException:
     return HTTPException(
         HTTP_422_UNPROCESSABLE,
@@ -302,7 +318,11 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
     app.state.runtime = runtime
     app.add_exception_handler(AdmissionRefused, _render_admission_refused)
     app.add_exception_handler(DeviceQueryError, _render_device_query_error)
+    app.add_exception_handler(OSError, _render_state_write_error)
+    app.add_exception_handler(RequestValidationError, render_validation_error)
     app.add_middleware(RequestLatencyMiddleware, histogram=request_histogram)
+    # Outermost: the token and the body cap are checked before anything reads the body.
+    app.add_middleware(RequestGuard, token=config.token.get_secret_value(), max_body_bytes=config.max_body_bytes)
 
     # Every route is ``async def``: FastAPI would run plain ``def`` routes in a thread pool, and the supervisor
     # may only be used from its event loop. What the routes do synchronously (ledger, device snapshot) takes
@@ -425,9 +445,12 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         dependencies=authenticated,
         responses={**ADMISSION_RESPONSES, 201: {"model": InstanceStatus, "description": "Created."}},
     )
-    async def put_instance(instance_id: ItemId, body: InstanceBody, response: Response) -> InstanceStatus:
+    async def put_instance(
+        instance_id: ItemId, body: InstanceBody, request: Request, response: Response
+    ) -> InstanceStatus:
         """Create (201) or keep/replace (200) an instance. Idempotent: the same body changes nothing. The
         memory claim is admitted first (409 when it does not fit); it confirms reservation ``{id}``."""
+        _refuse_agent_port(body, config, request)
         async with runtime.instance_locks.hold(instance_id):
             existed = supervisor.get(instance_id) is not None
             _, usages = runtime.read_devices()
@@ -512,13 +535,32 @@ async def _put_or_undo(
     return instance
 
 
+def _refuse_agent_port(body: InstanceBody, config: AgentConfig, request: Request) -> None:
+    """An engine on the agent's own port would take it over after the next agent restart (422)."""
+    server = request.scope.get("server")
+    own_ports = {config.port} | ({server[1]} if server and server[1] else set())
+    if body.launch.port and body.launch.port in own_ports:
+        raise HTTPException(
+            HTTP_422_UNPROCESSABLE,
+            detail=[
+                {
+                    "loc": ["body", "launch", "port"],
+                    "msg": f"launch.port {body.launch.port} is the agent's own port; choose another or use 0",
+                    "type": "value_error",
+                }
+            ],
+        )
+
+
 async def _sweep_reservations(ledger: Ledger, interval_seconds: float) -> None:
+    """Drop expired leases. Never ends on an error: a sweeper that died silently would leave expired leases
+    in the file until the next request."""
     while True:
         await asyncio.sleep(interval_seconds)
         try:
             ledger.expire()
-        except OSError:
-            logger.exception("could not write the reservations file; retrying in %.0f s", interval_seconds)
+        except Exception:
+            logger.exception("reservation sweep failed; retrying in %.0f s", interval_seconds)
 
 
 def _terminated(lines: list[str]) -> Iterator[str]:

@@ -40,6 +40,9 @@ DEFAULT_RESERVATION_SWEEP_SECONDS = 5.0
 """How often expired reservations are dropped from ``reservations.json``. Expiry itself is checked on every
 request, so this only bounds how long a stale entry stays in the file and in ``/metrics``."""
 
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+"""1 MiB: the largest legitimate body (an instance with a long argv and env) is a few KiB."""
+
 DeviceBackendKind = Literal["nvml", "ascend", "none", "auto"]
 
 LABEL_KEY_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]*[A-Za-z0-9])?$")
@@ -64,6 +67,8 @@ class AgentConfig(BaseModel):
     port: Annotated[int, Field(ge=0, le=65535)] = DEFAULT_AGENT_PORT
     devices: DeviceBackendKind = "auto"
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE
+    max_body_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_BODY_BYTES
+    """Larger request bodies are refused with 413 before they are read."""
 
     @field_validator("node_name")
     @classmethod

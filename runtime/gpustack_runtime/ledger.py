@@ -321,10 +321,12 @@ class Ledger:
                 rejection = self._check_locked(claim, devices)
                 if rejection is not None:
                     return rejection
-            self._instances[instance_id] = claim
             if previous_reservation is not None and not previous_reservation.confirmed:
-                self._reservations[instance_id] = previous_reservation.model_copy(update={"expires_at": None})
-                self._persist_locked()
+                # Written first: when the file cannot be written (OSError), nothing has changed.
+                self._commit_reservations_locked(
+                    {**self._reservations, instance_id: previous_reservation.model_copy(update={"expires_at": None})}
+                )
+            self._instances[instance_id] = claim
             return Admitted(claim, previous_instance, previous_reservation)
 
     def undo(self, admitted: Admitted) -> None:
@@ -338,11 +340,18 @@ class Ledger:
             else:
                 self._instances[instance_id] = admitted.previous_instance
             if self._reservations.get(instance_id) != admitted.previous_reservation:
+                restored = dict(self._reservations)
                 if admitted.previous_reservation is None:
-                    self._reservations.pop(instance_id, None)
+                    restored.pop(instance_id, None)
                 else:
-                    self._reservations[instance_id] = admitted.previous_reservation
-                self._persist_locked()
+                    restored[instance_id] = admitted.previous_reservation
+                try:
+                    self._commit_reservations_locked(restored)
+                except OSError:
+                    # The file keeps the confirmation; memory goes back. A confirmed reservation whose
+                    # instance does not exist is dropped at the next start (sync_instances).
+                    logger.exception("could not write the reservations file while undoing %s", instance_id)
+                    self._reservations = restored
 
     def release_instance(self, instance_id: str) -> Claim | None:
         """Forget the instance's claim and the reservation it confirmed. Returns the claim it had."""
@@ -350,8 +359,14 @@ class Ledger:
             claim = self._instances.pop(instance_id, None)
             record = self._reservations.get(instance_id)
             if record is not None and record.confirmed:
-                del self._reservations[instance_id]
-                self._persist_locked()
+                remaining = {rid: r for rid, r in self._reservations.items() if rid != instance_id}
+                try:
+                    self._commit_reservations_locked(remaining)
+                except OSError:
+                    # The engine is gone already; the file's stale confirmed entry is dropped at the next
+                    # start (sync_instances: its instance does not exist).
+                    logger.exception("could not write the reservations file while releasing %s", instance_id)
+                    self._reservations = remaining
             return claim
 
     # --- reservations ------------------------------------------------------------------------------
@@ -393,16 +408,15 @@ class Ledger:
                     rejection = self._check_locked(record.to_claim(), devices)
                     if rejection is not None:
                         return rejection
-            self._reservations[reservation_id] = record
-            self._persist_locked()
+            self._commit_reservations_locked({**self._reservations, reservation_id: record})
             return ReservationOutcome(record.to_status(), created=previous is None)
 
     def delete_reservation(self, reservation_id: str) -> bool:
         with self._lock:
             self._expire_locked()
-            if self._reservations.pop(reservation_id, None) is None:
+            if reservation_id not in self._reservations:
                 return False
-            self._persist_locked()
+            self._commit_reservations_locked({rid: r for rid, r in self._reservations.items() if rid != reservation_id})
             return True
 
     def expire(self) -> list[str]:
@@ -419,7 +433,11 @@ class Ledger:
             del self._reservations[reservation_id]
             logger.info("reservation %s expired", reservation_id)
         if expired:
-            self._persist_locked()
+            try:
+                self._persist_locked()
+            except OSError:
+                # Expired entries left in the file are dropped again when it is read (load) or next written.
+                logger.exception("could not write the reservations file after expiring %s", expired)
         return expired
 
     def _counted_claims_locked(self, *, exclude_instance: str | None, exclude_reservation: str | None) -> list[Claim]:
@@ -487,9 +505,18 @@ class Ledger:
         )
 
     def _persist_locked(self) -> None:
+        self._write_locked(self._reservations)
+
+    def _commit_reservations_locked(self, reservations: dict[str, ReservationRecord]) -> None:
+        """Write ``reservations`` to the file, then make them the ledger's: a failed write (OSError) changes
+        nothing, in the file or in memory."""
+        self._write_locked(reservations)
+        self._reservations = reservations
+
+    def _write_locked(self, reservations: Mapping[str, ReservationRecord]) -> None:
         if self._reservations_file is None:
             return
-        document = ReservationsFile(reservations=sorted(self._reservations.values(), key=lambda r: r.id))
+        document = ReservationsFile(reservations=sorted(reservations.values(), key=lambda r: r.id))
         write_atomically(self._reservations_file, document.model_dump_json(indent=2).encode())
 
 

@@ -7,17 +7,72 @@ as integers.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt, StringConstraints
 
 Vendor = Literal["nvidia", "amd", "ascend", "cpu"]
 
+# --- Bounds of what a client may send ----------------------------------------------------------------------
+# Every request field has a size bound and a character set, so no input can make the agent slow (a 20 MB
+# owner string made every later write take 0.38 s), crash on output (a lone surrogate cannot be written as
+# UTF-8, which used to poison the reservations file), or pass an option where a value belongs.
+
+MAX_OWNER_CHARS = 256
+MAX_ARGV_ITEMS = 1024
+MAX_ARGUMENT_CHARS = 32 * 1024
+MAX_ENV_ITEMS = 512
+MAX_ENV_NAME_CHARS = 256
+MAX_ENV_VALUE_CHARS = 32 * 1024
+MAX_PATH_CHARS = 2048
+MAX_IMAGE_CHARS = 512
+MAX_DEVICES = 1024
+MAX_DEVICE_INDEX = 4095
+MAX_MEMORY_BYTES = 2**62
+"""4 EiB per device: far above any device, far below 2**63 (so every sum of claims fits an int64 reader)."""
+
+
+def _encodable(value: str) -> str:
+    """Refuse text that cannot be written as UTF-8 (lone surrogates such as ``"\\ud800"``)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"text is not valid Unicode ({error.reason} at position {error.start})") from None
+    return value
+
+
+OwnerText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_OWNER_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    AfterValidator(_encodable),
+]
+"""Who holds a claim, e.g. ``<stack>/<deployment>``: 1-256 characters, no control characters."""
+
+ArgumentText = Annotated[
+    str, StringConstraints(max_length=MAX_ARGUMENT_CHARS, pattern=r"^[^\x00]*$"), AfterValidator(_encodable)
+]
+"""One argv item or env value: no NUL (it cannot be passed to exec), at most 32 KiB."""
+
+EnvName = Annotated[str, StringConstraints(max_length=MAX_ENV_NAME_CHARS, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]
+
+HealthPath = Annotated[str, StringConstraints(max_length=MAX_PATH_CHARS, pattern=r"^/[\x21-\x7e]*$")]
+"""An HTTP path: starts with '/', printable ASCII without spaces (it goes on the request line)."""
+
+ImageReference = Annotated[
+    str, StringConstraints(max_length=MAX_IMAGE_CHARS, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
+]
+"""A container image reference (``registry/name:tag`` or ``name@sha256:...``). It must start with a letter or
+digit: one starting with '-' would reach ``docker run`` as an option."""
+
+DeviceIndex = Annotated[int, Field(ge=0, le=MAX_DEVICE_INDEX)]
+MemoryBytes = Annotated[int, Field(ge=0, le=MAX_MEMORY_BYTES)]
+
 
 class WireModel(BaseModel):
-    """Base for every wire model: unknown fields are errors, so a typo never passes silently."""
+    """Base for every wire model: unknown fields are errors, so a typo never passes silently; NaN and
+    Infinity are not numbers here."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DeviceCapacity(WireModel):
@@ -85,26 +140,31 @@ class LaunchBody(WireModel):
     ``{port}`` in ``argv`` or ``env`` values is replaced by the port the agent assigned when ``port`` is 0.
     """
 
-    argv: list[str] = Field(min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
-    port: int = Field(default=0, ge=0, le=65535, description="0: the agent picks a free port from its range.")
-    health_path: str | None = Field(
+    argv: list[ArgumentText] = Field(min_length=1, max_length=MAX_ARGV_ITEMS)
+    env: dict[EnvName, ArgumentText] = Field(default_factory=dict, max_length=MAX_ENV_ITEMS)
+    port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="0: the agent picks a free port from its range. Never the agent's own port.",
+    )
+    health_path: HealthPath | None = Field(
         default="/v1/models",
         description=(
             "Ready when this answers 200. None: the engine serves no HTTP (a multi-node worker) and is ready "
             "while its process runs."
         ),
     )
-    image: str | None = Field(default=None, description="Run in a container (docker/podman) when set.")
+    image: ImageReference | None = Field(default=None, description="Run in a container (docker/podman) when set.")
 
 
 class InstanceBody(WireModel):
     """``PUT /v1/instances/{id}``: idempotent; a different body replaces the instance."""
 
-    owner: str
+    owner: OwnerText
     launch: LaunchBody
-    device_indices: list[NonNegativeInt] = Field(default_factory=list)
-    memory_bytes_per_device: NonNegativeInt = 0
+    device_indices: list[DeviceIndex] = Field(default_factory=list, max_length=MAX_DEVICES)
+    memory_bytes_per_device: MemoryBytes = 0
 
 
 class InstanceStatus(WireModel):
@@ -127,9 +187,9 @@ class ReservationBody(WireModel):
     """``PUT /v1/reservations/{id}``: expires after ``ttl_seconds`` unless an instance with the same id
     confirms it."""
 
-    owner: str
-    device_indices: list[NonNegativeInt] = Field(default_factory=list)
-    memory_bytes_per_device: NonNegativeInt = 0
+    owner: OwnerText
+    device_indices: list[DeviceIndex] = Field(default_factory=list, max_length=MAX_DEVICES)
+    memory_bytes_per_device: MemoryBytes = 0
     ttl_seconds: float = Field(default=300, gt=0, le=86400)
 
 
