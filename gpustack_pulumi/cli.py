@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpustack-pulumi",
         description="GPU model serving as infrastructure as code: analyse models, plan placements, deploy.",
+        epilog="exit codes: 0 success; 1 the answer is no (a model does not fit, a replica is unplaced); "
+        "2 bad input (the message names the option or field and the valid choices).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -45,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "json", False) and getattr(args, "markdown", False):
+        # argparse's own wording and exit status for conflicting options (the preview parser is not ours).
+        print(
+            f"gpustack-pulumi {args.command}: error: argument --markdown: not allowed with argument --json "
+            "(choose one output format)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     if args.command == "estimate":
         return run_estimate(args)
     if args.command == "preview":
@@ -60,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_estimate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from gpustack_pulumi.analysis.errors import AnalysisError
     from gpustack_pulumi.analysis.tensors import ModelFileError
     from gpustack_pulumi.engines.base import EngineRefusal
@@ -79,7 +91,12 @@ def run_estimate(args: argparse.Namespace) -> int:
             quantization=args.quantization,
             show_launch=args.show_launch,
         )
-    except (EstimateError, AnalysisError, ModelFileError, LookupError, EngineRefusal) as exc:
+    except ValidationError as exc:  # a value a model of ours rejected: name the field, never a traceback
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "input"
+        print(f"gpustack-pulumi estimate: error: {field}: {first['msg']}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (EstimateError, AnalysisError, ModelFileError, LookupError, EngineRefusal, ValueError, OSError) as exc:
         message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
         print(f"gpustack-pulumi estimate: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -6,6 +6,7 @@ The computation (``estimate_model``) is pure and returns a JSON-ready dict; rend
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from rich.console import Console
@@ -13,6 +14,8 @@ from rich.table import Table
 
 from gpustack_pulumi import catalog
 from gpustack_pulumi.analysis import ModelProfile, analyze
+from gpustack_pulumi.analysis.profile import pp_layer_bounds
+from gpustack_pulumi.catalog.capabilities import fp8_problem
 from gpustack_pulumi.catalog.schema import GpuSpec
 from gpustack_pulumi.placement.memory import MemoryBreakdown, MemoryRequest, memory_model
 
@@ -23,29 +26,99 @@ class EstimateError(ValueError):
     """Bad input to estimate: the message names the problem and the valid choices (exit code 2)."""
 
 
+EXIT_CODES_HELP = (
+    "exit codes: 0 fits (or no --gpu given); 1 does not fit (the reasons are printed); "
+    "2 bad input (unknown model, file or GPU, an invalid --tp/--pp, a value out of range: the message names "
+    "the option and the valid choices)"
+)
+# Upper bounds that keep every number meaningful (and every computation small): no model has more layers or
+# context than this, and no replica spans more GPUs.
+MAX_PARALLEL = 1024
+MAX_CONTEXT = 1 << 24  # 16M tokens
+MAX_CONCURRENCY = 1 << 20
+
+
+def _bounded_int(name: str, low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} must be between {low} and {high:,}, got {value}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
 def add_estimate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "estimate",
         help="Analyse a model and estimate its GPU memory per engine term.",
         description=(
             "MODEL is a catalog id (e.g. Qwen/Qwen3-8B), a config.json, a model directory (config.json plus "
-            "safetensors headers) or a .gguf file. Nothing is downloaded."
+            "safetensors headers) or a .gguf file. Nothing is downloaded. Sizes are labelled: 'whole model' "
+            "(all GPUs together), 'per GPU' (one rank of --tp × --pp) and 'per token' / 'per sequence'."
         ),
+        epilog=EXIT_CODES_HELP,
     )
-    parser.add_argument("model", metavar="MODEL")
+    parser.add_argument("model", metavar="MODEL", help="catalog id, config.json, model directory or .gguf file")
     parser.add_argument("--gpu", help="GPU catalog key or driver name (e.g. H100-SXM, 'NVIDIA L40S').")
-    parser.add_argument("--tp", type=int, default=1, help="Tensor-parallel size (default 1).")
-    parser.add_argument("--pp", type=int, default=1, help="Pipeline-parallel size (default 1).")
-    parser.add_argument("--engine", choices=["vllm", "sglang"], default="vllm")
-    parser.add_argument("--max-model-len", type=int, help="Context length (default: the model's maximum).")
-    parser.add_argument("--concurrency", type=int, default=1, help="Full-length sequences that must fit at once.")
+    parser.add_argument(
+        "--tp", type=_bounded_int("--tp", 1, MAX_PARALLEL), default=1, help="Tensor-parallel size (default 1)."
+    )
+    parser.add_argument(
+        "--pp",
+        type=_bounded_int("--pp", 1, MAX_PARALLEL),
+        default=1,
+        help="Pipeline-parallel size (default 1; at most the model's layer count).",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=["vllm", "sglang"],
+        default="vllm",
+        help="Inference engine whose memory model is used: vllm (gpu_memory_utilization) or sglang "
+        "(mem_fraction_static). Default vllm.",
+    )
+    parser.add_argument(
+        "--max-model-len",
+        type=_bounded_int("--max-model-len", 1, MAX_CONTEXT),
+        help="Context length in tokens (default: the model's maximum).",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_bounded_int("--concurrency", 1, MAX_CONCURRENCY),
+        default=1,
+        help="Full-length sequences that must fit in the KV cache at once (default 1).",
+    )
     parser.add_argument(
         "--gpu-memory-utilization",
-        type=float,
-        help="vLLM gpu_memory_utilization / SGLang mem_fraction_static (default: the engine's).",
+        type=_fraction,
+        help="vLLM gpu_memory_utilization / SGLang mem_fraction_static, in (0, 1] (default: the engine's).",
     )
-    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bf16"])
-    parser.add_argument("--quantization", help="fp8, int8, awq, gptq, gptq-int4-g64, mxfp4, nvfp4, bf16, fp16.")
+    parser.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bf16"],
+        help="KV cache element type: auto (the model's dtype; DeepSeek-V3.2: fp8_ds_mla), fp8/fp8_e4m3/fp8_e5m2 "
+        "(1 byte, needs FP8 hardware), bf16. Default auto.",
+    )
+    parser.add_argument(
+        "--quantization",
+        help="Serve the linear weights as: fp8, int8, awq, gptq, gptq-int4-g64, mxfp4, nvfp4, bf16, fp16 "
+        "(default: the checkpoint's format).",
+    )
     parser.add_argument("--json", action="store_true", help="Print JSON instead of tables.")
     parser.add_argument(
         "--show-launch", action="store_true", help="With --gpu: also show the engine's launch spec for this shape."
@@ -68,11 +141,20 @@ def estimate_model(
 ) -> dict[str, Any]:
     """Profile ``model`` and, with ``gpu``, its per-GPU memory under ``engine``. Raises EstimateError,
     AnalysisError or a catalog LookupError with a message for the user."""
-    if tp < 1 or pp < 1:
-        raise EstimateError(f"--tp and --pp must be ≥ 1 (got tp={tp}, pp={pp})")
-    if memory_fraction is not None and not 0 < memory_fraction <= 1:
+    if not 1 <= tp <= MAX_PARALLEL or not 1 <= pp <= MAX_PARALLEL:
+        raise EstimateError(f"--tp and --pp must be between 1 and {MAX_PARALLEL} (got tp={tp}, pp={pp})")
+    if memory_fraction is not None and not (math.isfinite(memory_fraction) and 0 < memory_fraction <= 1):
         raise EstimateError(f"--gpu-memory-utilization must be in (0, 1], got {memory_fraction}")
+    if max_model_len is not None and not 1 <= max_model_len <= MAX_CONTEXT:
+        raise EstimateError(f"--max-model-len must be between 1 and {MAX_CONTEXT:,}, got {max_model_len}")
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise EstimateError(f"--concurrency must be between 1 and {MAX_CONCURRENCY:,}, got {concurrency}")
     profile = analyze(model, quantization=quantization)
+    if pp > profile.num_layers:
+        raise EstimateError(
+            f"--pp {pp} exceeds {profile.model_id}'s {profile.num_layers} layers: each pipeline stage needs at "
+            f"least one layer (valid: 1..{profile.num_layers})"
+        )
     tp_problems = profile.constraints.tp_problems(tp)
     if tp_problems:
         valid = ", ".join(str(t) for t in profile.constraints.valid_tp_sizes(limit=64))
@@ -81,7 +163,7 @@ def estimate_model(
         raise EstimateError(
             f"--max-model-len {max_model_len} exceeds {profile.model_id}'s maximum context {profile.max_model_len}"
         )
-    result = profile_summary(profile, tp=tp, kv_cache_dtype=kv_cache_dtype)
+    result = profile_summary(profile, tp=tp, pp=pp, kv_cache_dtype=kv_cache_dtype)
     result["max_model_len"] = max_model_len or profile.max_model_len
     if gpu is None:
         return result
@@ -95,6 +177,14 @@ def estimate_model(
         memory_fraction=memory_fraction,
     )
     breakdown = memory_for_gpu(profile, request, spec, engine)
+    # The same capability rule placement's Fp8Capability filter applies (catalog.capabilities).
+    capability_problem = fp8_problem(
+        quantization,
+        kv_cache_dtype,
+        product=spec.names[0],
+        compute_capability=spec.compute_capability,
+        memory_bytes=spec.memory_bytes,
+    )
     result["gpu"] = {"key": spec.key, "name": spec.names[0], "memory_bytes": spec.memory_bytes}
     result["engine"] = {"name": breakdown.engine, "version": breakdown.version}
     result["memory"] = {
@@ -107,11 +197,13 @@ def estimate_model(
     result["max_kv_tokens"] = breakdown.max_kv_tokens
     result["max_concurrency"] = breakdown.max_concurrency
     result["kv_needed"] = breakdown.kv_needed
-    result["fits"] = breakdown.fits
-    result["problems"] = breakdown.problems
+    result["fits"] = breakdown.fits and capability_problem is None
+    result["problems"] = ([capability_problem] if capability_problem else []) + list(breakdown.problems)
     model_for_min = memory_model(engine)
-    result["min_fraction"] = model_for_min.min_fraction(
-        profile, request, gpu_memory_bytes=breakdown.gpu_memory_bytes, gpu_key=spec.key
+    result["min_fraction"] = (
+        None
+        if capability_problem
+        else model_for_min.min_fraction(profile, request, gpu_memory_bytes=breakdown.gpu_memory_bytes, gpu_key=spec.key)
     )
     if show_launch:
         result["launch"] = launch_for_shape(model, profile, spec, engine, breakdown, max_model_len, kv_cache_dtype,
@@ -154,7 +246,33 @@ def memory_for_gpu(profile: ModelProfile, request: MemoryRequest, spec: GpuSpec,
     return memory_model(engine).estimate(profile, request, gpu_memory_bytes=spec.memory_bytes, gpu_key=spec.key)
 
 
-def profile_summary(profile: ModelProfile, *, tp: int = 1, kv_cache_dtype: str = "auto") -> dict[str, Any]:
+# What each number of the JSON is: the whole model (all GPUs together), one GPU (one rank of TP × PP), per token
+# or per sequence. Printed in the JSON as "scopes" and used for the table's labels.
+SCOPES = {
+    "weight_bytes": "bytes, whole model (all GPUs together)",
+    "weights_per_gpu": "bytes, per GPU: one rank of --tp × --pp (the most loaded stage)",
+    "kv_cache_bytes_per_token": "bytes per token, whole model: every layer that caches tokens (full, MLA and "
+    "sliding-window layers; a sliding layer holds at most its window per sequence)",
+    "kv_cache_bytes_per_token_per_gpu": "bytes per token, per GPU at --tp × --pp",
+    "kv_cache_bytes_per_token_by_layer_type": "bytes per token, whole model, by layer type",
+    "kv_cache_bytes_per_token_by_layer_type_per_gpu": "bytes per token, per GPU at --tp × --pp, by layer type",
+    "state_bytes_per_sequence": "bytes per sequence, whole model (linear-attention state, constant in length)",
+    "state_bytes_per_sequence_per_gpu": "bytes per sequence, per GPU at --tp × --pp",
+    "memory": "bytes, per GPU",
+    "max_kv_tokens": "tokens the KV pool of one replica holds",
+}
+
+
+def profile_summary(profile: ModelProfile, *, tp: int = 1, pp: int = 1, kv_cache_dtype: str = "auto") -> dict[str, Any]:
+    # Per GPU: the most loaded pipeline stage holds this share of the layers (vLLM's get_pp_indices split).
+    stage_layers = max(end - start for start, end in pp_layer_bounds(profile.num_layers, pp))
+    stage_share = stage_layers / profile.num_layers
+
+    def per_gpu(value: float) -> int:
+        return math.ceil(value * stage_share)
+
+    whole_by_kind = profile.kv_cache_bytes_per_token_by_kind(1, kv_cache_dtype)
+    gpu_by_kind = {k: per_gpu(v) for k, v in profile.kv_cache_bytes_per_token_by_kind(tp, kv_cache_dtype).items()}
     return {
         "model": profile.model_id,
         "architecture": profile.architecture,
@@ -165,17 +283,25 @@ def profile_summary(profile: ModelProfile, *, tp: int = 1, kv_cache_dtype: str =
         "parameters_active": profile.parameters_active,
         "parameters_embedding": profile.parameters_embedding,
         "mtp_parameters": profile.mtp_parameters,
+        "checkpoint_dtype": profile.checkpoint_dtype,
+        "dtype": profile.dtype,
         "weight_format": profile.weight_format,
         "weight_bytes": profile.weight_bytes,
-        "weights_per_gpu": profile.weights_per_rank(tp),
+        "weights_per_gpu": profile.weights_per_rank(tp, pp),
+        "tp": tp,
+        "pp": pp,
         "components": {
-            c.name: {"parameters": c.parameters, "bytes": c.bytes, "dtype": c.dtype} for c in profile.components
+            c.name: {"parameters": c.parameters, "bytes": c.bytes, "dtype": c.dtype, "sharding": c.sharding}
+            for c in profile.components
         },
         "kv_cache_dtype": kv_cache_dtype if kv_cache_dtype != "auto" else profile.kv_cache_dtype_default,
-        "kv_cache_bytes_per_token": profile.kv_cache_bytes_per_token(tp, kv_cache_dtype),
-        "kv_cache_bytes_per_token_by_layer_type": profile.kv_cache_bytes_per_token_by_kind(tp, kv_cache_dtype),
+        "kv_cache_bytes_per_token": sum(whole_by_kind.values()),
+        "kv_cache_bytes_per_token_per_gpu": sum(gpu_by_kind.values()),
+        "kv_cache_bytes_per_token_by_layer_type": whole_by_kind,
+        "kv_cache_bytes_per_token_by_layer_type_per_gpu": gpu_by_kind,
         "sliding_window": profile.sliding_window(),
-        "state_bytes_per_sequence": profile.state_bytes_per_sequence(tp),
+        "state_bytes_per_sequence": profile.state_bytes_per_sequence(1),
+        "state_bytes_per_sequence_per_gpu": per_gpu(profile.state_bytes_per_sequence(tp)),
         "model_max_len": profile.max_model_len,
         "tensor_parallel": {
             "num_attention_heads": profile.constraints.num_attention_heads,
@@ -184,6 +310,7 @@ def profile_summary(profile: ModelProfile, *, tp: int = 1, kv_cache_dtype: str =
             "moe_intermediate_size": profile.constraints.moe_intermediate_size,
             "valid_tp_sizes": profile.constraints.valid_tp_sizes(limit=64),
         },
+        "scopes": SCOPES,
         "warnings": profile.warnings,
     }
 
@@ -210,18 +337,27 @@ def render(result: dict[str, Any], console: Console) -> None:
     if result["mtp_parameters"]:
         head.add_row("MTP layers", f"{_count(result['mtp_parameters'])} (loaded only for MTP speculation)")
     head.add_row(
-        "weights",
+        "weights, whole model",
         f"{_gib(result['weight_bytes'])} as {result['weight_format']}"
         + (" (exact, from file headers)" if result["exact_weights"] else " (counted from config)"),
     )
-    kv = ", ".join(
-        f"{kind} {value / 1024:,.1f} KiB" for kind, value in result["kv_cache_bytes_per_token_by_layer_type"].items()
-    )
-    head.add_row("KV cache per token", f"{kv} ({result['kv_cache_dtype']})")
+    shape = f"TP {result['tp']}" + (f" × PP {result['pp']}" if result["pp"] > 1 else "")
+    head.add_row(f"weights per GPU ({shape})", _gib(result["weights_per_gpu"]))
+    dtype = result["kv_cache_dtype"]
+    for label, key in (("whole model", ""), (f"per GPU ({shape})", "_per_gpu")):
+        by_kind = result[f"kv_cache_bytes_per_token_by_layer_type{key}"]
+        parts = ", ".join(f"{kind} {value / 1024:,.1f} KiB" for kind, value in by_kind.items())
+        total = result[f"kv_cache_bytes_per_token{key}"]
+        detail = f" ({parts})" if len(by_kind) > 1 else ""
+        head.add_row(f"KV cache per token, {label}", f"{total / 1024:,.1f} KiB{detail}, {dtype}")
     if result["sliding_window"]:
-        head.add_row("sliding window", f"{result['sliding_window']} tokens")
+        head.add_row("sliding window", f"{result['sliding_window']:,} tokens per sequence on sliding layers")
     if result["state_bytes_per_sequence"]:
-        head.add_row("linear-attention state", f"{_gib(result['state_bytes_per_sequence'])} per sequence")
+        head.add_row(
+            "linear-attention state per sequence",
+            f"{_gib(result['state_bytes_per_sequence'])} whole model, "
+            f"{_gib(result['state_bytes_per_sequence_per_gpu'])} per GPU",
+        )
     head.add_row("max context", f"{result['model_max_len']:,} tokens")
     head.add_row("valid TP sizes", ", ".join(map(str, result["tensor_parallel"]["valid_tp_sizes"])))
     console.print(head)
@@ -235,15 +371,17 @@ def render(result: dict[str, Any], console: Console) -> None:
             title_justify="left",
         )
         table.add_column("term")
-        table.add_column("per GPU", justify="right")
-        for key in ("weights", "activation", "non_torch", "cuda_graphs", "kv_cache"):
+        table.add_column("bytes per GPU", justify="right")
+        for key in ("weights", "activation", "non_torch", "cuda_graphs"):
             table.add_row(key.replace("_", " "), _gib(memory[key]))
+        kv = memory["kv_cache"]
+        table.add_row("kv cache", _gib(kv) if kv > 0 else f"none left (short by {_gib(-kv)})")
         table.add_row("outside the budget", _gib(memory["process_overhead"]))
         console.print(table)
         verdict = "[green]fits[/green]" if result["fits"] else "[red]does not fit[/red]"
         console.print(
-            f"max KV tokens {result['max_kv_tokens']:,} at {result['max_model_len']:,} context "
-            f"({result['max_concurrency']:.2f} full-length sequences): {verdict}"
+            f"max KV tokens per replica {max(0, result['max_kv_tokens']):,} at {result['max_model_len']:,} context "
+            f"({max(0.0, result['max_concurrency']):.2f} full-length sequences): {verdict}"
         )
         for problem in result["problems"]:
             console.print(f"  - {problem}")

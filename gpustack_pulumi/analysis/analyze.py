@@ -19,6 +19,7 @@ from gpustack_pulumi.analysis.quantization import (
     checkpoint_format,
     describe_unknown_quantization,
     parse_quantization,
+    serving_float_format,
 )
 from gpustack_pulumi.analysis.tensors import TensorInfo, TensorInventory
 
@@ -53,14 +54,31 @@ def analyze(model: str | Path, *, quantization: str | None = None) -> ModelProfi
         return profile_from_config(_load_json(path), model_id=str(path), source_kind="config", requested=requested)
     from gpustack_pulumi import catalog
 
-    entry = catalog.catalog_model(str(model))  # raises UnknownModelError listing the valid ids
+    try:
+        entry = catalog.catalog_model(str(model))  # raises UnknownModelError listing the valid ids
+    except LookupError:
+        if looks_like_path(str(model)):
+            raise AnalysisError(
+                f"'{model}' does not exist (no such file or directory; and it is not a catalog model id)"
+            ) from None
+        raise
     return profile_from_config(entry.config(), model_id=entry.id, source_kind="catalog", requested=requested)
+
+
+def looks_like_path(text: str) -> bool:
+    """A file-system path rather than a Hugging Face id ('org/name' has exactly one slash)."""
+    return (
+        text.startswith(("/", "./", "../", "~", "."))
+        or text.count("/") >= 2
+        or "\\" in text
+        or text.lower().endswith((".json", ".gguf", ".safetensors"))
+    )
 
 
 def _load_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError (a binary file)
         raise AnalysisError(f"cannot read model config '{path}': {exc}") from exc
     if not isinstance(data, dict):
         raise AnalysisError(f"model config '{path}' must be a JSON object")
@@ -77,8 +95,16 @@ def profile_from_config(
 ) -> ModelProfile:
     """Build a profile from a config dict, optionally with the checkpoint's tensor inventory."""
     shape = build_shape(config, source=model_id)
-    float_format, linear_format = checkpoint_format(config, source=model_id)
+    checkpoint_float, linear_format = checkpoint_format(config, source=model_id)
+    float_format = serving_float_format(checkpoint_float)
     warnings = list(shape.warnings)
+    if float_format != checkpoint_float:
+        warnings.append(
+            f"the checkpoint is {checkpoint_float.name}; vLLM and SGLang load it in 16 bits with --dtype auto "
+            "(vLLM bf16, fp16 before Ampere; SGLang fp16), so weights and KV cache are counted at 2 bytes"
+        )
+        if not linear_format.is_quantized:
+            linear_format = float_format
     unknown_quant = describe_unknown_quantization(config)
     if unknown_quant and inventory is None:
         warnings.append(unknown_quant)
@@ -91,7 +117,11 @@ def profile_from_config(
     components = _counted_components(shape, float_format, served_format)
     exact = False
     if inventory is not None and requested is None:
-        components = _exact_components(shape, components, inventory)
+        # An fp32 checkpoint's float tensors are cast to 16 bits on load (safetensors only: llama.cpp keeps a
+        # GGUF's types). Other checkpoints keep theirs: FP8 checkpoints' fp32 scales stay fp32.
+        downcast = float_format != checkpoint_float and inventory.format == "safetensors"
+        cast_to = int(float_format.bytes_per_weight) if downcast else None
+        components = _exact_components(shape, components, inventory, cast_to=cast_to)
         exact = True
     elif inventory is not None:
         warnings.append("safetensors sizes ignored because a quantization was requested; weights are counted")
@@ -101,6 +131,7 @@ def profile_from_config(
         model_id=model_id,
         source=("safetensors" if exact else source_kind),
         exact=exact,
+        checkpoint_float=checkpoint_float,
         float_format=float_format,
         served_format=served_format,
         quantization=requested.label() if requested else None,
@@ -190,9 +221,12 @@ def _layer_index(name: str) -> int | None:
 
 
 def _exact_components(
-    shape: ArchitectureShape, counted: list[WeightComponent], inventory: TensorInventory
+    shape: ArchitectureShape, counted: list[WeightComponent], inventory: TensorInventory, *, cast_to: int | None = None
 ) -> list[WeightComponent]:
-    """Replace counted bytes by the bytes in the headers; parameters from shapes when stored as floats."""
+    """Replace counted bytes by the bytes in the headers; parameters from shapes when stored as floats.
+
+    ``cast_to``: bytes per element the engine casts wider float tensors to on load (fp32 → bf16: 2).
+    """
     bytes_by: dict[str, int] = {}
     params_by: dict[str, int] = {}
     all_float: dict[str, bool] = {}
@@ -201,10 +235,14 @@ def _exact_components(
         name = classify_tensor(tensor.name, shape.num_layers)
         if name is None:
             continue
-        bytes_by[name] = bytes_by.get(name, 0) + tensor.nbytes
+        nbytes = tensor.nbytes
+        width = FLOAT_TENSOR_DTYPES.get(tensor.dtype.upper())
+        if cast_to and width and width > cast_to:
+            nbytes = tensor.numel * cast_to
+        bytes_by[name] = bytes_by.get(name, 0) + nbytes
         params_by[name] = params_by.get(name, 0) + tensor.numel
         all_float[name] = all_float.get(name, True) and _is_float(tensor)
-        dtypes_by.setdefault(name, set()).add(tensor.dtype)
+        dtypes_by.setdefault(name, set()).add(tensor.dtype if nbytes == tensor.nbytes else "bf16")
     # Only what the checkpoint stores exists: a tied LM head or an unclassified final norm is not invented.
     by_name = {c.name: c for c in counted}
     out = []
@@ -257,6 +295,7 @@ def _profile(
     model_id: str,
     source: str,
     exact: bool,
+    checkpoint_float: WeightFormat,
     float_format: WeightFormat,
     served_format: WeightFormat,
     quantization: str | None,
@@ -282,7 +321,8 @@ def _profile(
         parameters_embedding=embedding,
         num_experts=shape.num_experts,
         num_experts_per_token=shape.num_experts_per_token,
-        checkpoint_dtype=float_format.name,
+        checkpoint_dtype=checkpoint_float.name,
+        dtype=float_format.name,
         weight_format=served_format.label(),
         quantization=quantization,
         components=components,

@@ -163,9 +163,7 @@ class GgufModel(BaseModel):
         put("vocab_size", self._vocab_size(arch_key(Keys.LLM.VOCAB_SIZE)))
         put("bos_token_id", self.metadata.get(Keys.Tokenizer.BOS_ID))
         put("eos_token_id", self.metadata.get(Keys.Tokenizer.EOS_ID))
-        config["tie_word_embeddings"] = not any(
-            tensor.name == "output.weight" for tensor in self.tensors.tensors
-        )
+        config["tie_word_embeddings"] = not any(tensor.name == "output.weight" for tensor in self.tensors.tensors)
 
         if arch == "deepseek2":
             self._put_mla(config, arch_key, put)
@@ -212,9 +210,7 @@ class GgufModel(BaseModel):
         return None
 
     @staticmethod
-    def _put_mla(
-        config: dict[str, Any], arch_key: Callable[[str], Any], put: Callable[[str, Any], None]
-    ) -> None:
+    def _put_mla(config: dict[str, Any], arch_key: Callable[[str], Any], put: Callable[[str, Any], None]) -> None:
         """DeepSeek multi-head latent attention keys (HF DeepseekV2/V3 config names).
 
         Converters since mid-2025 store the absorbed-MLA head sizes in attention.key_length/value_length
@@ -222,12 +218,8 @@ class GgufModel(BaseModel):
         value_length_mla; older files have only the original sizes in key_length/value_length.
         """
         rope_dims = arch_key(Keys.Rope.DIMENSION_COUNT)
-        qk_head_dim = _first_present(
-            arch_key(Keys.Attention.KEY_LENGTH_MLA), arch_key(Keys.Attention.KEY_LENGTH)
-        )
-        v_head_dim = _first_present(
-            arch_key(Keys.Attention.VALUE_LENGTH_MLA), arch_key(Keys.Attention.VALUE_LENGTH)
-        )
+        qk_head_dim = _first_present(arch_key(Keys.Attention.KEY_LENGTH_MLA), arch_key(Keys.Attention.KEY_LENGTH))
+        v_head_dim = _first_present(arch_key(Keys.Attention.VALUE_LENGTH_MLA), arch_key(Keys.Attention.VALUE_LENGTH))
         put("kv_lora_rank", arch_key(Keys.Attention.KV_LORA_RANK))
         # A q_lora_rank of 0 means queries are not compressed (DeepSeek-V2-Lite); HF writes null for that.
         q_lora_rank = arch_key(Keys.Attention.Q_LORA_RANK)
@@ -321,11 +313,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GgufModel:
     del first_reader  # drop the memory map now rather than at garbage collection
     _check_unique_names(tensors, file_path)
     declared_tensor_count = metadata.get(Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT)
-    if (
-        len(split_paths) > 1
-        and isinstance(declared_tensor_count, int)
-        and declared_tensor_count != len(tensors)
-    ):
+    if len(split_paths) > 1 and isinstance(declared_tensor_count, int) and declared_tensor_count != len(tensors):
         raise ModelFileError(
             f"{split_paths[0]}: the splits hold {len(tensors)} tensors but "
             f"{Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT} says {declared_tensor_count}; a split file is missing "
@@ -357,9 +345,7 @@ def _open_reader(file_path: Path) -> GGUFReader:
     except OSError as exc:
         raise ModelFileError(f"{file_path}: cannot read GGUF file: {exc}") from exc
     if magic != GGUF_MAGIC_BYTES:
-        raise ModelFileError(
-            f"{file_path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC_BYTES!r})"
-        )
+        raise ModelFileError(f"{file_path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC_BYTES!r})")
     try:
         return _HeaderReader(file_path)
     # GGUFReader reports a bad magic, an unsupported version or a truncated header through whichever of these
@@ -487,10 +473,7 @@ def _layer_types(arch: str, layer_count: Any, pattern: Any) -> list[str] | None:
     period = pattern if isinstance(pattern, int) and pattern > 0 else _SWA_PATTERN_BY_ARCH.get(arch)
     if period is None:
         return None
-    return [
-        "sliding_attention" if layer % period < period - 1 else "full_attention"
-        for layer in range(layer_count)
-    ]
+    return ["sliding_attention" if layer % period < period - 1 else "full_attention" for layer in range(layer_count)]
 
 
 def _collapse_uniform(value: Any) -> Any:

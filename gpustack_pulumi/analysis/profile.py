@@ -177,6 +177,10 @@ class ModelProfile(BaseModel):
     num_experts_per_token: int | None = None
 
     checkpoint_dtype: str = Field(description="Float dtype of the checkpoint (torch_dtype).")
+    dtype: str = Field(
+        default="bf16",
+        description="Float dtype the engines load weights and the KV cache in (--dtype auto: fp32 loads as bf16).",
+    )
     weight_format: str = Field(description="Format of the linear weights as served (after quantization).")
     quantization: str | None = Field(default=None, description="Requested quantization, if any.")
     components: list[WeightComponent]
@@ -213,7 +217,7 @@ class ModelProfile(BaseModel):
         }
 
     def _kv_bytes(self, tp: int, kv_cache_dtype: str, *, kinds: tuple[KvKind, ...]) -> int:
-        b = kv_dtype_bytes(kv_cache_dtype, self.checkpoint_dtype)
+        b = kv_dtype_bytes(kv_cache_dtype, self.dtype)
         fixed = uses_fixed_layout(kv_cache_dtype)
         total = sum(
             group.bytes_per_token_per_layer(tp, b, use_fixed=fixed) * group.num_layers

@@ -155,6 +155,16 @@ def checkpoint_format(config: dict, *, source: str) -> tuple[WeightFormat, Weigh
     return float_format, float_format
 
 
+def serving_float_format(checkpoint: WeightFormat) -> WeightFormat:
+    """The float dtype vLLM and SGLang load a checkpoint in with ``--dtype auto``.
+
+    fp32 checkpoints are downcast to 16 bits: vLLM's ``_resolve_auto_dtype`` picks the platform's first
+    supported dtype (bf16 from Ampere on, fp16 before), SGLang picks fp16 (bf16 for Gemma). Both are 2 bytes,
+    so weights and the KV cache of an fp32 checkpoint are counted at 2 bytes, labelled bf16.
+    """
+    return FLOAT_DTYPES["bf16"] if checkpoint.name == "fp32" else checkpoint
+
+
 def describe_unknown_quantization(config: dict) -> str | None:
     """A warning when ``quantization_config`` names a method we do not model."""
     qc = config.get("quantization_config") or {}

@@ -67,8 +67,7 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[list[TensorIn
             file_size = os.fstat(handle.fileno()).st_size
             if file_size < _HEADER_LENGTH_BYTES:
                 raise ModelFileError(
-                    f"{file_path}: file is {file_size} bytes, shorter than the 8-byte safetensors "
-                    "header length"
+                    f"{file_path}: file is {file_size} bytes, shorter than the 8-byte safetensors header length"
                 )
             (header_length,) = struct.unpack("<Q", handle.read(_HEADER_LENGTH_BYTES))
             if header_length > MAX_HEADER_BYTES:
@@ -90,9 +89,7 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[list[TensorIn
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"{file_path}: safetensors header is not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(header, dict):
-        raise ModelFileError(
-            f"{file_path}: safetensors header must be a JSON object, got {type(header).__name__}"
-        )
+        raise ModelFileError(f"{file_path}: safetensors header must be a JSON object, got {type(header).__name__}")
 
     data_size = file_size - _HEADER_LENGTH_BYTES - header_length
     metadata = _parse_metadata(file_path, header.pop(METADATA_KEY, None))
@@ -162,9 +159,7 @@ def _load_weight_map(index_path: Path) -> dict[str, str]:
     if not isinstance(weight_map, dict) or not all(
         isinstance(key, str) and isinstance(value, str) for key, value in weight_map.items()
     ):
-        raise ModelFileError(
-            f"{index_path}: 'weight_map' must be an object mapping tensor names to shard files"
-        )
+        raise ModelFileError(f"{index_path}: 'weight_map' must be an object mapping tensor names to shard files")
     return weight_map
 
 
@@ -173,9 +168,7 @@ def _shards_from_index(index_path: Path) -> list[str]:
     for shard_name in shard_names:
         # A shard is a file next to the index; a path that leaves the directory is not a shard.
         if Path(shard_name).name != shard_name:
-            raise ModelFileError(
-                f"{index_path}: shard {shard_name!r} must be a file name in the same directory"
-            )
+            raise ModelFileError(f"{index_path}: shard {shard_name!r} must be a file name in the same directory")
         if not (index_path.parent / shard_name).is_file():
             raise ModelFileError(
                 f"{index_path}: weight_map references shard {shard_name}, which does not exist in "
@@ -200,19 +193,14 @@ def _parse_tensor_entry(file_path: Path, name: str, entry: Any, data_size: int) 
     dtype = entry.get("dtype")
     if dtype not in SAFETENSORS_DTYPE_BITS:
         raise ModelFileError(
-            f"{where}: unknown dtype {dtype!r}; known safetensors dtypes are "
-            f"{', '.join(SAFETENSORS_DTYPE_BITS)}"
+            f"{where}: unknown dtype {dtype!r}; known safetensors dtypes are {', '.join(SAFETENSORS_DTYPE_BITS)}"
         )
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(_is_non_negative_int(dim) for dim in shape):
         raise ModelFileError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
     offsets = entry.get("data_offsets")
-    if not (
-        isinstance(offsets, list) and len(offsets) == 2 and all(_is_non_negative_int(o) for o in offsets)
-    ):
-        raise ModelFileError(
-            f"{where}: data_offsets must be [begin, end] non-negative integers, got {offsets!r}"
-        )
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_non_negative_int(o) for o in offsets)):
+        raise ModelFileError(f"{where}: data_offsets must be [begin, end] non-negative integers, got {offsets!r}")
     begin, end = offsets
     if begin > end or end > data_size:
         raise ModelFileError(
@@ -225,8 +213,7 @@ def _parse_tensor_entry(file_path: Path, name: str, entry: Any, data_size: int) 
     total_bits = tensor.numel * SAFETENSORS_DTYPE_BITS[dtype]
     if total_bits % 8 != 0 or total_bits // 8 != tensor.nbytes:
         raise ModelFileError(
-            f"{where}: {tensor.nbytes} bytes on disk but shape {list(shape)} of {dtype} needs "
-            f"{total_bits / 8:g} bytes"
+            f"{where}: {tensor.nbytes} bytes on disk but shape {list(shape)} of {dtype} needs {total_bits / 8:g} bytes"
         )
     return tensor
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from gpustack_pulumi.analysis.profile import ModelProfile
+from gpustack_pulumi.catalog.capabilities import fp8_problem
 from gpustack_pulumi.placement.cluster import Cluster
 from gpustack_pulumi.placement.demand import (
     ENGINE_VENDORS,
@@ -21,7 +22,6 @@ from gpustack_pulumi.placement.demand import (
     DemandRequest,
     DeviceClass,
     DeviceDemand,
-    needs_fp8,
 )
 from gpustack_pulumi.placement.models import Deployment
 
@@ -147,11 +147,14 @@ class Fp8Filter:
 
     def filter(self, prepared: PreparedDeployment, dclass: DeviceClass, engine: str | None) -> Rejection | None:
         deployment = prepared.deployment
-        why = needs_fp8(deployment.quantization, deployment.kv_cache_dtype)
-        if why is None or dclass.fp8:
-            return None
-        capability = dclass.compute_capability or "unknown"
-        return Rejection(self.name, f"{why} needs FP8 (compute capability ≥ 8.9); {dclass.product} has {capability}")
+        problem = fp8_problem(
+            deployment.quantization,
+            deployment.kv_cache_dtype,
+            product=dclass.product,
+            compute_capability=dclass.compute_capability,
+            memory_bytes=dclass.memory_total,
+        )
+        return Rejection(self.name, problem) if problem else None
 
 
 class GpuSelectorFilter:
