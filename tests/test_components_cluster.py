@@ -40,7 +40,11 @@ def test_resource_graph_names_parents_and_secrets(mocks) -> None:
         endpoints, token_is_secret = values
         assert endpoints == {"box": "http://127.0.0.1:1"}
         by_name = {r.name: r for r in recorder.resources}
-        assert set(by_name) == {"local", "local-agent", "gpus"}
+        assert set(by_name) == {"local", "local-agent", "gpus", "gpus-plan"}
+        plan = by_name["gpus-plan"]
+        assert plan.typ == "pulumi-python:dynamic/gpustack:ClusterPlan" and plan.custom
+        assert plan.inputs["token"].get("value") == "s3cret" and len(plan.inputs["token"]) == 2  # secret
+        assert plan.inputs["deployments"] == []  # none declared: the plan is made once the program is done
         agent = by_name["local-agent"]
         assert agent.typ == "pulumi-python:dynamic/gpustack:LocalAgent" and agent.custom
         assert agent.inputs["node_name"] == "box" and agent.inputs["labels"] == {"zone": "a"}
@@ -102,7 +106,7 @@ def local_program(state_dir: Path):
 def test_local_agent_up_refresh_destroy(tmp_path: Path) -> None:
     harness = StackHarness(local_program(tmp_path / "agent"), state_path=tmp_path / "state.json", cwd=REPO)
     up = harness.up()
-    assert sorted(up.ops("create")) == ["agent-token", "local-agent"]
+    assert sorted(up.ops("create")) == ["agent-token", "gpus-plan", "local-agent"]
     endpoint = up.outputs["endpoints"]["here"]
     token = up.outputs["token"]
     capacity = httpx.get(f"{endpoint}/v1/capacity", headers={"Authorization": f"Bearer {token}"}, timeout=5)

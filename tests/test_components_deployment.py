@@ -16,6 +16,7 @@ from harness.recording_mocks import recording_mocks
 from pulumi.dynamic.dynamic import serialize_provider
 
 from gpustack_pulumi.components import ComponentArgsError, GpuCluster, LocalNodePool, ModelDeployment
+from gpustack_pulumi.providers.cluster_plan import ClusterPlanProvider
 from gpustack_pulumi.providers.model_replica import DECIDED_AT_UPDATE, ModelReplicaProvider, instance_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,14 +52,20 @@ def test_replicas_are_children_with_stable_names_and_secret_inputs(mocks) -> Non
         replicas = sorted((r for r in mocks.resources if r.typ.endswith("ModelReplica")), key=lambda r: r.name)
         assert [r.name for r in replicas] == ["chat-r0", "chat-r1"]
         first = replicas[0].inputs
-        assert first["deployment"]["name"] == "chat" and first["deployment"]["model"] == "Qwen/Qwen3-8B"
+        assert first["deployment"] == "chat" and first["replica"] == 0
         assert first["owner"] == "project/stack/chat/r0/"
         assert first["agents"] == {"box": "http://127.0.0.1:1"}
         for secret_key in ("token", "secrets"):  # secret envelopes: {sig, value}
             assert set(first[secret_key]) == {"4dabf18193072939515e22adb298388d", "value"}, secret_key
-        options = first["deployment"]["engine_options"]
-        assert options == {"api_key_secret": "api-key"}  # a reference, never the value
-        assert "sk-123" not in json.dumps(first["deployment"])
+        # The deployment itself goes to the cluster's one plan, declared once for all its replicas.
+        (plan,) = [r for r in mocks.resources if r.typ.endswith("ClusterPlan")]
+        assert plan.name == "gpus-plan"
+        (declared,) = plan.inputs["deployments"]
+        assert declared["name"] == "chat" and declared["model"] == "Qwen/Qwen3-8B" and declared["replicas"] == 2
+        assert declared["engine_options"] == {"api_key_secret": "api-key"}  # a reference, never the value
+        assert "sk-123" not in json.dumps(plan.inputs["deployments"])
+        assert plan.inputs["owner_prefix"] == "project/stack/"
+        assert plan.inputs["planned"][0]["name"] == "box"  # this machine, read before its agent runs
 
     return deployment.endpoints.apply(check)
 
@@ -99,15 +106,15 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def replica_news(agents: object, model: str = "Qwen/Qwen3-8B") -> dict:
+def plan_news(agents: object, model: str = "Qwen/Qwen3-8B", planned: list | None = None) -> dict:
     return {
-        "deployment": {"name": "chat", "model": model, "engine": "auto", "max_model_len": 8192},
-        "replica": 0,
-        "owner": "p/s/chat/r0/",
+        "deployments": [{"name": "chat", "model": model, "engine": "auto", "max_model_len": 8192, "replicas": 1}],
         "agents": agents,
         "token": "tok",
-        "secrets": {},
-        "ready_timeout_s": 60,
+        "planned": planned,
+        "owner_prefix": "p/s/",
+        "strategy": "binpack",
+        "time_budget_s": 2,
     }
 
 
@@ -119,18 +126,42 @@ def host():
 
 
 def test_unreachable_agent_fails_check_with_a_clear_message(host: ProviderHost) -> None:
-    news = {**replica_news({"box": f"http://127.0.0.1:{closed_port()}"}), **serialize_for_host(ModelReplicaProvider())}
+    news = {**plan_news({"box": f"http://127.0.0.1:{closed_port()}"}), **serialize_for_host(ClusterPlanProvider())}
     _, failures = host.check("urn:x", {}, news)
     [(prop, reason)] = failures
     assert prop == "agents"
     assert "cannot read capacity of any node: box" in reason and "unreachable" in reason
 
 
-def test_unknown_agents_mean_placement_decided_at_update(host: ProviderHost) -> None:
-    news = {**replica_news("04da6b54-80e4-46f7-96ec-b56ff0331ba9"), **serialize_for_host(ModelReplicaProvider())}
+def test_unknown_agents_without_planned_capacity_mean_placement_decided_at_update(host: ProviderHost) -> None:
+    unknown = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+    checked, failures = host.check("urn:x", {}, {**plan_news(unknown), **serialize_for_host(ClusterPlanProvider())})
+    assert failures == []
+    assert checked["plan"] == {"status": DECIDED_AT_UPDATE}
+    replica = {"deployment": "chat", "replica": 0, "owner": "p/s/chat/r0/", "slice": unknown, "agents": unknown}
+    checked, failures = host.check("urn:y", {}, {**replica, **serialize_for_host(ModelReplicaProvider())})
+    assert failures == [] and checked["placement"] == {"status": DECIDED_AT_UPDATE}
+
+
+def test_planned_capacity_places_before_the_agents_exist_and_fails_a_misfit_with_numbers(host: ProviderHost) -> None:
+    unknown = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+    gpu = {"index": 0, "uuid": "GPU-0", "vendor": "nvidia", "product": "NVIDIA L4", "memory_total": 24 * 2**30,
+           "memory_used": 0, "compute_capability": "8.9"}  # fmt: skip
+    planned = [{"name": "box", "devices": [gpu], "allocations": [], "cpu_count": 8, "memory_total": 64 * 2**30}]
+    news = {**plan_news(unknown, planned=planned), **serialize_for_host(ClusterPlanProvider())}
     checked, failures = host.check("urn:x", {}, news)
     assert failures == []
-    assert checked["placement"] == {"status": DECIDED_AT_UPDATE}
+    assert checked["plan"]["source"] == "planned"
+    (replica,) = checked["plan"]["replicas"].values()
+    assert replica["placement"]["placements"] == [{"node": "box", "device_indices": [0],
+                                                   "memory_bytes_per_device": replica["placement"]["placements"][0]["memory_bytes_per_device"]}]  # fmt: skip
+    assert replica["launch"][0]["argv"][:2] == ["vllm", "serve"]
+    too_big = {**plan_news(unknown, model="Qwen/Qwen3-32B", planned=planned), **serialize_for_host(ClusterPlanProvider())}
+    _, failures = host.check("urn:x", {}, too_big)
+    [(prop, reason)] = failures
+    assert prop == "deployments"
+    assert "on the capacity the pools will create" in reason
+    assert "chat replica 0 cannot be placed: needs" in reason and "a GPU has 24.00 GiB" in reason
 
 
 def test_diff_replaces_only_on_placement_or_launch_changes() -> None:

@@ -53,14 +53,15 @@ def test_local_stack_end_to_end(tmp_path: Path) -> None:
         stack="local",
     )
     preview = harness.preview()
-    assert sorted(preview.ops("would-create")) == ["agent-token", "chat-r0", "local-agent"]
-    # The agent does not exist yet at preview: the placement is decided at update, never guessed.
-    assert preview.outputs["placements"] == [{"status": "decided at update"}]
+    assert sorted(preview.ops("would-create")) == ["agent-token", "chat-r0", "local-agent", "local-plan"]
+    # The agent does not exist yet: the plan uses the capacity this machine will report (read directly).
+    [planned] = preview.outputs["placements"]
+    assert planned["engine"] == "llama.cpp" and planned["placements"][0]["device_indices"] == []
 
     pids: list[int] = []
     try:
         up = harness.up()
-        assert sorted(up.ops("create")) == ["agent-token", "chat-r0", "local-agent"]
+        assert sorted(up.ops("create")) == ["agent-token", "chat-r0", "local-agent", "local-plan"]
         [endpoint] = up.outputs["endpoints"]
         [placement] = up.outputs["placements"]
         assert placement["engine"] == "llama.cpp"
@@ -79,6 +80,7 @@ def test_local_stack_end_to_end(tmp_path: Path) -> None:
         harness.config["gpustack:replicas"] = "2"
         scaled = harness.up()
         assert scaled.ops("create") == ["chat-r1"]
+        assert scaled.ops("update") == ["local-plan"]  # the plan claims r1's capacity before r1 starts
         assert "chat-r0" not in scaled.ops("replace") + scaled.ops("update") + scaled.ops("delete")
         state = {r.name: r for r in harness.load_state()}
         assert int(state["chat-r0"].outputs["instances"][0]["pid"]) == r0_pid
@@ -98,14 +100,14 @@ def test_local_stack_end_to_end(tmp_path: Path) -> None:
         assert "chat-r0" not in refreshed.drift
     finally:
         destroyed = harness.destroy()
-    assert sorted(destroyed.ops("delete")) == ["agent-token", "chat-r0", "chat-r1", "local-agent"]
+    assert sorted(destroyed.ops("delete")) == ["agent-token", "chat-r0", "chat-r1", "local-agent", "local-plan"]
     deadline = time.monotonic() + 20
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in pids if alive(pid)]
 
 
-def test_impossible_model_fails_at_check_with_the_numbers(tmp_path: Path) -> None:
+def test_impossible_model_fails_the_first_preview_with_the_numbers(tmp_path: Path) -> None:
     from harness.pulumi_engine import CheckFailed
 
     # The tiny GGUF with a million full-length sequences: a KV cache far larger than this machine's memory.
@@ -119,11 +121,17 @@ def test_impossible_model_fails_at_check_with_the_numbers(tmp_path: Path) -> Non
         stack="local",
     )
     try:
+        # The very first preview, before the agent exists, already fails: the plan runs on this machine's
+        # capacity read directly.
         with pytest.raises(CheckFailed) as failure:
-            harness.up()
+            harness.preview()
         message = str(failure.value)
+        assert "on the capacity the pools will create" in message
         assert "chat replica 0 cannot be placed" in message
         assert "GiB" in message  # needed vs available, with numbers
+        with pytest.raises(CheckFailed) as failure:
+            harness.up()
+        assert "chat replica 0 cannot be placed" in str(failure.value)
         assert "chat-r0" not in [r.name for r in harness.load_state()]  # nothing half-created for the replica
     finally:
         harness.destroy()

@@ -1,13 +1,19 @@
 # No `from __future__ import annotations`: Pulumi reads these annotations at runtime (see components/__init__.py).
 """GpuCluster and the node pools it is made of."""
 
+import asyncio
 import re
 import socket
-from typing import NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import pulumi
 
-from gpustack_pulumi.components.resources import LocalAgent
+from gpustack_pulumi.components.program_end import call_when_program_ends
+from gpustack_pulumi.components.resources import ClusterPlan, LocalAgent
+from gpustack_pulumi.localhost import planned_capacity
+
+if TYPE_CHECKING:
+    from gpustack_pulumi.placement.models import Deployment
 
 DEVICE_BACKENDS = ("auto", "nvml", "ascend", "none")
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -40,10 +46,15 @@ class LocalNodePool(pulumi.ComponentResource):
 
     endpoints: pulumi.Output[dict[str, str]]
     """Node name → agent URL."""
+    planned_capacity: list[dict] | None
+    """The capacity documents of the nodes this pool will create (read from this machine before its agent
+    runs), so the first preview already places; None when unknown."""
 
     def __init__(self, name: str, args: LocalNodePoolArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         props = _local_pool_props(name, args)
         super().__init__("gpustack:index:LocalNodePool", name, {}, opts)
+        planned = planned_capacity(props["node_name"], props["devices"], props["labels"])
+        self.planned_capacity = [planned] if planned is not None else None
         agent = LocalAgent(
             f"{name}-agent",
             {**props, "token": pulumi.Output.secret(args["agent_token"])},
@@ -88,19 +99,33 @@ from gpustack_pulumi.components.ssh_pool import SshNodePool  # noqa: E402 (needs
 NodePool = LocalNodePool | SshNodePool  # pools of other kinds (AWS, Kubernetes) join this alias
 
 
+STRATEGIES = ("binpack", "spread")
+
+
 class GpuClusterArgs(TypedDict):
     pools: list[NodePool]
     """The node pools whose agents make up the cluster."""
     agent_token: pulumi.Input[str]
     """The agents' bearer token (a secret)."""
+    strategy: NotRequired[str]
+    """binpack (default: fewest GPUs, replicas of one deployment still apart) or spread."""
+    time_budget_s: NotRequired[float]
+    """Seconds the exact solver may spend on the plan (default 2)."""
 
 
 class GpuCluster(pulumi.ComponentResource):
-    """A set of node pools and the token their agents require; deployments place replicas on it."""
+    """A set of node pools and the token their agents require; deployments place replicas on it.
+
+    Every deployment declared on the cluster is placed by one joint plan (the ``ClusterPlan`` child): all
+    replicas together, sticky to the previous plan, with the capacity claimed for all of them before any
+    engine starts. The plan is made once the program has declared every deployment.
+    """
 
     endpoints: pulumi.Output[dict[str, str]]
     """Node name → agent URL, over all pools."""
     agent_token: pulumi.Output[str]
+    plan: pulumi.Output[dict]
+    """The joint plan: status, source (agents or planned capacity), the Plan and each replica's slice."""
 
     def __init__(self, name: str, args: GpuClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         pools = list(args.get("pools") or [])
@@ -108,10 +133,69 @@ class GpuCluster(pulumi.ComponentResource):
             raise ComponentArgsError(f"GpuCluster '{name}': pools is empty; add at least one node pool")
         if "agent_token" not in args:
             raise ComponentArgsError(f"GpuCluster '{name}': agent_token is required (a Pulumi secret)")
+        strategy = args.get("strategy", "binpack")
+        if strategy not in STRATEGIES:
+            raise ComponentArgsError(f"GpuCluster '{name}': strategy '{strategy}' is invalid; use binpack or spread")
+        budget = args.get("time_budget_s", 2.0)
+        if not isinstance(budget, int | float) or not 0 < budget <= 600:
+            raise ComponentArgsError(f"GpuCluster '{name}': time_budget_s must be a number of seconds in (0, 600]")
         super().__init__("gpustack:index:GpuCluster", name, {}, opts)
+        self.name = name
         self.agent_token = pulumi.Output.secret(args["agent_token"])
         self.endpoints = pulumi.Output.all(*[pool.endpoints for pool in pools]).apply(_merge_endpoints)
+        self._deployments: dict[str, Deployment] = {}
+        self._sealed = False
+        loop = asyncio.get_event_loop()
+        self._deployments_future: asyncio.Future[Any] = loop.create_future()
+        known: asyncio.Future[bool] = loop.create_future()
+        known.set_result(True)
+        deployments = pulumi.Output(set(), self._deployments_future, known)
+        # Planned capacity only when every pool can tell what it will create; else the plan waits for the agents.
+        per_pool = [getattr(pool, "planned_capacity", None) for pool in pools]
+        planned = [doc for docs in per_pool for doc in docs or []] if all(p is not None for p in per_pool) else None
+        self._plan = ClusterPlan(
+            f"{name}-plan",
+            {
+                "deployments": deployments,
+                "agents": self.endpoints,
+                "token": self.agent_token,
+                "planned": planned,
+                "owner_prefix": f"{pulumi.get_project()}/{pulumi.get_stack()}/",
+                "strategy": strategy,
+                "time_budget_s": float(budget),
+            },
+            pulumi.ResourceOptions(parent=self),
+        )
+        self.plan = self._plan.plan
+        call_when_program_ends(self._seal)
         self.register_outputs({"endpoints": self.endpoints})
+
+    def declare(self, deployment: "Deployment") -> None:
+        """Add a deployment to the joint plan (``ModelDeployment`` does this). Only while the program runs."""
+        if self._sealed:
+            raise ComponentArgsError(
+                f"ModelDeployment '{deployment.name}' was declared after cluster '{self.name}' made its plan; "
+                "declare every ModelDeployment in the program's body (not inside an apply or a callback)"
+            )
+        if deployment.name in self._deployments:
+            raise ComponentArgsError(
+                f"ModelDeployment '{deployment.name}' is declared twice on cluster '{self.name}'; names must be unique"
+            )
+        self._deployments[deployment.name] = deployment
+
+    def replica_slice(self, deployment: str, replica: int) -> pulumi.Output[Any]:
+        """The slice of the joint plan for one replica (None while the plan is decided at update)."""
+        from gpustack_pulumi.cluster_plan import replica_key
+
+        key = replica_key(deployment, replica)
+        return self.plan.apply(lambda plan: ((plan or {}).get("replicas") or {}).get(key))
+
+    def _seal(self) -> None:
+        self._sealed = True
+        if not self._deployments_future.done():
+            self._deployments_future.set_result(
+                [self._deployments[name].model_dump(mode="json") for name in sorted(self._deployments)]
+            )
 
 
 def _merge_endpoints(per_pool: list[dict[str, str]]) -> dict[str, str]:

@@ -6,6 +6,7 @@ from typing import Any, NotRequired, TypedDict
 import pulumi
 from pydantic import ValidationError
 
+from gpustack_pulumi.cluster_plan import replica_owner
 from gpustack_pulumi.components.cluster import ComponentArgsError, GpuCluster
 from gpustack_pulumi.components.resources import ModelReplica
 from gpustack_pulumi.engines.options import EngineOptions
@@ -54,7 +55,8 @@ class ModelDeployment(pulumi.ComponentResource):
         deployment, _options = _validated(name, args)
         super().__init__("gpustack:index:ModelDeployment", name, {}, opts)
         cluster = args["cluster"]
-        owner_base = f"{pulumi.get_project()}/{pulumi.get_stack()}/{name}"
+        cluster.declare(deployment)
+        owner_prefix = f"{pulumi.get_project()}/{pulumi.get_stack()}/"
         secrets = {ref: pulumi.Output.secret(value) for ref, value in (args.get("secrets") or {}).items()}
         replicas = []
         for index in range(deployment.replicas):
@@ -62,9 +64,10 @@ class ModelDeployment(pulumi.ComponentResource):
                 ModelReplica(
                     f"{name}-r{index}",
                     {
-                        "deployment": deployment.model_dump(mode="json", exclude={"replicas"}),
+                        "deployment": name,
+                        "slice": cluster.replica_slice(name, index),
                         "replica": index,
-                        "owner": f"{owner_base}/r{index}/",
+                        "owner": replica_owner(owner_prefix, name, index),
                         "agents": cluster.endpoints,
                         "token": cluster.agent_token,
                         "secrets": pulumi.Output.secret(secrets) if secrets else {},

@@ -7,6 +7,7 @@ from typing import Any
 import pulumi
 import pulumi.dynamic
 
+from gpustack_pulumi.providers.cluster_plan import ClusterPlanProvider
 from gpustack_pulumi.providers.local_agent import LocalAgentProvider
 from gpustack_pulumi.providers.model_replica import ModelReplicaProvider
 from gpustack_pulumi.providers.token import AgentTokenProvider
@@ -34,6 +35,18 @@ class LocalAgent(pulumi.dynamic.Resource, module="gpustack", name="LocalAgent"):
         super().__init__(
             LocalAgentProvider(), name, {**props, "endpoint": None, "pid": None, "pid_start_time": None}, opts
         )
+
+
+class ClusterPlan(pulumi.dynamic.Resource, module="gpustack", name="ClusterPlan"):
+    """The joint plan of a cluster: every replica of every deployment placed together (check), and the
+    capacity claimed on the agents for all of them before any engine starts (create/update)."""
+
+    plan: pulumi.Output[dict]
+    """status, source (agents or planned), the Plan, and each replica's slice by 'deployment/index'."""
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["token"]))
+        super().__init__(ClusterPlanProvider(), name, {**props, "plan": None, "unclaimed": None}, opts)
 
 
 class ModelReplica(pulumi.dynamic.Resource, module="gpustack", name="ModelReplica"):

@@ -161,6 +161,8 @@ class SshNodePool(pulumi.ComponentResource):
     """Bare hosts over SSH: installs the gpustack agent on each and exports their endpoints."""
 
     endpoints: pulumi.Output[dict[str, str]]
+    planned_capacity: list[dict] | None = None
+    """Unknown before the agents answer: a cluster with an SSH pool plans on live capacity."""
     """Node name → agent URL (known once the host's install command has run)."""
     agents: dict[str, remote.Command]
     """Node name → the command resource that installs that node's agent: depend on it to order work on a

@@ -1,12 +1,13 @@
-"""Dynamic provider: one replica of a model deployment, placed on the cluster's GPUs and run by the agents.
+"""Dynamic provider: one replica of a model deployment, run by the agents where the cluster plan put it.
 
-- ``check`` reads live capacity from every agent, places the replica (sticky: the previous placement is kept while
-  it is still valid) and renders its launch specs; both become inputs, so ``pulumi preview`` shows where the
-  replica lands and how it runs. When the agents are not known yet (their pool is created in the same update) the
-  placement is marked "decided at update", never guessed. A replica that cannot fit fails here, with the numbers.
+- ``check`` reads the replica's slice of the cluster's joint plan (``providers/cluster_plan.py``): its placement
+  and launch specs become inputs, so ``pulumi preview`` shows where the replica lands and how it runs. It places
+  nothing itself: placement happens once per cluster, for every replica together. When the plan could not be
+  decided (no agents and no planned capacity yet) the placement is marked "decided at update", never guessed.
 - ``diff`` replaces a replica only when its placement or launch spec changed.
-- ``create`` reserves memory on the agents, starts the engine instances, waits until ready (a timeout or a failed
-  engine raises with its last log lines) and confirms the reservations; on any failure it removes what it made.
+- ``create`` renews the reservation the plan made, starts the engine instances, waits until ready (a timeout or
+  a failed engine raises with its last log lines); on any failure it removes what it made. A replica the plan
+  left pending (higher priorities hold the room) is recorded with its reason and runs nothing.
 - ``read`` reports drift: the instance gone, failed, or restarted. ``delete`` stops the instances and frees the
   reservations, and finishes (saying so) when an agent is gone for good.
 """
@@ -19,7 +20,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider
+from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider
 
 from gpustack_pulumi.providers.agent_client import AgentClient, AgentError, AgentUnreachable
 
@@ -50,27 +51,20 @@ class ModelReplicaProvider(ResourceProvider):
 
     # ----- check: placement and launch specs, shown at preview ------------------------------------------
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        from gpustack_pulumi.placement import Deployment
-
-        try:
-            deployment = Deployment.model_validate({**news["deployment"], "replicas": 1})
-        except Exception as error:  # pydantic's message names the field
-            return CheckResult(news, [CheckFailure("deployment", str(error))])
-        agents, token = news.get("agents"), news.get("token")
-        if _is_unknown(agents) or _is_unknown(token) or agents is None:
+        del olds  # stickiness lives in the cluster plan
+        replica_slice = news.get("slice")
+        if _is_unknown(replica_slice) or not replica_slice:
             return CheckResult({**news, "placement": {"status": DECIDED_AT_UPDATE}, "launch": []}, [])
-        if not agents:
-            return CheckResult(news, [CheckFailure("agents", "the cluster has no agents; add a node pool")])
-        try:
-            placement, launch = plan_replica(news, olds, deployment)
-        except PlacementFailure as failure:
-            return CheckResult(news, [CheckFailure(failure.property, str(failure))])
-        return CheckResult({**news, "placement": placement, "launch": launch}, [])
+        if replica_slice.get("status") == "pending":
+            placement = {"status": "pending", "reason": replica_slice.get("reason", "")}
+            return CheckResult({**news, "placement": placement, "launch": []}, [])
+        placement = {**replica_slice["placement"], "replica": int(news["replica"])}
+        return CheckResult({**news, "placement": placement, "launch": replica_slice.get("launch") or []}, [])
 
     # ----- diff ---------------------------------------------------------------------------------------------
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         replaces = [key for key in REPLACE_KEYS if _placement_key(olds.get(key)) != _placement_key(news.get(key))]
-        if news.get("placement", {}).get("status") == DECIDED_AT_UPDATE:
+        if (news.get("placement") or {}).get("status") == DECIDED_AT_UPDATE:
             replaces = []  # unknown until update; the update's check decides
         other = [k for k in ("token", "ready_timeout_s") if olds.get(k) != news.get(k)]
         return DiffResult(changes=bool(replaces or other), replaces=replaces, delete_before_replace=True)
@@ -84,6 +78,10 @@ class ModelReplicaProvider(ResourceProvider):
     # ----- create ---------------------------------------------------------------------------------------------
     def create(self, props: dict[str, Any]) -> CreateResult:
         placement, launch = props["placement"], props["launch"]
+        if placement.get("status") == "pending":
+            print(f"warning: {props['owner']}: {placement.get('reason')}", file=sys.stderr)
+            outs = {**props, "instances": [], "endpoint": None, "node": None, "state": "pending", "restarts": 0}
+            return CreateResult(id_=instance_id(props["owner"], 0), outs=outs)
         if placement.get("status") == DECIDED_AT_UPDATE or not launch:
             raise RuntimeError("the replica has no placement: its agents were unknown when it was checked")
         owner, token = props["owner"], props["token"]
@@ -147,7 +145,7 @@ class ModelReplicaProvider(ResourceProvider):
             url, iid = agents.get(spec["node"]), instance_id(owner, rank)
             if url is None:
                 continue
-            _delete_on_agent(url, token, iid)
+            delete_on_agent(url, token, iid)
 
 
 # ----- pure helpers (placement and launch specs) ----------------------------------------------------------
@@ -204,47 +202,6 @@ def read_inventory(agents: dict[str, str], token: str, *, skip_unreachable: bool
     return Inventory(nodes=documents)
 
 
-def plan_replica(news: dict[str, Any], olds: dict[str, Any], deployment: Any) -> tuple[dict, list[dict]]:
-    """Place one replica on the live inventory and render its launch specs (pure apart from reading capacity)."""
-    from gpustack_pulumi.analysis import analyze
-    from gpustack_pulumi.engines.base import EngineRefusal
-    from gpustack_pulumi.engines.launch import accelerators_from_inventory, launch_specs
-    from gpustack_pulumi.engines.options import EngineOptions
-    from gpustack_pulumi.placement import PlacedReplica, Plan, PlanSummary, plan
-
-    agents: dict[str, str] = news["agents"]
-    inventory = read_inventory(agents, news["token"], skip_unreachable=True)
-    previous = None
-    old_placement = olds.get("placement") or {}
-    if old_placement.get("placements"):
-        old = PlacedReplica.model_validate(restore_nulls(PlacedReplica, {**old_placement, "replica": 0}))
-        summary = PlanSummary(placed=1, unplaced=0, gpus_used=0, nodes_used=0, kept=0, moved=0, method="heuristic")
-        previous = Plan(strategy="binpack", replicas=[old], unplaced=[], summary=summary)
-    result = plan(inventory, [deployment], previous, own_owner_prefix=news["owner"])
-    if result.unplaced:
-        unplaced = result.unplaced[0]
-        raise PlacementFailure(
-            "model", f"{deployment.name} replica {int(news['replica'])} cannot be placed: {unplaced.reason}"
-        )
-    placed = result.replicas[0]
-    try:
-        options = EngineOptions.model_validate(deployment.engine_options)
-        profile = analyze(deployment.model, quantization=deployment.quantization)
-        specs = launch_specs(
-            placed,
-            profile,
-            deployment,
-            accelerators=accelerators_from_inventory(inventory, placed),
-            node_addresses={node: urlsplit(url).hostname or node for node, url in agents.items()},
-            options=options,
-        )
-    except EngineRefusal as refusal:
-        raise PlacementFailure("engine", str(refusal)) from None
-    placement = placed.model_dump(mode="json")
-    placement["replica"] = int(news["replica"])
-    return placement, [spec.model_dump(mode="json") for spec in specs]
-
-
 def _reservation(owner: str, spec: dict[str, Any]):
     from gpustack_runtime.wire import ReservationBody
 
@@ -274,10 +231,11 @@ def _instance_body(owner: str, spec: dict[str, Any], secrets: dict[str, str]):
 
 def _undo(started: list[tuple[str, str]], token: str) -> None:
     for url, iid in reversed(started):
-        _delete_on_agent(url, token, iid)
+        delete_on_agent(url, token, iid)
 
 
-def _delete_on_agent(url: str, token: str, iid: str) -> None:
+def delete_on_agent(url: str, token: str, iid: str) -> None:
+    """Stop instance ``iid`` and free its reservation; idempotent."""
     for attempt in range(DELETE_RETRIES):
         try:
             with AgentClient(url, token) as agent:

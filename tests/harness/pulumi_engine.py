@@ -10,17 +10,27 @@ It runs a stack program the way the engine would, as far as it matters for gpust
   during ``up``; ``Read`` on ``refresh``; ``Delete`` on ``destroy`` and for resources the program no longer declares;
 - state (ids, inputs, outputs, creation order) is kept in a JSON file between runs.
 
-What it does not do: parallelism, dependency-ordered deletes beyond reverse creation order, real URNs of nested
-types, policy packs, secrets encryption in state. It is a test tool, not a product.
+- like the engine, resources whose registrations arrive together (independent of each other) are all **checked
+  before any of them is created**, and their creates, updates and replaces **run concurrently** (each registration
+  runs in its own thread; a create waits until every registration that has arrived is checked and no new one
+  came for a moment). A provider that places at check time without seeing its siblings fails here as it would
+  under ``pulumi up``.
+
+What it does not do: dependency-ordered deletes beyond reverse creation order, real URNs of nested types, policy
+packs, secrets encryption in state. It is a test tool, not a product.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +162,40 @@ class ProviderHost:
         for stream in (self.process.stdout, self.process.stderr):
             if stream:
                 stream.close()
+
+
+class CheckGate:
+    """Checks before creates: a create waits until every registration that arrived has been checked and none
+    arrived for ``quiet_s`` (the SDK sends independent registrations at once, as the program declares them)."""
+
+    def __init__(self, quiet_s: float = 0.1) -> None:
+        self.quiet_s = quiet_s
+        self._cond = threading.Condition()
+        self._unchecked = 0
+        self._last_arrival = time.monotonic()
+        self.checks_before_first_create: int | None = None
+        self._checked = 0
+
+    def arrived(self) -> None:
+        with self._cond:
+            self._unchecked += 1
+            self._last_arrival = time.monotonic()
+
+    def checked(self) -> None:
+        with self._cond:
+            self._unchecked -= 1
+            self._checked += 1
+            self._cond.notify_all()
+
+    def wait_for_checks(self) -> None:
+        with self._cond:
+            while True:
+                quiet = time.monotonic() - self._last_arrival
+                if self._unchecked == 0 and quiet >= self.quiet_s:
+                    break
+                self._cond.wait(timeout=max(0.01, self.quiet_s - quiet))
+            if self.checks_before_first_create is None:
+                self.checks_before_first_create = self._checked
 
 
 class ExtraEngine(Protocol):
@@ -320,10 +364,14 @@ class StackHarness:
         pulumi.runtime.set_mocks(mocks, project=self.project, stack=self.stack, preview=preview, monitor=monitor)
         failure: list[BaseException] = []
         mocks.failure = failure
+        # The SDK sends registrations through the loop's default executor: enough threads that every independent
+        # registration is in flight at once, as with the engine.
+        executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="register")
         try:
 
             @pulumi.runtime.test
             def run() -> Any:
+                asyncio.get_event_loop().set_default_executor(executor)
                 self.program()
 
                 async def collect() -> None:
@@ -338,6 +386,7 @@ class StackHarness:
 
             run()
         finally:
+            executor.shutdown(wait=False)
             pulumi.export = original_export  # type: ignore[assignment]
             pulumi.runtime.settings.reset_options()
             for key, value in saved_env.items():
@@ -372,6 +421,8 @@ class _EngineMocks(pulumi.runtime.Mocks):
         self.replaced_before: dict[str, bool] = {}
         self.failure: list[BaseException] = []
         self.registered: list[pulumi_mocks.MockResourceArgs] = []
+        self.gate = CheckGate()
+        self.state_lock = threading.Lock()
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list | None]:
         return {}, None
@@ -402,8 +453,12 @@ class _EngineMocks(pulumi.runtime.Mocks):
         urn = self.harness._urn(args.typ, name)
         news = unwrap_secrets(dict(args.inputs))
         old = self.old.get(name)
-        checked, failures = self.host.check(urn, old.inputs if old else {}, news)
-        self.result.operations.append(("check", name))
+        self.gate.arrived()
+        try:
+            checked, failures = self.host.check(urn, old.inputs if old else {}, news)
+            self.result.operations.append(("check", name))
+        finally:
+            self.gate.checked()
         if failures:
             raise CheckFailed(name, failures)
         if self.preview:
@@ -418,11 +473,14 @@ class _EngineMocks(pulumi.runtime.Mocks):
                 return old.id, {**old.outputs, **checked}
             return old.id, old.outputs
         if old is None:
+            self.gate.wait_for_checks()
             id_, outs = self.host.create(urn, checked)
             self.result.operations.append(("create", name))
         else:
             diff = self.host.diff(old.id, urn, old.outputs, checked)
             self.result.operations.append(("diff", name))
+            if diff["changes"] == provider_pb2.DiffResponse.DIFF_SOME:
+                self.gate.wait_for_checks()
             if diff["changes"] != provider_pb2.DiffResponse.DIFF_SOME:
                 id_, outs = old.id, old.outputs
             elif diff["replaces"]:
@@ -439,7 +497,8 @@ class _EngineMocks(pulumi.runtime.Mocks):
                 outs = self.host.update(old.id, urn, old.outputs, checked)
                 id_ = old.id
                 self.result.operations.append(("update", name))
-        self.new_state.append(ResourceState(urn, args.typ, name, id_, checked, outs))
+        with self.state_lock:
+            self.new_state.append(ResourceState(urn, args.typ, name, id_, checked, outs))
         return id_, outs
 
 
