@@ -1,9 +1,11 @@
 """``gpustack-pulumi preview [STACK_DIR]``: where every replica of a stack will land, for people and for CI.
 
-The stack program runs under Pulumi's mocks (no Pulumi CLI, no cloud call, nothing created): every
-``ModelDeployment`` it declares is collected, then placed on live capacity — from an inventory file or read from
-the agents — with the same placement the providers use. The report is deterministic (same inputs → same bytes),
-and given the previous report it shows the diff: replicas added, removed and moved, each with its reason.
+The stack program runs under Pulumi's mocks (no Pulumi CLI, no cloud call, nothing created): the deployments each
+``GpuCluster`` plans are collected (the inputs of its ``ClusterPlan`` resource), then placed on live capacity —
+from an inventory file or read from the agents — by :func:`gpustack_pulumi.cluster_plan.plan_cluster`, the very
+function the ``ClusterPlan`` provider runs at ``pulumi preview`` and ``up``. The report is deterministic (same
+inputs → same bytes), and given the previous report it shows the diff: replicas added, removed and moved, each
+with its reason.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpustack_pulumi.placement import Deployment, Plan, plan
+from gpustack_pulumi.cluster_plan import plan_cluster
+from gpustack_pulumi.placement import Deployment, Plan
 
 REPORT_VERSION = 1
 
@@ -61,6 +64,7 @@ class PreviewReport(BaseModel):
     stack: str
     replicas: list[ReportReplica]
     unplaced: list[ReportUnplaced]
+    failures: list[str] = Field(default_factory=list, description="Why `pulumi preview` of the stack fails.")
     plan: Plan
 
     def to_json(self) -> str:
@@ -82,23 +86,37 @@ class ReportDiff(BaseModel):
 # ----- running a stack program under mocks -------------------------------------------------------------
 
 
+class StackPlanInputs(BaseModel):
+    """What the stack's clusters plan: their deployments, the strategy and the owner prefix of the stack."""
+
+    model_config = ConfigDict(frozen=True)
+
+    deployments: list[Deployment]
+    strategy: str = "binpack"
+    owner_prefix: str = ""
+    time_budget_s: float = 2.0
+
+
 def collect_deployments(stack_dir: Path, *, stack: str, config: dict[str, str]) -> list[Deployment]:
-    """Run ``stack_dir/__main__.py`` under mocks and return the deployments it declares (replica counts from
-    its ModelReplica resources). Nothing is created: every resource is only recorded."""
+    """The deployments ``stack_dir/__main__.py`` declares (see :func:`collect_plan_inputs`)."""
+    return collect_plan_inputs(stack_dir, stack=stack, config=config).deployments
+
+
+def collect_plan_inputs(stack_dir: Path, *, stack: str, config: dict[str, str]) -> StackPlanInputs:
+    """Run ``stack_dir/__main__.py`` under mocks and return what its clusters plan (the inputs of their
+    ClusterPlan resources). Nothing is created: every resource is only recorded."""
     import pulumi
     from pulumi.runtime import mocks as pulumi_mocks
 
     program = stack_dir / "__main__.py"
     if not program.is_file():
         raise PreviewError(f"{stack_dir}: no __main__.py (a Python stack program) in this directory")
-    replicas: dict[str, tuple[dict[str, Any], int]] = {}
+    plans: list[dict[str, Any]] = []
 
     class RecordingMocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
-            if args.typ.endswith("dynamic/gpustack:ModelReplica"):
-                spec = dict(args.inputs["deployment"])
-                count = replicas.get(spec["name"], (spec, 0))[1]
-                replicas[spec["name"]] = (spec, max(count, int(args.inputs["replica"]) + 1))
+            if args.typ.endswith("dynamic/gpustack:ClusterPlan"):
+                plans.append(dict(args.inputs))
             return (f"{args.name}-id" if args.custom else None), dict(args.inputs)
 
         def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list | None]:
@@ -127,8 +145,17 @@ def collect_deployments(stack_dir: Path, *, stack: str, config: dict[str, str]) 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    return [Deployment.model_validate({**spec, "replicas": count}) for spec, count in
-            (replicas[name] for name in sorted(replicas))]  # fmt: skip
+    deployments = sorted(
+        (Deployment.model_validate(spec) for inputs in plans for spec in inputs.get("deployments") or []),
+        key=lambda deployment: deployment.name,
+    )
+    first = plans[0] if plans else {}
+    return StackPlanInputs(
+        deployments=deployments,
+        strategy=first.get("strategy") or "binpack",
+        owner_prefix=first.get("owner_prefix") or f"{project}/{stack}/",
+        time_budget_s=float(first.get("time_budget_s") or 2.0),
+    )
 
 
 def _project_name(stack_dir: Path) -> str:
@@ -146,7 +173,7 @@ class PreviewError(ValueError):
 # ----- report and diff ------------------------------------------------------------------------------------
 
 
-def build_report(stack: str, placed: Plan) -> PreviewReport:
+def build_report(stack: str, placed: Plan, failures: list[str] | None = None) -> PreviewReport:
     replicas = [
         ReportReplica(
             deployment=r.deployment,
@@ -165,7 +192,7 @@ def build_report(stack: str, placed: Plan) -> PreviewReport:
     ]
     unplaced = [ReportUnplaced(deployment=u.deployment, replica=u.replica, constraint=u.constraint, reason=u.reason)
                 for u in placed.unplaced]  # fmt: skip
-    return PreviewReport(stack=stack, replicas=replicas, unplaced=unplaced, plan=placed)
+    return PreviewReport(stack=stack, replicas=replicas, unplaced=unplaced, failures=list(failures or []), plan=placed)
 
 
 def diff_reports(previous: PreviewReport, current: PreviewReport) -> ReportDiff:
@@ -269,12 +296,19 @@ def run_preview(args: argparse.Namespace) -> int:
         else:
             inventory = _inventory_from_agents(dict(_key_value(item, "--agent") for item in args.agent))
         previous = _load_report(args.previous) if args.previous else None
-        deployments = collect_deployments(args.stack_dir, stack=args.stack, config=config)
+        inputs = collect_plan_inputs(args.stack_dir, stack=args.stack, config=config)
     except (PreviewError, BadInputFile) as error:
         print(f"gpustack-pulumi preview: error: {error}", file=sys.stderr)
         return 2
-    placed = plan(inventory, deployments, previous.plan if previous else None)
-    report = build_report(args.stack, placed)
+    cluster_plan = plan_cluster(
+        inventory,
+        inputs.deployments,
+        previous.plan if previous else None,
+        owner_prefix=inputs.owner_prefix,
+        strategy="spread" if inputs.strategy == "spread" else "binpack",
+        time_budget_s=inputs.time_budget_s,
+    )
+    report = build_report(args.stack, cluster_plan.plan, cluster_plan.failures)
     diff = diff_reports(previous, report) if previous else None
     if args.json:
         sys.stdout.write(report.to_json())
@@ -282,7 +316,8 @@ def run_preview(args: argparse.Namespace) -> int:
         sys.stdout.write(render_markdown(report, diff))
     else:
         sys.stdout.write(render_text(report, diff))
-    return 0 if not report.unplaced else 1
+    # As under `pulumi up`: a replica left pending by higher priorities is no failure; anything else unplaced is.
+    return 0 if cluster_plan.ok else 1
 
 
 def _key_value(item: str, flag: str) -> tuple[str, str]:
