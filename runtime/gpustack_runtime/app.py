@@ -531,6 +531,9 @@ async def _put_or_undo(
         instance, _changed = await supervisor.put(instance_id, body)
     except BaseException:
         ledger.undo(admitted)
+        if supervisor.get(instance_id) is None:
+            # A replacement that failed after the old engine was stopped: no engine, so no claim.
+            ledger.release_instance(instance_id)
         raise
     return instance
 

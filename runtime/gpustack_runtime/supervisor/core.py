@@ -15,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import logging
 import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -130,6 +133,7 @@ class _Instance:
     message: str | None = None
     restart_due: float | None = None
     """``loop.time()`` at which a ``restarting`` instance is started again."""
+    launch_token: str | None = None
     failed_probes: int = 0
     next_probe_due: float = 0.0
     probe_task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -149,6 +153,7 @@ class _Instance:
             log_generation=self.log_generation,
             container_cli=self.container_cli,
             message=self.message,
+            launch_token=self.launch_token,
         )
 
     @classmethod
@@ -167,6 +172,7 @@ class _Instance:
             log_generation=saved.log_generation,
             container_cli=saved.container_cli,
             message=saved.message,
+            launch_token=saved.launch_token,
         )
 
     def status(self) -> InstanceStatus:
@@ -225,6 +231,17 @@ class Supervisor:
         self._locks: dict[str, asyncio.Lock] = {}
         self._monitor_task: asyncio.Task[None] | None = None
         self._boot_id = procfs.boot_id()
+        # Identifies this agent's engines among all marked processes of the host (tests run many agents).
+        self._trust_markers = True
+        self._agent_key = hashlib.sha256(str(self._state_dir.absolute()).encode()).hexdigest()[:16]
+
+    def marker_prefix(self, instance_id: str | None = None, launch_token: str | None = None) -> str:
+        """The marker prefix of this agent's engines, of one instance's, or of one start's."""
+        if instance_id is None:
+            return f"{self._agent_key}/"
+        if launch_token is None:
+            return f"{self._agent_key}/{instance_id}/"
+        return f"{self._agent_key}/{instance_id}/{launch_token}"
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -235,21 +252,28 @@ class Supervisor:
             return
         self._logs_dir.mkdir(parents=True, exist_ok=True)
         saved = load_state(self._state_path)
-        if saved.boot_id is not None and saved.boot_id != self._boot_id:
+        # Markers, like pids, only mean something within the boot that wrote the state.
+        self._trust_markers = saved.boot_id is None or saved.boot_id == self._boot_id
+        if not self._trust_markers:
             # The machine rebooted: no engine survived, and any pid in the file now names a stranger.
             logger.info("state was written before a reboot: starting every engine anew")
             for record in saved.instances:
                 record.pid = record.pid_start_time = None
+                record.launch_token = None
         for record in saved.instances:
             instance = _Instance.from_persisted(record)
             if instance.state == "stopped":
                 # The previous agent died while deleting or replacing it: finish the stop, forget it.
                 if instance.pid is not None:
                     await procfs.terminate_group(instance.pid, instance.pid_start_time, self._stop_grace_seconds)
+                if self._trust_markers:
+                    await procfs.kill_marked(self.marker_prefix(instance.id))
                 continue
             self._instances[instance.id] = instance
             await self._resume(instance)
-        self._persist()
+        if self._trust_markers:
+            await self._kill_orphans()
+        self._persist_quietly()
         self._monitor_task = asyncio.create_task(self._monitor(), name="gpustack-supervisor-monitor")
 
     async def close(self) -> None:
@@ -263,12 +287,19 @@ class Supervisor:
                 await task
         self._monitor_task = None
         if self._state_dir.exists():
-            self._persist()
+            self._persist_quietly()
 
     async def _resume(self, instance: _Instance) -> None:
         """Take over one saved instance after an agent restart."""
         if instance.state == "failed":
             return
+        if instance.pid is None and instance.launch_token is not None:
+            # The previous agent recorded the intent and may have spawned the engine without recording its
+            # pid (it died in between): the engine is the session leader carrying this start's marker.
+            marked = procfs.marked_processes(self.marker_prefix(instance.id, instance.launch_token))
+            leaders = [stat for _, stat in marked.values() if stat.pgrp == stat.pid]
+            if len(leaders) == 1:
+                instance.pid, instance.pid_start_time = leaders[0].pid, leaders[0].start_time
         if instance.pid is not None and procfs.is_same_running_process(instance.pid, instance.pid_start_time):
             # Not our child: its exit is detected through /proc (see _poll_exit).
             instance.message = f"adopted running engine pid {instance.pid} after an agent restart"
@@ -277,10 +308,20 @@ class Supervisor:
         gone_pid = instance.pid
         if gone_pid is not None:
             procfs.kill_leftovers(gone_pid, instance.pid_start_time)
+        if self._trust_markers:
+            await procfs.kill_marked(self.marker_prefix(instance.id))
         instance.pid = None
         instance.pid_start_time = None
         instance.restarts += 1
-        await self._launch(instance)
+        try:
+            await self._launch(instance)
+        except OSError as error:
+            # The intent cannot be written (full disk): nothing was spawned; the monitor tries again.
+            instance.state = "restarting"
+            instance.restart_due = asyncio.get_running_loop().time() + 1.0
+            instance.message = f"cannot record the engine's start ({error.strerror or error}); retrying"
+            logger.error("instance %s: %s", instance.id, instance.message)
+            return
         if instance.state != "failed":
             instance.message = (
                 f"engine pid {gone_pid} was gone when the agent started; restarted"
@@ -288,6 +329,27 @@ class Supervisor:
                 else "restarted when the agent started"
             )
         logger.info("instance %s: %s", instance.id, instance.message)
+
+    async def _kill_orphans(self) -> None:
+        """Stop every process marked by this agent that belongs to no current start of a known instance:
+        engines of an instance the state does not hold, or of an earlier start of one it does."""
+        current = {
+            self.marker_prefix(instance.id, instance.launch_token)
+            for instance in self._instances.values()
+            if instance.launch_token is not None and instance.pid is not None
+        }
+        orphans = {
+            marker.rsplit("/", 1)[0] + "/"
+            for marker, _ in procfs.marked_processes(self.marker_prefix()).values()
+            if marker not in current
+        }
+        for marker in sorted(orphans):
+            stray = {pid for pid, (found, _) in procfs.marked_processes(marker).items() if found not in current}
+            logger.warning("killing orphaned engine processes %s (marker %s...)", sorted(stray), marker)
+            for pid in stray:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                procfs.collect_exit(pid)
 
     def _require_started(self) -> None:
         if self._monitor_task is None:
@@ -316,16 +378,26 @@ class Supervisor:
             if current is not None:
                 previous_port = current.port
                 log_generation = current.log_generation
+                saved_state, saved_message = current.state, current.message
                 current.state = "stopped"
                 current.message = "replacing with a new body"
-                self._persist()
+                try:
+                    self._persist()
+                except OSError:
+                    current.state, current.message = saved_state, saved_message
+                    raise  # nothing changed: the old engine runs and is recorded
                 await self._stop(current)
                 del self._instances[instance_id]
             port = self._assign_port(instance_id, body.launch.port, preferred=previous_port)
             instance = _Instance(id=instance_id, body=body, port=port, log_generation=log_generation)
             self._instances[instance_id] = instance
-            await self._launch(instance)
-            self._persist()
+            try:
+                await self._launch(instance)
+            except OSError:
+                # The intent could not be written, so nothing was spawned: forget the instance.
+                del self._instances[instance_id]
+                raise
+            self._persist_quietly()
             return instance.status(), True
 
     def get(self, instance_id: str) -> InstanceStatus | None:
@@ -343,13 +415,20 @@ class Supervisor:
             instance = self._instances.get(instance_id)
             if instance is None:
                 return False
+            saved_state, saved_message = instance.state, instance.message
             instance.state = "stopped"
             instance.message = "deleting"
-            self._persist()  # an agent that dies now finishes the stop when it starts again
+            try:
+                self._persist()  # an agent that dies now finishes the stop when it starts again
+            except OSError:
+                instance.state, instance.message = saved_state, saved_message
+                raise  # nothing changed: the engine runs and is recorded
             await self._stop(instance)
             del self._instances[instance_id]
-            self._persist()
-            remove_logs(self._logs_dir, instance_id)
+            # The file says "stopped" already; if this write fails, the next start finishes the job.
+            self._persist_quietly()
+            with contextlib.suppress(OSError):
+                remove_logs(self._logs_dir, instance_id)
         # The lock stays: a put waiting on it must serialise with any later caller of the same id.
         return True
 
@@ -449,13 +528,24 @@ class Supervisor:
     async def _launch(self, instance: _Instance) -> None:
         """Start the engine of ``instance`` with a fresh log file. A start that cannot even exec (missing
         program, no container CLI) makes the instance ``failed``: retrying would not help."""
+        saved = (instance.log_generation, instance.state, instance.launch_token, instance.message)
         instance.log_generation += 1
         instance.state = "starting"
+        instance.launch_token = secrets.token_hex(8)
+        instance.pid = None
+        instance.pid_start_time = None
+        try:
+            # The intent (this instance, its claim, this start's marker) is on disk before the engine exists.
+            self._persist()
+        except OSError:
+            instance.log_generation, instance.state, instance.launch_token, instance.message = saved
+            raise
         instance.failed_probes = 0
         instance.next_probe_due = 0.0
         instance.restart_due = None
-        self._logs_dir.mkdir(parents=True, exist_ok=True)
-        prune_logs(self._logs_dir, instance.id, instance.log_generation)
+        with contextlib.suppress(OSError):
+            self._logs_dir.mkdir(parents=True, exist_ok=True)
+            prune_logs(self._logs_dir, instance.id, instance.log_generation)
         reason: str | None = None
         argv = instance.body.launch.argv
         try:
@@ -482,9 +572,10 @@ class Supervisor:
     async def _command(self, instance: _Instance) -> tuple[list[str], dict[str, str]]:
         launch = instance.body.launch
         argv = engine_argv(launch.argv, instance.port)
+        marker = {procfs.ENGINE_MARK_ENV: self.marker_prefix(instance.id, instance.launch_token)}
         if launch.image is None:
             environment = process_environment(os.environ, launch.env, instance.body.device_indices, instance.port)
-            return argv, environment
+            return argv, environment | marker
         cli = self._container_cli or find_container_cli()
         if cli is None:
             raise ValueError(
@@ -505,7 +596,7 @@ class Supervisor:
             port=instance.port,
         )
         # The values of `-e NAME` come from the CLI's environment (see container_run_argv).
-        return command, inherited_environment(os.environ) | container_env
+        return command, inherited_environment(os.environ) | container_env | marker
 
     async def _run_container_cli(self, argv: list[str]) -> None:
         def run() -> None:
@@ -529,9 +620,13 @@ class Supervisor:
             instance.probe_task.cancel()
             instance.probe_task = None
         pid = instance.pid
+        marker = self.marker_prefix(instance.id)
+        # Helpers that left the group (setsid) get SIGTERM with it, and SIGKILL after it is gone.
+        procfs.signal_marked(marker, signal.SIGTERM)
         if pid is not None:
             exit_code = await procfs.terminate_group(pid, instance.pid_start_time, self._stop_grace_seconds)
             instance.last_exit_code = exit_code if exit_code is not None else instance.last_exit_code
+        await procfs.kill_marked(marker)
         if instance.container_cli is not None and instance.body.launch.image is not None:
             # SIGKILL to the CLI does not stop the container: make sure it is gone.
             await self._run_container_cli(container_remove_argv(instance.container_cli, instance.id))
@@ -571,7 +666,12 @@ class Supervisor:
                     instance.state == "restarting" and instance.restart_due is not None and now >= instance.restart_due
                 ):
                     instance.restarts += 1
-                    await self._launch(instance)
+                    try:
+                        await self._launch(instance)
+                    except OSError as error:
+                        instance.restart_due = now + 1.0
+                        instance.message = f"cannot record the engine's start ({error.strerror or error}); retrying"
+                        logger.error("instance %s: %s", instance_id, instance.message)
                     changed = True
                 if (
                     instance.state in _RUNNING_STATES
@@ -584,7 +684,7 @@ class Supervisor:
                         self._probe(instance, instance.log_generation), name=f"probe-{instance_id}"
                     )
         if changed:
-            self._persist()
+            self._persist_quietly()
 
     def _poll_exit(self, instance: _Instance) -> tuple[bool, int | None]:
         """(exited, exit code), from /proc by pid and start time. The exit code is known when this process
@@ -601,6 +701,8 @@ class Supervisor:
     def _on_exit(self, instance: _Instance, exit_code: int | None, now: float) -> None:
         if instance.pid is not None:
             procfs.kill_leftovers(instance.pid, instance.pid_start_time)
+        # Helpers that escaped the group would keep holding memory the restarted engine needs.
+        procfs.signal_marked(self.marker_prefix(instance.id), signal.SIGKILL)
         if instance.probe_task is not None:
             instance.probe_task.cancel()
             instance.probe_task = None
@@ -646,7 +748,7 @@ class Supervisor:
                 instance.consecutive_failures = 0
                 instance.message = None
                 logger.info("instance %s: ready on port %s", instance.id, instance.port)
-                self._persist()
+                self._persist_quietly()
             return
         instance.failed_probes += 1
         if instance.state == "ready" and instance.failed_probes >= UNREADY_AFTER_FAILED_PROBES:
@@ -656,7 +758,7 @@ class Supervisor:
                 "in a row; not ready until it answers 200 again"
             )
             logger.warning("instance %s: %s", instance.id, instance.message)
-            self._persist()
+            self._persist_quietly()
 
     # --- helpers ---------------------------------------------------------------------------------------
 
@@ -716,6 +818,14 @@ class Supervisor:
             return None
         file.seek(offset)
         return file
+
+    def _persist_quietly(self) -> None:
+        """Write the state where a failure only delays the record (the intent is on disk already, or the
+        next write carries the change): log it instead of failing the caller."""
+        try:
+            self._persist()
+        except OSError as error:
+            logger.error("could not write %s (%s); it is written again with the next change", self._state_path, error)
 
     def _persist(self) -> None:
         state = SupervisorState(

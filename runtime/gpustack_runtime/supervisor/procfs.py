@@ -199,3 +199,68 @@ def kill_leftovers(pgid: int, leader_start_time: int | None) -> None:
     make the restarted engine run out of it."""
     if group_is_ours(pgid, leader_start_time) and group_members(pgid):
         _signal_group(pgid, signal.SIGKILL)
+
+
+# --- containment: every process an engine starts carries its marker --------------------------------------
+
+ENGINE_MARK_ENV = "GPUSTACK_ENGINE_MARK"
+"""Set in every engine's environment to ``{agent key}/{instance id}/{launch token}``. Children inherit it, so
+it finds the whole engine even where the process tree and the process group do not: a helper that calls
+``setsid`` (Ray does) leaves the group and, once its parent exits, the tree too, but keeps its environment.
+(A process that execs with an emptied environment escapes it; cgroups would catch that one.)"""
+
+
+def read_marker(pid: int) -> str | None:
+    """The value of :data:`ENGINE_MARK_ENV` in ``pid``'s initial environment, None when absent or
+    unreadable (the process exited, or it is another user's and we are not root)."""
+    try:
+        raw = (PROC_ROOT / str(pid) / "environ").read_bytes()
+    except OSError:
+        return None
+    key = ENGINE_MARK_ENV.encode() + b"="
+    for entry in raw.split(b"\0"):
+        if entry.startswith(key):
+            return entry[len(key) :].decode("utf-8", errors="replace")
+    return None
+
+
+def marked_processes(prefix: str) -> dict[int, tuple[str, ProcessStat]]:
+    """Running processes whose marker starts with ``prefix``: pid -> (marker, stat)."""
+    found: dict[int, tuple[str, ProcessStat]] = {}
+    own_pid = os.getpid()
+    for entry in PROC_ROOT.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == own_pid:
+            continue
+        pid = int(entry.name)
+        marker = read_marker(pid)
+        if marker is None or not marker.startswith(prefix):
+            continue
+        stat = read_stat(pid)
+        if stat is not None and stat.running:
+            found[pid] = (marker, stat)
+    return found
+
+
+def signal_marked(prefix: str, signum: signal.Signals) -> list[int]:
+    """Send ``signum`` to every running process marked with ``prefix``; returns their pids."""
+    pids = list(marked_processes(prefix))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+    return pids
+
+
+async def kill_marked(prefix: str, wait_seconds: float = KILL_WAIT_SECONDS) -> None:
+    """SIGKILL every process marked with ``prefix`` and wait until none runs (our own children among them
+    are collected). Raises TimeoutError when some still run after ``wait_seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while True:
+        pids = signal_marked(prefix, signal.SIGKILL)
+        for pid in pids:
+            collect_exit(pid)
+        if not pids:
+            return
+        if loop.time() >= deadline:
+            raise TimeoutError(f"processes {sorted(pids)} marked {prefix!r} still run {wait_seconds} s after SIGKILL")
+        await asyncio.sleep(GROUP_POLL_SECONDS)

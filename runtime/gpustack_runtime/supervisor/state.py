@@ -38,6 +38,11 @@ class PersistedInstance(BaseModel):
     log_generation: int = Field(default=-1, description="n of the current log file {id}.{n}.log; -1: none yet.")
     container_cli: str | None = Field(default=None, description="The CLI that runs the container, if any.")
     message: str | None = None
+    launch_token: str | None = Field(
+        default=None,
+        description="Random per start, part of the engine's marker (procfs.ENGINE_MARK_ENV). Written before the "
+        "engine is spawned, so an agent that dies between spawning and recording the pid finds it by marker.",
+    )
 
 
 class SupervisorState(BaseModel):

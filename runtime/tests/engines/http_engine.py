@@ -34,6 +34,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--exit-code", type=int, default=None, help="exit with this code instead of serving")
     parser.add_argument("--spawn-child", metavar="PID_FILE", help="fork a sleeping child; write its pid here")
     parser.add_argument("--child-ignores-sigterm", action="store_true")
+    parser.add_argument(
+        "--spawn-setsid-grandchild",
+        metavar="PID_FILE",
+        help="like a Ray helper: a grandchild that calls setsid (own session and group), ignores SIGTERM and whose "
+        "parent exits, so it is in neither the engine's process group nor its process tree; its pid goes here",
+    )
     parser.add_argument("--ignore-sigterm", action="store_true")
     parser.add_argument("--say", action="append", default=[], help="print this line at start")
     return parser.parse_args(argv)
@@ -60,6 +66,27 @@ class Handler(BaseHTTPRequestHandler):
         print(f"request {format % args}", flush=True)
 
 
+def spawn_setsid_grandchild(pid_file: str) -> None:
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        if os.fork() == 0:
+            os.setsid()
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            os.write(write_end, str(os.getpid()).encode())
+            os.close(write_end)
+            while True:
+                time.sleep(1)
+        os._exit(0)  # the grandchild is reparented: out of the engine's tree
+    os.close(write_end)
+    os.waitpid(child, 0)
+    grandchild = os.read(read_end, 32).decode()
+    os.close(read_end)
+    with open(pid_file, "w") as file:
+        file.write(grandchild)
+
+
 def main(argv: list[str]) -> int:
     options = parse_args(argv)
     for line in options.say:
@@ -71,6 +98,8 @@ def main(argv: list[str]) -> int:
         child.stdout.readline()  # its signal disposition is set: tests may rely on it once we are ready
         with open(options.spawn_child, "w") as pid_file:
             pid_file.write(str(child.pid))
+    if options.spawn_setsid_grandchild:
+        spawn_setsid_grandchild(options.spawn_setsid_grandchild)
     if options.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
