@@ -31,6 +31,7 @@ from gpustack_runtime.config import (
     parse_labels,
     parse_port_range,
 )
+from gpustack_runtime.supervisor.core import DEFAULT_START_TIMEOUT_SECONDS
 
 logger = logging.getLogger("gpustack_runtime.cli")
 
@@ -89,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--container-cli",
         default=None,
         help="docker or podman executable for instances with an image (default: found on PATH).",
+    )
+    parser.add_argument(
+        "--engine-start-timeout",
+        type=float,
+        default=DEFAULT_START_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="An engine that has not answered its health check this long after a start is stopped and marked "
+        "failed (default: %(default)s).",
     )
     parser.add_argument(
         "--log-level",
@@ -170,10 +179,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger().setLevel(args.log_level.upper())
     config = config_from_args(parser, args)
-    return serve(config, container_cli=args.container_cli, log_level=args.log_level)
+    if args.engine_start_timeout <= 0:
+        parser.error(f"--engine-start-timeout {args.engine_start_timeout}: must be > 0 seconds")
+    return serve(
+        config,
+        container_cli=args.container_cli,
+        log_level=args.log_level,
+        start_timeout_seconds=args.engine_start_timeout,
+    )
 
 
-def serve(config: AgentConfig, *, container_cli: str | None, log_level: str) -> int:
+def serve(
+    config: AgentConfig,
+    *,
+    container_cli: str | None,
+    log_level: str,
+    start_timeout_seconds: float = DEFAULT_START_TIMEOUT_SECONDS,
+) -> int:
     """Build the backend, the supervisor and the app, and run uvicorn until SIGTERM/SIGINT."""
     import uvicorn
 
@@ -182,7 +204,12 @@ def serve(config: AgentConfig, *, container_cli: str | None, log_level: str) -> 
     from gpustack_runtime.supervisor import Supervisor
 
     backend = create_backend(config.devices)
-    supervisor = Supervisor(config.state_dir, port_range=config.port_range, container_cli=container_cli)
+    supervisor = Supervisor(
+        config.state_dir,
+        port_range=config.port_range,
+        container_cli=container_cli,
+        start_timeout_seconds=start_timeout_seconds,
+    )
     app = create_app(config, backend, supervisor)
     server = uvicorn.Server(
         uvicorn.Config(

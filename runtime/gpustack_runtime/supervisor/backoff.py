@@ -15,6 +15,12 @@ DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
 flag or a model that does not fit will not fix itself, and with the default delays five tries span 2.5 min."""
 
 
+DEFAULT_MAX_RESTARTS_IN_WINDOW = 5
+DEFAULT_RESTART_WINDOW_SECONDS = 600.0
+"""An engine that exits 5 times within 10 minutes is ``failed`` even if it answered its health check in
+between (or has no health path, so it counts as ready while it runs): a flapping engine must end somewhere."""
+
+
 @dataclass(frozen=True)
 class BackoffPolicy:
     """Exponential restart backoff. ``delay(n)`` is the wait before the start that follows the n-th
@@ -23,8 +29,15 @@ class BackoffPolicy:
     base_seconds: float = DEFAULT_BACKOFF_BASE_SECONDS
     max_seconds: float = DEFAULT_BACKOFF_MAX_SECONDS
     max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
+    max_restarts_in_window: int = DEFAULT_MAX_RESTARTS_IN_WINDOW
+    restart_window_seconds: float = DEFAULT_RESTART_WINDOW_SECONDS
 
     def __post_init__(self) -> None:
+        if self.max_restarts_in_window < 1 or self.restart_window_seconds <= 0:
+            raise ValueError(
+                "BackoffPolicy.max_restarts_in_window must be >= 1 and restart_window_seconds > 0, got "
+                f"{self.max_restarts_in_window} and {self.restart_window_seconds}"
+            )
         if self.base_seconds < 0:
             raise ValueError(f"BackoffPolicy.base_seconds must be >= 0, got {self.base_seconds}")
         if self.max_seconds < self.base_seconds:

@@ -74,6 +74,11 @@ CONTAINER_CLI_TIMEOUT_SECONDS = 60.0
 WAIT_STATE_POLL_SECONDS = 0.02
 FOLLOW_POLL_SECONDS = 0.1
 
+DEFAULT_START_TIMEOUT_SECONDS = 1800.0
+"""An engine that has not answered its health check 30 min after a start is ``failed``: loading the largest
+models from a local disk takes minutes, not half an hour; a download of hundreds of GB may need more
+(``--engine-start-timeout``)."""
+
 _RUNNING_STATES: frozenset[InstanceState] = frozenset({"starting", "ready"})
 
 
@@ -134,6 +139,10 @@ class _Instance:
     restart_due: float | None = None
     """``loop.time()`` at which a ``restarting`` instance is started again."""
     launch_token: str | None = None
+    start_due: float | None = None
+    """``loop.time()`` by which this start must have answered its health check once."""
+    exit_times: list[float] = field(default_factory=list)
+    """``loop.time()`` of recent exits, for the restart window."""
     failed_probes: int = 0
     next_probe_due: float = 0.0
     probe_task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -209,6 +218,7 @@ class Supervisor:
         stop_grace_seconds: float = 10.0,
         host: str = "127.0.0.1",
         container_cli: str | None = None,
+        start_timeout_seconds: float = DEFAULT_START_TIMEOUT_SECONDS,
     ) -> None:
         low, high = port_range
         if not 1 <= low <= high <= 65535:
@@ -225,6 +235,9 @@ class Supervisor:
         self._health_interval = health_interval
         self._tick = min(health_interval, STARTING_PROBE_INTERVAL_SECONDS)
         self._stop_grace_seconds = stop_grace_seconds
+        if start_timeout_seconds <= 0:
+            raise ValueError(f"start_timeout_seconds must be > 0, got {start_timeout_seconds}")
+        self._start_timeout_seconds = start_timeout_seconds
         self._host = host
         self._container_cli = container_cli
         self._instances: dict[str, _Instance] = {}
@@ -303,6 +316,8 @@ class Supervisor:
         if instance.pid is not None and procfs.is_same_running_process(instance.pid, instance.pid_start_time):
             # Not our child: its exit is detected through /proc (see _poll_exit).
             instance.message = f"adopted running engine pid {instance.pid} after an agent restart"
+            if instance.state == "starting":
+                instance.start_due = asyncio.get_running_loop().time() + self._start_timeout_seconds
             logger.info("instance %s: %s", instance.id, instance.message)
             return
         gone_pid = instance.pid
@@ -566,6 +581,7 @@ class Supervisor:
         instance.pid = pid
         instance.pid_start_time = procfs.process_start_time(pid)
         instance.started_at = time.time()
+        instance.start_due = asyncio.get_running_loop().time() + self._start_timeout_seconds
         instance.message = None
         logger.info("instance %s: started pid %s on port %s", instance.id, pid, instance.port)
 
@@ -662,6 +678,9 @@ class Supervisor:
                     if exited:
                         self._on_exit(instance, exit_code, now)
                         changed = True
+                    elif instance.state == "starting" and instance.start_due is not None and now >= instance.start_due:
+                        await self._fail_start_deadline(instance)
+                        changed = True
                 elif (
                     instance.state == "restarting" and instance.restart_due is not None and now >= instance.restart_due
                 ):
@@ -713,7 +732,16 @@ class Supervisor:
         instance.consecutive_failures += 1
         code_text = f"exit code {exit_code}" if exit_code is not None else "unknown exit code"
         failures = instance.consecutive_failures
-        if failures >= self._backoff.max_consecutive_failures:
+        window = self._backoff.restart_window_seconds
+        instance.exit_times = [t for t in instance.exit_times if t > now - window] + [now]
+        if len(instance.exit_times) >= self._backoff.max_restarts_in_window:
+            instance.state = "failed"
+            instance.restart_due = None
+            instance.message = (
+                f"engine pid {exited_pid} exited ({code_text}); it exited {len(instance.exit_times)} times within "
+                f"{window:g} s (flapping), giving up; see logs (previous=True for the start before)"
+            )
+        elif failures >= self._backoff.max_consecutive_failures:
             instance.state = "failed"
             instance.restart_due = None
             instance.message = (
@@ -728,6 +756,18 @@ class Supervisor:
                 f"engine pid {exited_pid} exited ({code_text}); restarting in {delay:g} s "
                 f"(failure {failures} of {self._backoff.max_consecutive_failures})"
             )
+        logger.warning("instance %s: %s", instance.id, instance.message)
+
+    async def _fail_start_deadline(self, instance: _Instance) -> None:
+        """The engine runs but never answered its health check within the start deadline: stop it, ``failed``."""
+        await self._stop(instance)
+        instance.state = "failed"
+        instance.start_due = None
+        instance.message = (
+            f"engine did not become ready within {self._start_timeout_seconds:g} s (GET "
+            f"{instance.body.launch.health_path} never answered 200); stopped it. See the logs; raise the agent's "
+            "--engine-start-timeout if the model needs longer to load"
+        )
         logger.warning("instance %s: %s", instance.id, instance.message)
 
     async def _probe(self, instance: _Instance, generation: int) -> None:
@@ -745,6 +785,7 @@ class Supervisor:
             instance.failed_probes = 0
             if instance.state == "starting":
                 instance.state = "ready"
+                instance.start_due = None
                 instance.consecutive_failures = 0
                 instance.message = None
                 logger.info("instance %s: ready on port %s", instance.id, instance.port)
