@@ -23,6 +23,7 @@ Everything it starts (agent, engines) is stopped at the end, and its temporary d
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -104,6 +105,9 @@ def fake_nvml_environment(work: Path) -> dict[str, str] | None:
             "cc_minor": 0,
             "pci_bus_id": f"00000000:{0x18 + index:02X}:00.0",
             "nvlink_peers": [peer for peer in range(GPU_COUNT) if peer != index],
+            # A listed GPU process makes the agent attribute device memory to instances' process trees (the
+            # path that walked /proc per instance): pid 1 stands for a foreign process.
+            "processes": [{"pid": 1, "used_memory": 256 * 1024 * 1024}],
         }
         for index in range(GPU_COUNT)
     ]
@@ -214,10 +218,73 @@ def start_engines_and_time_readiness(client: httpx.Client, count: int, gpus: int
     return [agent_ready[i] - engine_up[i] for i in ports]
 
 
+@contextlib.contextmanager
+def host_processes(count: int) -> Iterator[None]:
+    """``count`` idle processes on the host, so each /proc scan reads as many entries as a busy node."""
+    sleepers = [subprocess.Popen(["sleep", "3600"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+        for sleeper in sleepers:
+            sleeper.wait()
+
+
+def start_cheap_instances(client: httpx.Client, count: int) -> None:
+    """``count`` instances whose engine is ``sleep`` (no health path): cheap on 2 cores, real processes."""
+    for n in range(count):
+        body = {"owner": "bench/load", "launch": {"argv": ["sleep", "3600"], "health_path": None}}
+        client.put(f"/v1/instances/load-{n}", json=body).raise_for_status()
+
+
+def healthz_under_load(url: str, clients: int, seconds: float) -> tuple[list[float], int]:
+    """``clients`` concurrent clients read ``/v1/capacity`` for ``seconds`` while another one times
+    ``/healthz`` every 20 ms. Returns the /healthz latencies and the number of capacity answers."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def run() -> tuple[list[float], int]:
+        answered = 0
+        stop = asyncio.Event()
+
+        async def hammer(client: httpx.AsyncClient) -> None:
+            nonlocal answered
+            while not stop.is_set():
+                (await client.get("/v1/capacity")).raise_for_status()
+                answered += 1
+
+        async def probe(client: httpx.AsyncClient) -> list[float]:
+            samples = []
+            while not stop.is_set():
+                started = time.perf_counter()
+                (await client.get("/healthz")).raise_for_status()
+                samples.append(time.perf_counter() - started)
+                await asyncio.sleep(0.02)
+            return samples
+
+        limits = httpx.Limits(max_connections=clients + 1)
+        async with (
+            httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as client,
+            httpx.AsyncClient(base_url=url, timeout=60) as prober,
+        ):
+            workers = [asyncio.create_task(hammer(client)) for _ in range(clients)]
+            sampler = asyncio.create_task(probe(prober))
+            await asyncio.sleep(seconds)
+            stop.set()
+            await asyncio.gather(*workers)
+            return await sampler, answered
+
+    return asyncio.run(run())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--instances", type=int, default=8)
+    parser.add_argument("--load-instances", type=int, default=20, help="instances in the load section")
+    parser.add_argument("--host-processes", type=int, default=300, help="extra idle host processes")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent capacity readers")
+    parser.add_argument("--load-seconds", type=float, default=10.0)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--static", action="store_true", help="no fake NVML: --devices none")
     source.add_argument("--real-nvml", action="store_true", help="this host's real NVML and GPUs")
@@ -272,6 +339,39 @@ def main() -> int:
                 )
             )
             rows.append(Row("engine ready -> agent ready, max", f"{max(delays) * 1e3:.0f} ms"))
+
+        with (
+            host_processes(options.host_processes),
+            running_agent(work, devices, nvml_env or {}) as (agent_pid, client),
+        ):
+            start_cheap_instances(client, options.load_instances)
+            procs = sum(1 for entry in os.listdir("/proc") if entry.isdigit())
+            context = f"{options.load_instances} instances, {procs} host processes"
+            loaded = capacity_latencies(client, options.requests)
+            for name, fraction in (("p50", 0.5), ("p99", 0.99)):
+                rows.append(
+                    Row(
+                        f"GET /v1/capacity {name}, {context}",
+                        f"{percentile(loaded, fraction) * 1e3:.2f} ms",
+                        f"n={len(loaded)}, sequential",
+                    )
+                )
+            health, answered = healthz_under_load(str(client.base_url), options.clients, options.load_seconds)
+            note = f"{options.clients} clients reading capacity for {options.load_seconds:g} s"
+            rows.append(
+                Row(f"GET /healthz p99 under load, {context}", f"{percentile(health, 0.99) * 1e3:.1f} ms", note)
+            )
+            rows.append(
+                Row(f"GET /healthz max under load, {context}", f"{max(health) * 1e3:.1f} ms", f"n={len(health)}")
+            )
+            rows.append(
+                Row(
+                    f"GET /v1/capacity throughput under load, {context}",
+                    f"{answered / options.load_seconds:.0f} req/s",
+                    note,
+                )
+            )
+            rows.append(Row(f"agent RSS, {context}", f"{rss_mib(agent_pid):.1f} MiB", "after the load"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

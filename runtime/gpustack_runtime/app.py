@@ -53,7 +53,7 @@ from gpustack_runtime.metrics import (
     ScrapeView,
     new_request_histogram,
 )
-from gpustack_runtime.supervisor import NoFreePortError
+from gpustack_runtime.supervisor import NoFreePortError, procfs
 from gpustack_runtime.supervisor.launch import INSTANCE_ID_PATTERN
 from gpustack_runtime.wire import (
     AdmissionRejection,
@@ -102,6 +102,59 @@ class InstanceSupervisor(Protocol):
     def instance_pids(self) -> dict[str, int]: ...
 
     def process_tree(self, pid: int) -> set[int]: ...
+
+
+CAPACITY_MAX_AGE_SECONDS = 0.25
+"""How long a rendered capacity document is reused while nothing changes through the API: under 50
+concurrent readers, rendering each one kept ``/healthz`` waiting behind them."""
+
+PROCESS_SCAN_MAX_AGE_SECONDS = 1.0
+"""How old the cached process trees may be before a background rescan (item 11 of issue 11)."""
+
+
+class ProcessTreeCache:
+    """The process trees of the instances' engines, from one /proc scan for all of them, in a worker thread,
+    at most once per ``max_age`` (and at once when an engine started or stopped). Requests never walk /proc on
+    the event loop: a capacity read used to scan /proc once per instance (120 ms at 20 instances)."""
+
+    def __init__(self, supervisor: InstanceSupervisor, max_age: float = PROCESS_SCAN_MAX_AGE_SECONDS) -> None:
+        self._supervisor = supervisor
+        self._max_age = max_age
+        self._pids: dict[str, int] = {}
+        self._trees: dict[str, set[int]] = {}
+        self._scanned_at = float("-inf")
+        self._scan: asyncio.Task[None] | None = None
+        self._scan_pids: dict[str, int] | None = None
+        self.scans = 0
+
+    def last(self) -> dict[str, set[int]]:
+        """The trees of the last scan (for the synchronous metrics collector)."""
+        return self._trees
+
+    async def trees(self) -> dict[str, set[int]]:
+        pids = self._supervisor.instance_pids()
+        loop = asyncio.get_running_loop()
+        if pids != self._pids:
+            # An engine started, restarted or stopped: its processes must be attributed now, or its memory
+            # would count as foreign. Concurrent callers share one scan.
+            if self._scan is None or self._scan.done() or self._scan_pids != pids:
+                self._start_scan(pids)
+            assert self._scan is not None
+            await asyncio.shield(self._scan)
+        elif loop.time() - self._scanned_at > self._max_age and (self._scan is None or self._scan.done()):
+            self._start_scan(pids)  # refresh in the background; this request uses the last scan
+        return self._trees
+
+    def _start_scan(self, pids: dict[str, int]) -> None:
+        self._scan_pids = dict(pids)
+        self._scan = asyncio.get_running_loop().create_task(self._run_scan(dict(pids)))
+
+    async def _run_scan(self, pids: dict[str, int]) -> None:
+        roots = await asyncio.to_thread(procfs.process_trees, pids.values())
+        self.scans += 1
+        self._trees = {instance_id: roots.get(pid, set()) | {pid} for instance_id, pid in pids.items()}
+        self._pids = pids
+        self._scanned_at = asyncio.get_running_loop().time()
 
 
 # --- response bodies that are not wire models ------------------------------------------------------------
@@ -157,19 +210,26 @@ class AgentRuntime:
     host: HostFacts
     registry: CollectorRegistry
     instance_locks: KeyedLocks = field(default_factory=KeyedLocks)
+    trees: ProcessTreeCache | None = None
+    generation: int = 0
+    """Bumped by every change through the API (the rendered capacity document is stale after one)."""
 
-    def read_devices(self) -> tuple[list[DeviceSnapshot], list[DeviceUsage]]:
-        """The device snapshot and who uses each device's memory. Process trees are walked only when some
-        device lists processes (a /proc scan per instance is not free)."""
+    def __post_init__(self) -> None:
+        if self.trees is None:
+            self.trees = ProcessTreeCache(self.supervisor)
+
+    async def read_devices(self) -> tuple[list[DeviceSnapshot], list[DeviceUsage]]:
+        """The device snapshot and who uses each device's memory. Process trees come from the cache, and
+        only when some device lists processes."""
+        assert self.trees is not None
         snapshots = self.backend.snapshot()
         trees: dict[str, set[int]] = {}
         if any(snapshot.processes for snapshot in snapshots):
-            for instance_id, pid in self.supervisor.instance_pids().items():
-                trees[instance_id] = self.supervisor.process_tree(pid) | {pid}
+            trees = await self.trees.trees()
         return snapshots, split_device_usage(snapshots, trees)
 
-    def capacity(self) -> CapacityDocument:
-        snapshots, usages = self.read_devices()
+    async def capacity(self) -> CapacityDocument:
+        snapshots, usages = await self.read_devices()
         return build_capacity_document(
             name=self.config.node_name,
             labels=self.config.labels,
@@ -181,7 +241,10 @@ class AgentRuntime:
         )
 
     def scrape_view(self) -> ScrapeView:
-        snapshots, usages = self.read_devices()
+        assert self.trees is not None
+        snapshots = self.backend.snapshot()
+        trees = self.trees.last() if any(snapshot.processes for snapshot in snapshots) else {}
+        usages = split_device_usage(snapshots, trees)
         return ScrapeView(
             snapshots=snapshots,
             usages=usages,
@@ -355,7 +418,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
     @app.get("/v1/node", tags=["node"], dependencies=authenticated, responses=ERROR_RESPONSES)
     async def node() -> NodeInfo:
         """Host facts and the full device snapshots (processes, utilisation, power)."""
-        snapshots, _ = runtime.read_devices()
+        snapshots, _ = await runtime.read_devices()
         return NodeInfo(
             name=config.node_name,
             labels=config.labels,
@@ -366,10 +429,30 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
             devices=snapshots,
         )
 
-    @app.get("/v1/capacity", tags=["node"], dependencies=authenticated, responses=ERROR_RESPONSES)
-    async def capacity() -> CapacityDocument:
-        """Devices with live and allocated memory, and the allocations of instances and reservations."""
-        return runtime.capacity()
+    rendered_capacity: dict[str, Any] = {"body": b"", "at": float("-inf"), "generation": -1}
+
+    @app.get(
+        "/v1/capacity",
+        tags=["node"],
+        dependencies=authenticated,
+        responses={**ERROR_RESPONSES, 200: {"model": CapacityDocument}},
+        response_class=Response,
+    )
+    async def capacity() -> Response:
+        """Devices with live and allocated memory, and the allocations of instances and reservations.
+
+        The rendered document is reused for up to ``CAPACITY_MAX_AGE_SECONDS`` unless a reservation or an
+        instance changed through the API meanwhile: live device memory may lag by that much, allocations
+        never do. Admission never uses it (it reads the devices itself)."""
+        now = asyncio.get_running_loop().time()
+        if (
+            now - rendered_capacity["at"] > CAPACITY_MAX_AGE_SECONDS
+            or rendered_capacity["generation"] != runtime.generation
+        ):
+            generation = runtime.generation
+            document = await runtime.capacity()
+            rendered_capacity.update(body=document.model_dump_json().encode(), at=now, generation=generation)
+        return Response(rendered_capacity["body"], media_type="application/json")
 
     # --- reservations ----------------------------------------------------------------------------------
 
@@ -397,9 +480,10 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         responses={**ADMISSION_RESPONSES, 201: {"model": ReservationStatus, "description": "Created."}},
     )
     async def put_reservation(reservation_id: ItemId, body: ReservationBody, response: Response) -> ReservationStatus:
+        runtime.generation += 1
         """Create (201), renew or replace (200) a lease. It expires ``ttl_seconds`` after this PUT unless an
         instance with the same id confirms it."""
-        _, usages = runtime.read_devices()
+        _, usages = await runtime.read_devices()
         try:
             outcome = runtime.ledger.put_reservation(reservation_id, body, usages)
         except DuplicateDeviceError as error:
@@ -417,6 +501,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         responses=NOT_FOUND_RESPONSES,
     )
     async def delete_reservation(reservation_id: ItemId) -> Response:
+        runtime.generation += 1
         if not runtime.ledger.delete_reservation(reservation_id):
             raise _not_found("reservation", reservation_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -451,9 +536,16 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
         """Create (201) or keep/replace (200) an instance. Idempotent: the same body changes nothing. The
         memory claim is admitted first (409 when it does not fit); it confirms reservation ``{id}``."""
         _refuse_agent_port(body, config, request)
+        runtime.generation += 1
+        try:
+            return await _put_instance(instance_id, body, response)
+        finally:
+            runtime.generation += 1
+
+    async def _put_instance(instance_id: str, body: InstanceBody, response: Response) -> InstanceStatus:
         async with runtime.instance_locks.hold(instance_id):
             existed = supervisor.get(instance_id) is not None
-            _, usages = runtime.read_devices()
+            _, usages = await runtime.read_devices()
             try:
                 outcome = runtime.ledger.admit_instance(instance_id, body, usages)
             except DuplicateDeviceError as error:
@@ -479,6 +571,13 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
     )
     async def delete_instance(instance_id: ItemId) -> Response:
         """Stop the engine and free its memory claim (and the reservation it confirmed)."""
+        runtime.generation += 1
+        try:
+            return await _delete_instance(instance_id)
+        finally:
+            runtime.generation += 1
+
+    async def _delete_instance(instance_id: str) -> Response:
         async with runtime.instance_locks.hold(instance_id):
             deleted = await supervisor.delete(instance_id)
             released = runtime.ledger.release_instance(instance_id)

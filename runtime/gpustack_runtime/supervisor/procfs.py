@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,3 +265,25 @@ async def kill_marked(prefix: str, wait_seconds: float = KILL_WAIT_SECONDS) -> N
         if loop.time() >= deadline:
             raise TimeoutError(f"processes {sorted(pids)} marked {prefix!r} still run {wait_seconds} s after SIGKILL")
         await asyncio.sleep(GROUP_POLL_SECONDS)
+
+
+def process_trees(roots: Iterable[int]) -> dict[int, set[int]]:
+    """:func:`process_tree` of every root from one scan of /proc (a scan per root costs the same as one for
+    all of them)."""
+    children: dict[int, list[int]] = {}
+    running: set[int] = set()
+    for stat in all_stats():
+        if stat.running:
+            running.add(stat.pid)
+            children.setdefault(stat.ppid, []).append(stat.pid)
+    trees: dict[int, set[int]] = {}
+    for root in roots:
+        tree: set[int] = set()
+        pending = [root] if root in running else []
+        while pending:
+            current = pending.pop()
+            if current not in tree:
+                tree.add(current)
+                pending.extend(children.get(current, ()))
+        trees[root] = tree
+    return trees
