@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,13 +37,21 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "plan",
         help="place model replicas on GPUs (a pure dry run: no network)",
-        description="Place deployments on an inventory of capacity documents. Exit 0: all placed; "
-        "1: some replicas unplaced (reasons shown); 2: a bad input file.",
+        description="Place deployments on an inventory of capacity documents. JSON files are read as JSON, YAML "
+        "with the C loader.",
+        epilog="exit codes: 0 every replica placed; 1 some replicas unplaced (the reasons are printed); 2 bad "
+        "input (the message names the file and the field).",
     )
     parser.add_argument("--inventory", required=True, type=Path, help='YAML/JSON: {"nodes": [capacity documents]}')
     parser.add_argument("--deployments", required=True, type=Path, help="YAML/JSON list of deployments")
     parser.add_argument("--previous", type=Path, help="a previous plan (JSON from --json): replicas stay put")
-    parser.add_argument("--strategy", choices=("binpack", "spread"), default="binpack")
+    parser.add_argument(
+        "--strategy",
+        choices=("binpack", "spread"),
+        default="binpack",
+        help="binpack: fill used GPUs and nodes first, leaving whole GPUs free (default); spread: balance replicas "
+        "over nodes and GPUs",
+    )
     parser.add_argument("--json", action="store_true", help="print the Plan as canonical JSON")
     parser.add_argument(
         "--show-launch",
@@ -52,9 +61,9 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--time-budget",
-        type=float,
+        type=_time_budget,
         default=DEFAULT_TIME_BUDGET_S,
-        help=f"seconds the exact solver may use (default {DEFAULT_TIME_BUDGET_S})",
+        help=f"seconds the exact solver may use, in (0, {MAX_TIME_BUDGET_S:g}] (default {DEFAULT_TIME_BUDGET_S})",
     )
     parser.add_argument(
         "--own-owner-prefix", default=None, help="allocations whose owner starts with this are the previous plan's own"
@@ -62,15 +71,65 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _read(path: Path) -> Any:
+# Bounds on counts and sizes read from files: far beyond any real cluster, small enough that no computation
+# overflows (CP-SAT works in 64-bit integers) or runs out of memory.
+MAX_REPLICAS = 10_000  # per deployment
+MAX_TOTAL_REPLICAS = 1_000_000
+MAX_DEPLOYMENTS = 100_000
+MAX_CONCURRENCY = 1 << 20
+MAX_CONTEXT = 1 << 24  # tokens
+MAX_PRIORITY = 1_000_000
+MAX_DEVICE_MEMORY = 1 << 44  # 16 TiB per device
+MAX_NODE_MEMORY = 1 << 50  # 1 PiB per node
+MAX_DEVICES_PER_NODE = 4096
+MAX_CPU_COUNT = 1 << 20
+
+
+MAX_TIME_BUDGET_S = 3600.0
+
+
+def _time_budget(text: str) -> float:
     try:
-        text = path.read_text()
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_TIME_BUDGET_S:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, {MAX_TIME_BUDGET_S:g}], got {text!r}")
+    return value
+
+
+def _read(path: Path) -> Any:
+    """Parse a YAML or JSON file. JSON (a ``.json`` name, or text starting with ``{`` or ``[``) is read with the
+    json module, YAML with PyYAML's C loader when available: PyYAML's pure-Python reader needs minutes for a
+    30 MB inventory that json reads in a fraction of a second."""
+    try:
+        raw = path.read_bytes()
     except OSError as error:
         raise BadInputFile(f"{path}: cannot read: {error.strerror or error}") from error
     try:
-        return yaml.safe_load(text)  # YAML is a superset of JSON
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        message = f"{path}: not a text file (not UTF-8 at byte {error.start}): expected YAML or JSON"
+        raise BadInputFile(message) from None
+    stripped = text.lstrip()
+    if path.suffix.lower() == ".json" or stripped.startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            if path.suffix.lower() == ".json":
+                raise BadInputFile(f"{path}: not valid JSON: {error}") from None
+            # flow-style YAML that is not JSON: fall through to the YAML reader
+        except RecursionError:
+            raise BadInputFile(f"{path}: nested too deeply") from None
+    try:
+        return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader: CSafeLoader or SafeLoader
     except yaml.YAMLError as error:
-        raise BadInputFile(f"{path}: not valid YAML/JSON: {error}") from error
+        raise BadInputFile(f"{path}: not valid YAML/JSON: {error}") from None
+    except RecursionError:
+        raise BadInputFile(f"{path}: nested too deeply") from None
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _validate(model: type[M], data: Any, path: Path, prefix: tuple = ()) -> M:
@@ -80,11 +139,59 @@ def _validate(model: type[M], data: Any, path: Path, prefix: tuple = ()) -> M:
         first = error.errors()[0]
         field = ".".join(str(part) for part in (*prefix, *first["loc"])) or "(top level)"
         more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-        raise BadInputFile(f"{path}: field '{field}': {first['msg']}{more}") from error
+        raise BadInputFile(f"{path}: field '{field}': {first['msg']}{more}") from None
+
+
+def _bound(path: Path, field: str, value: Any, low: int, high: int) -> None:
+    """Counts and sizes must be integers in [low, high] (bools and floats such as 1e30 are refused)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadInputFile(f"{path}: field '{field}': must be an integer between {low:,} and {high:,}, got {value!r}")
+
+
+def _check_inventory(inventory: Inventory, path: Path) -> None:
+    """Sizes and counts within bounds (after validation, which checked types: one pass over the objects)."""
+    for n, node in enumerate(inventory.nodes):
+        if node.memory_total is not None and node.memory_total > MAX_NODE_MEMORY:
+            _bound(path, f"nodes.{n}.memory_total", node.memory_total, 0, MAX_NODE_MEMORY)
+        if node.cpu_count is not None and node.cpu_count > MAX_CPU_COUNT:
+            _bound(path, f"nodes.{n}.cpu_count", node.cpu_count, 0, MAX_CPU_COUNT)
+        if len(node.devices) > MAX_DEVICES_PER_NODE:
+            raise BadInputFile(f"{path}: field 'nodes.{n}.devices': more than {MAX_DEVICES_PER_NODE} devices")
+        for d, device in enumerate(node.devices):
+            if (
+                device.memory_total > MAX_DEVICE_MEMORY
+                or device.memory_used > MAX_DEVICE_MEMORY
+                or device.memory_allocated > MAX_DEVICE_MEMORY
+                or (device.memory_foreign or 0) > MAX_DEVICE_MEMORY
+                or (device.memory_available or 0) > MAX_DEVICE_MEMORY
+                or device.index > MAX_DEVICES_PER_NODE
+            ):
+                for key in ("memory_total", "memory_used", "memory_allocated", "memory_foreign", "memory_available"):
+                    _bound(path, f"nodes.{n}.devices.{d}.{key}", getattr(device, key), 0, MAX_DEVICE_MEMORY)
+                _bound(path, f"nodes.{n}.devices.{d}.index", device.index, 0, MAX_DEVICES_PER_NODE)
+        for a, allocation in enumerate(node.allocations):
+            if allocation.memory_bytes_per_device > MAX_DEVICE_MEMORY:
+                field = f"nodes.{n}.allocations.{a}.memory_bytes_per_device"
+                _bound(path, field, allocation.memory_bytes_per_device, 0, MAX_DEVICE_MEMORY)
 
 
 def load_inventory(path: Path) -> Inventory:
-    return _validate(Inventory, _read(path), path)
+    data = _read(path)
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+        raise BadInputFile(f"{path}: expected an object with a 'nodes' list of capacity documents")
+    inventory = _validate(Inventory, data, path)
+    _check_inventory(inventory, path)
+    return inventory
+
+
+DEPLOYMENT_BOUNDS = {
+    "replicas": (0, MAX_REPLICAS),
+    "concurrency": (1, MAX_CONCURRENCY),
+    "max_model_len": (1, MAX_CONTEXT),
+    "priority": (-MAX_PRIORITY, MAX_PRIORITY),
+}
 
 
 def load_deployments(path: Path) -> list[Deployment]:
@@ -93,14 +200,27 @@ def load_deployments(path: Path) -> list[Deployment]:
         data = data["deployments"]
     if not isinstance(data, list):
         raise BadInputFile(f"{path}: expected a list of deployments (or {{deployments: [...]}})")
+    if len(data) > MAX_DEPLOYMENTS:
+        raise BadInputFile(f"{path}: {len(data):,} deployments; at most {MAX_DEPLOYMENTS:,} are planned at once")
     resolved = []
+    total_replicas = 0
     for position, item in enumerate(data):
-        # A relative model path is relative to the deployments file, like a compose file's build context.
-        if isinstance(item, dict) and isinstance(item.get("model"), str):
-            candidate = path.parent / item["model"]
-            if not Path(item["model"]).is_absolute() and candidate.exists():
-                item = {**item, "model": str(candidate)}
+        if isinstance(item, dict):
+            for key, (low, high) in DEPLOYMENT_BOUNDS.items():
+                _bound(path, f"{position}.{key}", item.get(key), low, high)
+            replicas = item.get("replicas", 1)
+            total_replicas += replicas if isinstance(replicas, int) else 0
+            # A relative model path is relative to the deployments file, like a compose file's build context.
+            model = item.get("model")
+            if isinstance(model, str) and not Path(model).is_absolute():
+                candidate = path.parent / model
+                if candidate.exists():
+                    item = {**item, "model": str(candidate)}
         resolved.append(_validate(Deployment, item, path, prefix=(position,)))
+    if total_replicas > MAX_TOTAL_REPLICAS:
+        raise BadInputFile(
+            f"{path}: field 'replicas': {total_replicas:,} replicas in all; at most {MAX_TOTAL_REPLICAS:,}"
+        )
     return _validate(DeploymentList, {"deployments": resolved}, path).deployments
 
 
@@ -121,8 +241,8 @@ def run_plan(args: argparse.Namespace) -> int:
             time_budget_s=args.time_budget,
             own_owner_prefix=args.own_owner_prefix,
         )
-    except (BadInputFile, ValueError) as error:  # ValueError: e.g. duplicate node names in the inventory
-        sys.stderr.write(f"error: {error}\n")
+    except (BadInputFile, ValueError, OverflowError) as error:  # ValueError: e.g. duplicate node names
+        sys.stderr.write(f"gpustack-pulumi plan: error: {error}\n")
         return EXIT_BAD_INPUT
     launches = _launches(result, deployments, inventory) if args.show_launch else None
     if args.json and launches is not None:
