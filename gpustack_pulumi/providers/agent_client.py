@@ -19,6 +19,12 @@ from gpustack_runtime.wire import (
 )
 
 DEFAULT_TIMEOUT_S = 10.0
+"""Per network operation (connect, one read, one write)."""
+
+DEFAULT_DEADLINE_S = 60.0
+"""Per call, all of it: an agent that trickles its answer a byte at a time resets every per-read timeout, so
+without an overall deadline it could hold ``pulumi up`` forever. A call ends at most one read timeout after
+its deadline."""
 
 
 class AgentError(RuntimeError):
@@ -45,6 +51,23 @@ class AgentUnreachable(AgentError):
         self.detail = reason
 
 
+class AgentTimeout(AgentError):
+    """The agent accepted the connection but did not answer (completely) in time: it may be hung or
+    overloaded, and it may still be doing what it was asked. Not :class:`AgentUnreachable`: an engine behind a
+    hung agent is not gone."""
+
+    def __init__(self, endpoint: str, what: str, seconds: float, reason: str) -> None:
+        RuntimeError.__init__(
+            self,
+            f"agent {endpoint} did not answer within {seconds:g} s ({what}: {reason}); it may be hung or "
+            "overloaded: check `systemctl status gpustack-agent` and its log on the host, then retry",
+        )
+        self.endpoint = endpoint
+        self.status = 0
+        self.detail = reason
+        self.seconds = seconds
+
+
 class AdmissionConflict(AgentError):
     """409: the agent refused a claim that would overbook a device (another deployment got there first)."""
 
@@ -58,8 +81,17 @@ def _format_detail(detail: Any) -> str:
 class AgentClient:
     """Calls one agent. Use as a context manager, or call :meth:`close`."""
 
-    def __init__(self, endpoint: str, token: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        token: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+    ) -> None:
         self.endpoint = endpoint.rstrip("/")
+        self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
         self._client = httpx.Client(
             base_url=self.endpoint,
             headers={"Authorization": f"Bearer {token}"},
@@ -75,9 +107,36 @@ class AgentClient:
     def close(self) -> None:
         self._client.close()
 
+    def _send(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        """One call within :attr:`deadline_s`: the body is read in chunks and the deadline checked after
+        each, with every network wait bounded by what is left of it."""
+        started = time.monotonic()
+        deadline = started + self.deadline_s
+        per_operation = min(self.timeout_s, self.deadline_s)
+        request = self._client.build_request(method, path, timeout=httpx.Timeout(per_operation), **kwargs)
+        try:
+            response = self._client.send(request, stream=True)
+            try:
+                chunks = []
+                for chunk in response.iter_bytes():
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        raise AgentTimeout(
+                            self.endpoint, what, self.deadline_s, "the answer was still arriving at the deadline"
+                        )
+                # What response.read() would have stored (httpx keeps a read body in _content).
+                response._content = b"".join(chunks)
+            finally:
+                response.close()
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise AgentUnreachable(self.endpoint, what, f"ConnectTimeout: {exc}") from None
+            raise AgentTimeout(self.endpoint, what, per_operation, type(exc).__name__) from None
+        return response
+
     def _request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._client.request(method, path, **kwargs)
+            response = self._send(method, path, what, **kwargs)
         except httpx.TransportError as exc:
             raise AgentUnreachable(self.endpoint, what, type(exc).__name__ + (f": {exc}" if str(exc) else "")) from None
         if response.status_code == 409:
