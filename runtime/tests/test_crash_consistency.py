@@ -321,3 +321,20 @@ def test_kill9_with_writes_in_flight_leaves_no_orphan_and_no_duplicate(tmp_path:
                 os.kill(pid, signal.SIGKILL)
     assert totals["orphans"] == 0 and totals["duplicates"] == 0, totals
     assert totals["killed_mid_write"] > 0, "the kills should land while writes are in flight"
+
+
+def test_engine_logs_are_0600_and_state_dirs_0700(harness: SupervisorHarness) -> None:
+    async def scenario() -> None:
+        supervisor = harness.supervisor()
+        await supervisor.start()
+        try:
+            await supervisor.put("a", harness.body())
+            await supervisor.wait_state("a", {"ready"}, 15)
+            logs = harness.state_dir / "logs"
+            assert (harness.state_dir.stat().st_mode & 0o777, logs.stat().st_mode & 0o777) == (0o700, 0o700)
+            assert {path.stat().st_mode & 0o777 for path in logs.iterdir()} == {0o600}
+        finally:
+            await supervisor.delete("a")
+            await supervisor.close()
+
+    harness.run(scenario())

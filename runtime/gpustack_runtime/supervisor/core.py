@@ -100,7 +100,7 @@ def spawn_engine(argv: list[str], environment: dict[str, str], log_file: Path) -
         if found is None:
             raise FileNotFoundError(errno.ENOENT, f"{program!r} not found on the engine's PATH")
         program = found
-    log_descriptor = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    log_descriptor = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         return os.posix_spawn(
             program,
@@ -263,7 +263,10 @@ class Supervisor:
         monitoring."""
         if self._monitor_task is not None:
             return
-        self._logs_dir.mkdir(parents=True, exist_ok=True)
+        # Engine logs may hold secrets an engine prints: readable by the agent's user only.
+        self._logs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for directory in (self._state_dir, self._logs_dir):
+            os.chmod(directory, 0o700)
         saved = load_state(self._state_path)
         # Markers, like pids, only mean something within the boot that wrote the state.
         self._trust_markers = saved.boot_id is None or saved.boot_id == self._boot_id
