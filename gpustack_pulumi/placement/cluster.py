@@ -130,7 +130,12 @@ def build_cluster(inventory: Inventory, own_owner_prefix: str | None = None) -> 
             cluster.dev_total.append(device.memory_total)
             cluster.dev_uuid.append(device.uuid)
             cluster.dev_group.append(device.topology_group)
-            cluster.dev_base_free.append(_whole_units(device.memory_total - allocated_others - foreign))
+            free = device.memory_total - allocated_others - foreign
+            if device.memory_available is not None:
+                # What the agent admits (after its safety margin), plus what this planner's own claims hold there:
+                # placement never plans a claim the agent would refuse.
+                free = min(free, device.memory_available + own_alloc.get(device.index, 0))
+            cluster.dev_base_free.append(_whole_units(free))
             cluster.gid_of[(node_id, device.index)] = gid
             cluster.gid_by_uuid[device.uuid] = gid
             gids.append(gid)

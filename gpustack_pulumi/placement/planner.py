@@ -317,34 +317,44 @@ class Planner:
         won = placer.place_all(contenders)
         winners = ", ".join(sorted({t.prepared.name for t, c in won if c is not None})) or "none"
 
+        # Put the lifted replicas back tier by tier, highest priority first: a tier's replicas return where they
+        # were if they still fit, and those that do not are placed anew before any lower tier returns — so a
+        # replica is only ever displaced by replicas of a higher priority, never by a lower one.
         restored: list[tuple[ReplicaTask, ScoredCandidate | None]] = []
-        displaced: list[ReplicaTask] = []
-        for key, record in lower_kept:
-            check = _Check(record.class_id, record.node_gids, record.claim, record.replica.memory_fraction, "")
-            if _shortfall(state, check) is None:
-                self._claim_check(state, key[0], check)
-                outcome.records[key] = record
-            else:
-                outcome.kept -= 1
-                where = _where(record.replica)
-                displaced.append(
-                    ReplicaTask(
-                        prepared[key[0]],
-                        key[1],
-                        f"moved from {where}: preempted by higher-priority {winners} (priority {top})",
-                    )
-                )
+        replaced: list[tuple[ReplicaTask, ScoredCandidate | None]] = []
         new_order = sorted(lower_new, key=lambda item: order_key(item[0]))
-        for task, chosen in new_order:
-            assert chosen is not None
-            candidate = chosen.candidate
-            check = _Check(candidate.class_id, candidate.node_gids, candidate.claim, candidate.fraction, "")
-            if _shortfall(state, check) is None:
-                placer.apply(task.prepared.name, candidate)
-                restored.append((task, chosen))
-            else:
-                displaced.append(task)
-        replaced = placer.place_all(sorted(displaced, key=order_key))
+        tiers = {priority(key[0]) for key, _ in lower_kept} | {t.prepared.deployment.priority for t, _ in lower_new}
+        for tier in sorted(tiers, reverse=True):
+            displaced: list[ReplicaTask] = []
+            for key, record in lower_kept:
+                if priority(key[0]) != tier:
+                    continue
+                check = _Check(record.class_id, record.node_gids, record.claim, record.replica.memory_fraction, "")
+                if _shortfall(state, check) is None:
+                    self._claim_check(state, key[0], check)
+                    outcome.records[key] = record
+                else:
+                    outcome.kept -= 1
+                    where = _where(record.replica)
+                    displaced.append(
+                        ReplicaTask(
+                            prepared[key[0]],
+                            key[1],
+                            f"moved from {where}: preempted by higher-priority {winners} (priority {top})",
+                        )
+                    )
+            for task, chosen in new_order:
+                if task.prepared.deployment.priority != tier:
+                    continue
+                assert chosen is not None
+                candidate = chosen.candidate
+                check = _Check(candidate.class_id, candidate.node_gids, candidate.claim, candidate.fraction, "")
+                if _shortfall(state, check) is None:
+                    placer.apply(task.prepared.name, candidate)
+                    restored.append((task, chosen))
+                else:
+                    displaced.append(task)
+            replaced += placer.place_all(sorted(displaced, key=order_key))
         lower_ids = {id(t) for t, _ in lower_new}
         untouched = [(t, c) for t, c in placed if id(t) not in contender_ids and id(t) not in lower_ids]
         return untouched + won + restored + replaced
