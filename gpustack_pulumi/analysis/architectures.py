@@ -133,10 +133,15 @@ def _gqa_attention(
     qkv_bias: bool = False,
     o_bias: bool = False,
     qk_norm: bool = False,
+    qk_norm_full: bool = False,
     gated_q: bool = False,
     sinks: bool = False,
 ) -> None:
-    """Standard multi-head / grouped-query attention over ``layers`` layers."""
+    """Standard multi-head / grouped-query attention over ``layers`` layers.
+
+    ``qk_norm``: one norm weight of ``head_dim`` for q and one for k (Qwen3, Gemma 3); ``qk_norm_full``: norms
+    over the whole q and k projections (OLMo 2: ``H·d + KV·d``; Command R+: one per head, the same count).
+    """
     q_out = heads * head_dim * (2 if gated_q else 1)  # Qwen3-Next's gated attention doubles q_proj
     q_o = hidden * q_out + heads * head_dim * hidden
     q_o += (q_out if qkv_bias else 0) + (hidden if o_bias else 0)
@@ -145,7 +150,8 @@ def _gqa_attention(
     kv = 2 * hidden * kv_heads * head_dim + (2 * kv_heads * head_dim if qkv_bias else 0)
     c.add("attention_kv", "kv_heads", kv * n, layers=layers, quantizable=True)
     # q/k norms are replicated; gpt-oss's sinks are split by head (one per head, like q_proj's rows).
-    c.add("norms", "replicated", (2 * head_dim if qk_norm else 0) * n, layers=layers)
+    qk = (2 * head_dim if qk_norm else 0) + ((heads + kv_heads) * head_dim if qk_norm_full else 0)
+    c.add("norms", "replicated", qk * n, layers=layers)
     c.add("attention", "tp", (heads if sinks else 0) * n, layers=layers, quantizable=True)
 
 
@@ -272,14 +278,29 @@ def _shape(family: str, cfg: ConfigView, c: _Counter, kv_groups: list[KvLayerGro
 # ----- dense families ------------------------------------------------------------------------------------
 
 
+# Dense families that differ from Llama only in counted details: norms per layer (Gemma: pre+post around attention
+# and MLP; Cohere: one shared by the parallel attention and MLP; OLMo 2: post-norms), whether the LM head is tied
+# by default, q/k norms, and biases.
+NORMS_PER_LAYER = {"gemma2": 4, "gemma3": 4, "cohere": 1, "cohere2": 1}
+TIED_BY_DEFAULT = {"gemma2", "gemma3", "cohere", "cohere2"}
+
+
 def dense_decoder(cfg: ConfigView, family: str) -> ArchitectureShape:
-    """Llama, Mistral, Qwen2/2.5, Qwen3, Phi-3, Gemma 2/3 and the generic fallback."""
+    """Llama, Mistral, Qwen2/2.5, Qwen3, Phi-3/Phi-4, Gemma 2/3, OLMo 2, Command R (Cohere), InternLM 1/2/3,
+    Baichuan, and the generic fallback."""
     h, n, v, heads, kv, d = _dims(cfg)
-    inter = cfg.require_int("intermediate_size", "ffn_dim", "n_inner")
-    qkv_bias = family == "qwen2" or bool(cfg.get("attention_bias", default=False))
-    gemma = family in ("gemma2", "gemma3")
+    warnings: list[str] = []
+    if family == "generic" and not cfg.has("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size"):
+        inter = 4 * h
+        warnings.append(f"no intermediate_size in the config: the MLP is assumed to be 4 × hidden_size = {inter:,}")
+    else:
+        inter = cfg.require_int("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
+    attention_bias = bool(cfg.get("attention_bias", default=False))
+    internlm_bias = family == "internlm" and bool(cfg.get("bias", default=True))  # InternLM 1: biased q/k/v/o
+    qkv_bias = family == "qwen2" or attention_bias or internlm_bias
+    tied = family in TIED_BY_DEFAULT
     c = _Counter(n)
-    _embeddings(c, cfg, h, v, tied_default=gemma)
+    _embeddings(c, cfg, h, v, tied_default=tied)
     _gqa_attention(
         c,
         layers=range(n),
@@ -288,16 +309,62 @@ def dense_decoder(cfg: ConfigView, family: str) -> ArchitectureShape:
         kv_heads=kv,
         head_dim=d,
         qkv_bias=qkv_bias,
-        o_bias=bool(cfg.get("attention_bias", default=False)) and family != "qwen2",
+        o_bias=(attention_bias and family != "qwen2") or internlm_bias,
         qk_norm=family in ("qwen3", "gemma3"),
+        qk_norm_full=family == "olmo2" or (family.startswith("cohere") and bool(cfg.get("use_qk_norm"))),
     )
     _dense_mlp(c, layers=range(n), hidden=h, intermediate=inter, bias=bool(cfg.get("mlp_bias", default=False)))
-    # Gemma 2/3 have pre- and post-norms around both attention and MLP (4 per layer).
-    _layer_norms(c, layers=range(n), hidden=h, per_layer=4 if gemma else 2)
+    _layer_norms(c, layers=range(n), hidden=h, per_layer=NORMS_PER_LAYER.get(family, 2))
 
     sliding = _sliding_layers(cfg, family, n)
     groups = _attention_kv_groups(cfg, num_layers=n, kv_heads=kv, head_dim=d, sliding_layers=sliding)
-    return _shape(family, cfg, c, groups)
+    shape = _shape(family, cfg, c, groups)
+    shape.warnings.extend(warnings)
+    return shape
+
+
+def falcon(cfg: ConfigView, family: str = "falcon") -> ArchitectureShape:
+    """Falcon (7B/40B/180B, and Falcon 2/3 configs with model_type falcon): fused query_key_value, a plain
+    (non-gated) MLP of ``ffn_hidden_size`` (default 4·h), LayerNorms with bias, LM head tied by default.
+
+    KV heads: ``num_kv_heads`` with the new decoder architecture (40B, 180B), 1 with ``multi_query`` (7B),
+    else one per attention head (vLLM's FalconAttention).
+    """
+    h, n, v, heads = cfg.hidden_size(), cfg.num_layers(), cfg.vocab_size(), cfg.num_attention_heads()
+    d = cfg.head_dim()
+    new_arch = bool(cfg.get("new_decoder_architecture", default=False))
+    if new_arch:
+        kv = cfg.require_int("num_kv_heads", "n_head_kv", "num_key_value_heads")
+    elif cfg.get("multi_query", default=True):
+        kv = 1
+    else:
+        kv = heads
+    ffn = cfg.int_or("ffn_hidden_size", default=4 * h)
+    bias = bool(cfg.get("bias", default=False))
+    c = _Counter(n)
+    _embeddings(c, cfg, h, v, tied_default=True)
+    q_o = h * heads * d + heads * d * h + ((heads * d + h) if bias else 0)
+    c.add("attention", "tp", q_o * n, layers=range(n), quantizable=True)
+    kv_params = 2 * h * kv * d + (2 * kv * d if bias else 0)
+    c.add("attention_kv", "kv_heads", kv_params * n, layers=range(n), quantizable=True)
+    mlp = 2 * h * ffn + ((ffn + h) if bias else 0)
+    c.add("mlp", "tp", mlp * n, layers=range(n), quantizable=True)
+    if new_arch:
+        layer_norms = cfg.int_or("num_ln_in_parallel_attn", default=2)
+    else:
+        layer_norms = 1 if cfg.get("parallel_attn", default=True) else 2
+    c.add("norms", "replicated", layer_norms * 2 * h * n, layers=range(n))  # LayerNorm: weight and bias
+    c.add("other", "replicated", 2 * h)  # ln_f
+    groups = [KvLayerGroup(kind="full_attention", num_layers=n, num_kv_heads=kv, head_size=2 * d)]
+    shape = _shape(
+        family,
+        cfg,
+        c,
+        groups,
+        constraints=ParallelConstraints(num_attention_heads=heads, num_kv_heads=kv, vocab_size=v),
+    )
+    shape.num_kv_heads = kv
+    return shape
 
 
 def _sliding_layers(cfg: ConfigView, family: str, n: int) -> list[bool]:
@@ -311,6 +378,9 @@ def _sliding_layers(cfg: ConfigView, family: str, n: int) -> list[bool]:
         return [i % 2 == 0 for i in range(n)]  # Gemma 2 alternates local (even) and global (odd) layers
     if family == "gemma3":
         pattern = cfg.int_or("sliding_window_pattern", default=6)  # every 6th layer is global
+        return [(i + 1) % pattern != 0 for i in range(n)]
+    if family == "cohere2":
+        pattern = cfg.int_or("sliding_window_pattern", default=4)  # Command R7B: 3 sliding layers, then 1 global
         return [(i + 1) % pattern != 0 for i in range(n)]
     if family == "mistral":
         return [True] * n  # Mistral 7B v0.1 used a 4096-token window on every layer
@@ -663,6 +733,16 @@ FAMILIES: dict[str, tuple[str, Family]] = {
     "gemma2": ("gemma2", dense_decoder),
     "gemma3": ("gemma3", dense_decoder),
     "gemma3_text": ("gemma3", dense_decoder),
+    "olmo2": ("olmo2", dense_decoder),
+    "cohere": ("cohere", dense_decoder),
+    "cohere2": ("cohere2", dense_decoder),
+    "internlm": ("internlm", dense_decoder),
+    "internlm2": ("internlm2", dense_decoder),
+    "internlm3": ("internlm3", dense_decoder),
+    "baichuan": ("baichuan", dense_decoder),
+    "falcon": ("falcon", falcon),
+    "RefinedWeb": ("falcon", falcon),
+    "RefinedWebModel": ("falcon", falcon),
     "mixtral": ("mixtral", mixtral),
     "qwen2_moe": ("qwen2_moe", qwen3_moe),
     "qwen3_moe": ("qwen3_moe", qwen3_moe),
@@ -684,6 +764,16 @@ ARCHITECTURE_CLASSES: dict[str, str] = {
     "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForCausalLM": "gemma3_text",
     "Gemma3ForConditionalGeneration": "gemma3",
+    "Olmo2ForCausalLM": "olmo2",
+    "CohereForCausalLM": "cohere",
+    "Cohere2ForCausalLM": "cohere2",
+    "InternLMForCausalLM": "internlm",
+    "InternLM2ForCausalLM": "internlm2",
+    "InternLM3ForCausalLM": "internlm3",
+    "BaichuanForCausalLM": "baichuan",
+    "BaiChuanForCausalLM": "baichuan",
+    "FalconForCausalLM": "falcon",
+    "RWForCausalLM": "falcon",
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
     "Qwen3MoeForCausalLM": "qwen3_moe",
@@ -700,7 +790,8 @@ def resolve_family(raw: dict[str, Any]) -> tuple[str | None, str]:
     """(model_type we support or None, architecture class name for messages)."""
     archs = raw.get("architectures") or []
     arch = str(archs[0]) if archs else str(raw.get("model_type") or "unknown")
-    model_type = str(raw.get("model_type") or "").lower()
+    model_type = str(raw.get("model_type") or "")
+    model_type = model_type if model_type in FAMILIES else model_type.lower()
     if model_type == "deepseek_v3" and (raw.get("index_topk") or arch == "DeepseekV32ForCausalLM"):
         model_type = "deepseek_v32"  # V3.2 keeps model_type deepseek_v3 but adds the DSA indexer fields
     if model_type in FAMILIES:
