@@ -1,5 +1,5 @@
-"""Several hosts end to end through the engine harness: an SshNodePool of three network-namespace hosts (2×H100,
-4×L40S, CPU-only; fake GPUs, real sshd, the install script run over real SSH) and three deployments. Replicas land
+"""Several hosts end to end through the engine harness: an SshNodePool of four network-namespace hosts (2×H100,
+4×L40S, two CPU-only; fake GPUs, real sshd, the install script run over real SSH) and three deployments. Replicas land
 according to the hosts' devices and every endpoint answers; a host taken down is reported by refresh and the next
 update re-places its replica on the remaining hosts without moving the others; two stacks racing for the same GPU
 never double-book it; destroy leaves no process and no namespace behind."""
@@ -18,6 +18,7 @@ import pytest
 from harness.pulumi_engine import StackHarness
 from multihost.netns import (
     HostGroup,
+    HostSpec,
     NetnsHost,
     _kill_namespace_processes,
     _wait_for_tcp,
@@ -29,12 +30,13 @@ from multihost.remote_runner import COMMAND_TYPE, COPY_TYPE, RemoteCommandApplie
 from multihost.support import HOST_SPECS, TOKEN, build_fake_nvml, build_wheelhouse, pool_args
 
 from gpustack_pulumi.components import GpuCluster, ModelDeployment, SshNodePool
-from gpustack_pulumi.providers.agent_client import AdmissionConflict
-from gpustack_pulumi.providers.model_replica import ModelReplicaProvider
+from gpustack_pulumi.providers.cluster_plan import ClusterPlanProvider
 from gpustack_pulumi.tinymodel import write_tiny_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 VERSION = "0.1.0"
+# The shared three hosts and a second CPU-only host, so a CPU replica has somewhere to go when its host dies.
+E2E_HOST_SPECS = [*HOST_SPECS, HostSpec("cpu-d", None)]
 
 pytestmark = pytest.mark.slow
 
@@ -88,8 +90,8 @@ class Lab:
             # latency: llama.cpp prefers a GPU (offload); the selectors pick the product.
             ModelDeployment("alpha", {**common, "mode": "latency", "gpu_selector": ["NVIDIA H100 80GB HBM3"]}),
             ModelDeployment("beta", {**common, "mode": "latency", "gpu_selector": ["NVIDIA L40S"], "replicas": 2}),
-            # balanced: llama.cpp prefers a CPU-only node.
-            ModelDeployment("gamma", {**common, "mode": "balanced"}),
+            # No layer offloaded: llama.cpp on the CPU of a CPU-only node.
+            ModelDeployment("gamma", {**common, "mode": "balanced", "engine_options": {**options, "n_gpu_layers": 0}}),
         ]
         for deployment in deployments:
             pulumi.export(f"{deployment._name}_endpoints", deployment.endpoints)
@@ -104,7 +106,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     wheelhouse = build_wheelhouse(base / "wheelhouse", [VERSION])
     fake_nvml = build_fake_nvml(base / "fakenvml")
     model = write_tiny_gguf(base / "tiny.gguf")
-    with netns_hosts(HOST_SPECS, base, fake_nvml) as group:
+    with netns_hosts(E2E_HOST_SPECS, base, fake_nvml) as group:
         yield Lab(group, wheelhouse, fake_nvml, model, base / "pulumi-state.json")
 
 
@@ -136,7 +138,9 @@ def test_hosts_end_to_end(lab: Lab) -> None:
         # Placement follows the devices each agent reports.
         assert nodes_of(out["alpha_placements"]) == ["gpu-a"]
         assert nodes_of(out["beta_placements"]) == ["gpu-b", "gpu-b"]
-        assert nodes_of(out["gamma_placements"]) == ["cpu-c"]
+        [gamma_host] = nodes_of(out["gamma_placements"])
+        assert gamma_host in ("cpu-c", "cpu-d")  # n_gpu_layers 0: a CPU-only host
+        other_cpu = "cpu-d" if gamma_host == "cpu-c" else "cpu-c"
         assert out["alpha_placements"][0]["placements"][0]["device_indices"] in ([0], [1])
         assert out["gamma_placements"][0]["placements"][0]["device_indices"] == []
         endpoints = out["alpha_endpoints"] + out["beta_endpoints"] + out["gamma_endpoints"]
@@ -145,9 +149,8 @@ def test_hosts_end_to_end(lab: Lab) -> None:
         before = {name: r.outputs["instances"][0]["pid"] for name, r in state_by_name(lab).items()
                   if name.startswith(("alpha", "beta"))}  # fmt: skip
 
-        # Host cpu-c goes down: every process of its namespace (sshd, agent, engine) is killed.
-        cpu_c = lab.group.by_name("cpu-c")
-        _kill_namespace_processes(cpu_c)
+        # gamma's host goes down: every process of its namespace (sshd, agent, engine) is killed.
+        _kill_namespace_processes(lab.group.by_name(gamma_host))
         refreshed = lab.harness.refresh()
         assert refreshed.drift["gamma-r0"]["state"] == "unreachable"
         assert not [name for name in refreshed.drift if name.startswith(("alpha", "beta"))]
@@ -156,13 +159,15 @@ def test_hosts_end_to_end(lab: Lab) -> None:
         moved = lab.harness.up()
         assert "gamma-r0" in moved.ops("replace")
         assert not [n for n in moved.ops("replace") + moved.ops("update") if n.startswith(("alpha", "beta"))]
-        assert nodes_of(moved.outputs["gamma_placements"])[0] in ("gpu-a", "gpu-b")
+        assert nodes_of(moved.outputs["gamma_placements"]) == [other_cpu]  # the CPU-only host left
         assert completes(moved.outputs["gamma_endpoints"][0])
         after = {name: r.outputs["instances"][0]["pid"] for name, r in state_by_name(lab).items()
                  if name.startswith(("alpha", "beta"))}  # fmt: skip
         assert after == before
     finally:
-        restart_sshd(lab.group.by_name("cpu-c"))  # the host comes back, so its agent can be uninstalled
+        for host in lab.group.hosts:  # the host comes back, so its agent can be uninstalled
+            if not host.pids():
+                restart_sshd(host)
         lab.harness.destroy()
     for host in lab.group.hosts:  # only each host's sshd is left: no agent, no engine
         leftovers = [
@@ -172,47 +177,59 @@ def test_hosts_end_to_end(lab: Lab) -> None:
 
 
 def test_two_stacks_racing_for_one_gpu_never_double_book(lab: Lab) -> None:
-    """Two stacks' replicas both placed (at check) on the same free L40S, each claiming 60 % of it: the agent's
-    admission lets exactly one start; the other fails cleanly with the numbers and leaves nothing behind."""
+    """Two stacks' cluster plans, both checked against the same free capacity, put their replica on the same
+    L40S, each claiming 60 % of it. Their updates claim concurrently: the agents let exactly one plan through;
+    the other fails before starting anything, names the contended device, and leaves no reservation behind."""
     lab.harness.up()
     try:
         agents = {r.name: r for r in lab.harness.load_state()}["alpha-r0"].outputs["agents"]
-        provider = ModelReplicaProvider()
+        provider = ClusterPlanProvider()
+        big = int(0.6 * 48_305_799_168)
 
-        def props(stack: str) -> dict[str, Any]:
+        def checked_plan(stack: str) -> dict[str, Any]:
             news = {
-                "deployment": {"name": "race", "model": str(lab.model), "engine": "llama.cpp", "mode": "latency",
-                               "max_model_len": 256, "gpu_selector": ["NVIDIA L40S"],
-                               "engine_options": {"container": False, "python": sys.executable, "host": "0.0.0.0"}},
-                "replica": 0, "owner": f"gpustack-pulumi/{stack}/race/r0/", "agents": agents, "token": TOKEN,
-                "secrets": {}, "ready_timeout_s": 120,
+                "deployments": [{"name": "race", "model": str(lab.model), "engine": "llama.cpp", "mode": "latency",
+                                 "max_model_len": 256, "gpu_selector": ["NVIDIA L40S"], "replicas": 1,
+                                 "engine_options": {"container": False, "python": sys.executable, "host": "0.0.0.0"}}],
+                "agents": agents, "token": TOKEN, "planned": None, "owner_prefix": f"gpustack-pulumi/{stack}/",
+                "strategy": "binpack", "time_budget_s": 2,
             }  # fmt: skip
             checked = provider.check({}, news)
             assert not checked.failures, checked.failures
             inputs = checked.inputs
-            device = inputs["launch"][0]["visible_devices"]
-            assert inputs["launch"][0]["node"] == "gpu-b" and device
-            big = int(0.6 * 48_305_799_168)
-            inputs["launch"][0]["memory_bytes_per_device"] = big
+            (launch,) = inputs["plan"]["replicas"]["race/0"]["launch"]
+            assert launch["node"] == "gpu-b" and launch["visible_devices"]
+            launch["memory_bytes_per_device"] = big
             return inputs
 
-        first, second = props("stack-one"), props("stack-two")
-        assert first["launch"][0]["visible_devices"] == second["launch"][0]["visible_devices"]  # both chose it
+        first, second = checked_plan("stack-one"), checked_plan("stack-two")
+        device = first["plan"]["replicas"]["race/0"]["launch"][0]["visible_devices"]
+        assert second["plan"]["replicas"]["race/0"]["launch"][0]["visible_devices"] == device  # both chose it
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-            futures = [pool.submit(provider.create, p) for p in (first, second)]
-            outcomes = []
+            futures = [pool.submit(provider.create, plan) for plan in (first, second)]
+            outcomes: list[Any] = []
             for future in futures:
                 try:
                     outcomes.append(future.result())
-                except AdmissionConflict as conflict:
-                    outcomes.append(conflict)
-        conflicts = [o for o in outcomes if isinstance(o, AdmissionConflict)]
-        created = [o for o in outcomes if not isinstance(o, AdmissionConflict)]
-        assert len(conflicts) == 1 and len(created) == 1
-        assert "409" in str(conflicts[0])
-        winner = created[0]
-        provider.delete(winner.id, winner.outs)
+                except RuntimeError as error:
+                    outcomes.append(error)
+        failed = [o for o in outcomes if isinstance(o, RuntimeError)]
+        assert len(failed) == 1 and len(outcomes) == 2
+        message = str(failed[0])
+        assert "cannot claim the plan's capacity" in message and "nothing was started" in message
+        requested = f"{big / 2**30:.2f}"
+        assert f"race/0 on gpu-b: contended devices: GPU {int(device[0])} (requested {requested} GiB" in message
+        reservations = httpx.get(f"{agents['gpu-b']}/v1/reservations", headers={"Authorization": f"Bearer {TOKEN}"},
+                                 timeout=10).json()  # fmt: skip
+        owners = [r["owner"] for r in reservations if r["owner"].endswith("/race/r0/")]
+        assert len(owners) == 1  # the winner's only: the loser released what it made
+        winner = "stack-one" if failed[0] is outcomes[1] else "stack-two"
+        assert owners[0] == f"gpustack-pulumi/{winner}/race/r0/"
+        for reservation in reservations:
+            if reservation["owner"].endswith("/race/r0/"):
+                httpx.delete(f"{agents['gpu-b']}/v1/reservations/{reservation['id']}",
+                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)  # fmt: skip
     finally:
         restart_needed = [h for h in lab.group.hosts if not h.pids()]
         for host in restart_needed:
@@ -226,17 +243,18 @@ def test_removing_a_host_drains_it_before_its_agent_goes(lab: Lab) -> None:
     lab.hosts = None
     lab.harness.up()
     try:
-        assert nodes_of(lab.harness.up().outputs["gamma_placements"]) == ["cpu-c"]
-        cpu_c = lab.group.by_name("cpu-c")
-        assert cpu_c.agent_pids()
-        lab.hosts = ["gpu-a", "gpu-b"]
+        [gamma_host] = nodes_of(lab.harness.up().outputs["gamma_placements"])
+        other_cpu = "cpu-d" if gamma_host == "cpu-c" else "cpu-c"
+        leaving = lab.group.by_name(gamma_host)
+        assert leaving.agent_pids()
+        lab.hosts = ["gpu-a", "gpu-b", other_cpu]
         drained = lab.harness.up()
-        # gamma moved first (its replacement ran while cpu-c's agent still answered), then cpu-c's agent went.
+        # gamma moved first (its replacement ran while the old host's agent still answered), then that agent went.
         assert "gamma-r0" in drained.ops("replace")
-        assert nodes_of(drained.outputs["gamma_placements"])[0] in ("gpu-a", "gpu-b")
+        assert nodes_of(drained.outputs["gamma_placements"]) == [other_cpu]
         assert completes(drained.outputs["gamma_endpoints"][0])
-        assert not cpu_c.agent_pids()  # uninstalled
-        assert "onprem-cpu-c-agent" not in lab.harness.extra_engine.known()  # type: ignore[union-attr]
+        assert not leaving.agent_pids()  # uninstalled
+        assert f"onprem-{gamma_host}-agent" not in lab.harness.extra_engine.known()  # type: ignore[union-attr]
     finally:
         lab.hosts = None
         lab.harness.destroy()

@@ -157,6 +157,18 @@ class Fp8Filter:
         return Rejection(self.name, problem) if problem else None
 
 
+class CpuOnlyOptionFilter:
+    """llama.cpp told to offload no layer (``n_gpu_layers: 0``) runs on the CPU: a GPU would hold a claim for
+    nothing, so only CPU-only nodes take it."""
+
+    name = "CpuOnly"
+
+    def filter(self, prepared: PreparedDeployment, dclass: DeviceClass, engine: str | None) -> Rejection | None:
+        if engine == "llama.cpp" and prepared.deployment.engine_options.get("n_gpu_layers") == 0:
+            return Rejection(self.name, f"n_gpu_layers 0: llama.cpp runs on the CPU, not on {dclass.product}")
+        return None
+
+
 class GpuSelectorFilter:
     name = "GpuSelector"
 
@@ -199,7 +211,7 @@ def _looks_like_uuid(entry: str) -> bool:
     return entry.upper().startswith(("GPU-", "MIG-")) or entry.count("-") >= 4
 
 
-CLASS_FILTERS: tuple[Filter, ...] = (EngineDeviceFilter(), Fp8Filter(), GpuSelectorFilter())
+CLASS_FILTERS: tuple[Filter, ...] = (EngineDeviceFilter(), Fp8Filter(), CpuOnlyOptionFilter(), GpuSelectorFilter())
 
 
 @dataclass
