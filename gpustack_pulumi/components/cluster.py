@@ -11,6 +11,8 @@ import pulumi
 from gpustack_pulumi.components.program_end import call_when_program_ends
 from gpustack_pulumi.components.resources import ClusterPlan, LocalAgent
 from gpustack_pulumi.localhost import planned_capacity
+from gpustack_pulumi.pools.base import NodePool as NodePoolProtocol
+from gpustack_pulumi.pools.base import planned_documents
 
 if TYPE_CHECKING:
     from gpustack_pulumi.placement.models import Deployment
@@ -131,6 +133,12 @@ class GpuCluster(pulumi.ComponentResource):
         pools = list(args.get("pools") or [])
         if not pools:
             raise ComponentArgsError(f"GpuCluster '{name}': pools is empty; add at least one node pool")
+        for index, pool in enumerate(pools):
+            if not isinstance(pool, NodePoolProtocol):
+                raise ComponentArgsError(
+                    f"GpuCluster '{name}': pools[{index}] is a {type(pool).__name__}, not a node pool (it needs "
+                    "`endpoints` and `planned_capacity`; see gpustack_pulumi.pools.NodePool)"
+                )
         if "agent_token" not in args:
             raise ComponentArgsError(f"GpuCluster '{name}': agent_token is required (a Pulumi secret)")
         strategy = args.get("strategy", "binpack")
@@ -151,8 +159,7 @@ class GpuCluster(pulumi.ComponentResource):
         known.set_result(True)
         deployments = pulumi.Output(set(), self._deployments_future, known)
         # Planned capacity only when every pool can tell what it will create; else the plan waits for the agents.
-        per_pool = [getattr(pool, "planned_capacity", None) for pool in pools]
-        planned = [doc for docs in per_pool for doc in docs or []] if all(p is not None for p in per_pool) else None
+        planned = planned_documents(pools)
         self._plan = ClusterPlan(
             f"{name}-plan",
             {

@@ -386,6 +386,8 @@ class StackHarness:
 
             run()
         finally:
+            # The loop outlives this run (the SDK keeps one per thread): give it back an ordinary executor.
+            asyncio.get_event_loop().set_default_executor(ThreadPoolExecutor())
             executor.shutdown(wait=False)
             pulumi.export = original_export  # type: ignore[assignment]
             pulumi.runtime.settings.reset_options()
