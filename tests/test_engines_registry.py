@@ -40,12 +40,22 @@ class EchoEngine:
     """A user engine: runs `echo` with the model name."""
 
     name = "echo"
+    vendors = frozenset({"nvidia"})
 
     def check(self, context: EngineContext) -> list:
         return []
 
     def launch_specs(self, context: EngineContext) -> list[LaunchSpec]:
-        return []
+        placement = context.replica.placements[0]
+        return [
+            LaunchSpec(
+                deployment=context.deployment.name, replica=context.replica.replica, node=placement.node,
+                node_rank=0, node_role="head", engine=self.name, engine_version="1",
+                argv=["echo", context.deployment.model],
+                port=8000, visible_devices=placement.device_indices, health_path="/health", metrics_path=None,
+                memory_bytes_per_device=placement.memory_bytes_per_device,
+            )
+        ]  # fmt: skip
 
     def extra_memory(self, context: EngineContext) -> ExtraMemory:
         return ExtraMemory()
@@ -77,6 +87,28 @@ def test_a_user_package_adds_an_engine_through_the_entry_point(monkeypatch: pyte
     _with_entry_points(monkeypatch, [EntryPoint("echo", f"{__name__}:EchoEngine", ENTRY_POINT_GROUP)])
     assert get_engine("echo").name == "echo"
     assert get_engine("vllm").name == "vllm"
+
+
+def test_an_entry_point_engine_works_in_a_deployment_and_the_cluster_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpustack_runtime.wire import Inventory
+
+    from gpustack_pulumi.cluster_plan import plan_cluster
+    from gpustack_pulumi.placement import Deployment
+
+    _with_entry_points(monkeypatch, [EntryPoint("echo", f"{__name__}:EchoEngine", ENTRY_POINT_GROUP)])
+    deployment = Deployment(name="e", model="Qwen/Qwen3-0.6B", engine="echo", max_model_len=4096)
+    gpu = {"index": 0, "uuid": "GPU-0", "vendor": "nvidia", "product": "NVIDIA L4", "memory_total": 24 * 2**30,
+           "memory_used": 0, "compute_capability": "8.9"}  # fmt: skip
+    amd = {**gpu, "uuid": "GPU-1", "vendor": "amd", "product": "AMD Instinct MI300X", "memory_total": 192 * 2**30}
+    inventory = Inventory.model_validate({"nodes": [{"name": "a", "devices": [amd]}, {"name": "n", "devices": [gpu]}]})
+    result = plan_cluster(inventory, [deployment], owner_prefix="p/s/")
+    assert result.ok, result.failures
+    (replica,) = result.replicas.values()
+    assert replica.placement is not None and replica.placement.engine == "echo"
+    assert replica.placement.placements[0].node == "n"  # echo declares NVIDIA only: never the AMD node
+    assert replica.launch[0]["argv"] == ["echo", "Qwen/Qwen3-0.6B"]
+    with pytest.raises(ValueError, match="unknown engine 'ech'; valid: auto, custom, echo"):
+        Deployment(name="e", model="Qwen/Qwen3-0.6B", engine="ech")
 
 
 def test_an_entry_point_that_is_not_an_engine_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -224,6 +224,8 @@ class Engine(Protocol):
     """One inference engine. Implementations are pure and deterministic."""
 
     name: str
+    vendors: frozenset[str]
+    """Device vendors it runs on: 'nvidia', 'amd', 'ascend', and 'cpu' for CPU-only nodes (placement reads it)."""
 
     def check(self, context: EngineContext) -> list[EngineRefusal]:
         """Every reason this engine cannot run the replica as asked (empty: it can)."""

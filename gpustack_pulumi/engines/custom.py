@@ -36,6 +36,7 @@ PLACEHOLDERS = (
 
 class CustomEngine:
     name = NAME
+    vendors = frozenset({"nvidia", "amd", "ascend"})  # any accelerator: the user's container decides
 
     def check(self, context: EngineContext) -> list[EngineRefusal]:
         template = context.options.custom_argv

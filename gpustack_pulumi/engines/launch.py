@@ -66,8 +66,10 @@ def build_context(
 
 
 def resolve_engine(context: EngineContext) -> tuple[str, str | None]:
-    """The replica's engine, and why when 'auto' was resolved here (placement normally resolves it first)."""
-    if context.replica.engine != "auto":
+    """The replica's engine, and why when the deployment asked for ``auto``. Placement resolves ``auto`` with the
+    same resolver (``select_engine``, through the registry's catalog), so the engine it sized the replica for is
+    the one named here; a replica placed by hand with engine ``auto`` is resolved here."""
+    if context.deployment.engine != "auto":
         return context.replica.engine, None
     choice = select_engine(
         context.deployment,
@@ -76,6 +78,9 @@ def resolve_engine(context: EngineContext) -> tuple[str, str | None]:
         context.options,
         gpu_count=context.device_count,
     )
+    if context.replica.engine not in ("auto", choice.engine):
+        # Placement resolves per device class (with the most GPUs of a node); the shape it chose may differ.
+        return context.replica.engine, f"engine {context.replica.engine} (auto, as placement sized it)"
     return choice.engine, f"engine {choice.engine} (auto): {choice.reason}"
 
 

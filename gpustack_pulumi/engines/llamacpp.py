@@ -23,6 +23,7 @@ ALL_LAYERS = -1  # n_gpu_layers: offload every layer
 
 class LlamaCppEngine:
     name = NAME
+    vendors = frozenset({"nvidia", "amd", "cpu"})  # CUDA, ROCm or the CPU of a CPU-only node
 
     def check(self, context: EngineContext) -> list[EngineRefusal]:
         version, refusals = self._version(context)

@@ -39,6 +39,7 @@ _PORT_SENTINEL = "__GPUSTACK_PORT__"
 
 class MindIEEngine:
     name = NAME
+    vendors = frozenset({"ascend"})  # Ascend NPUs only
 
     def check(self, context: EngineContext) -> list[EngineRefusal]:
         _, refusals = resolve_version(NAME, context)

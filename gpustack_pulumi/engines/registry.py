@@ -15,8 +15,14 @@ from __future__ import annotations
 import importlib
 from functools import cache
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from gpustack_pulumi.engines.base import Engine
+
+if TYPE_CHECKING:
+    from gpustack_pulumi.analysis.profile import ModelProfile
+    from gpustack_pulumi.placement.demand import DeviceClass
+    from gpustack_pulumi.placement.models import Deployment
 
 ENTRY_POINT_GROUP = "gpustack_pulumi.engines"
 
@@ -41,7 +47,7 @@ def _instantiate(name: str, factory: object, where: str) -> Engine:
     if not isinstance(engine, Engine):
         raise EngineRegistryError(
             f"engine entry point '{name}' ({where}) does not implement the Engine protocol "
-            "(name, check, launch_specs, extra_memory)"
+            "(name, vendors, check, launch_specs, extra_memory)"
         )
     if engine.name != name:
         raise EngineRegistryError(f"engine entry point '{name}' ({where}) returns an engine named '{engine.name}'")
@@ -69,6 +75,48 @@ def engines() -> dict[str, Engine]:
             continue
         found[entry_point.name] = _instantiate(entry_point.name, entry_point.load(), entry_point.value)
     return found
+
+
+class RegistryCatalog:
+    """The registry as placement sees it (``placement.engine_catalog.EngineCatalog``): the registered engines,
+    the devices each runs on, and ``auto`` resolved by ``engines.auto.select_engine`` — the resolver the launch
+    specs use, so a replica is sized for the engine it starts with."""
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(engines()))
+
+    def vendors(self, engine: str) -> frozenset[str]:
+        found = engines().get(engine)
+        return frozenset(found.vendors) if found is not None else frozenset()
+
+    def resolve(
+        self, deployment: Deployment, profile: ModelProfile, dclass: DeviceClass | None, gpu_count: int
+    ) -> tuple[str | None, str]:
+        from pydantic import ValidationError
+
+        from gpustack_pulumi.catalog import gpu_for_product
+        from gpustack_pulumi.engines.auto import select_engine
+        from gpustack_pulumi.engines.base import EngineRefusal, NodeAccelerator
+        from gpustack_pulumi.engines.options import EngineOptions
+
+        if deployment.engine != "auto":
+            return deployment.engine, "named by the deployment"
+        accelerator = None
+        if dclass is not None and dclass.vendor != "cpu":
+            accelerator = NodeAccelerator(
+                vendor=dclass.vendor,
+                product=dclass.product,
+                memory_bytes=dclass.memory_total,
+                spec=gpu_for_product(dclass.product, dclass.memory_total),
+            )
+        try:
+            options = EngineOptions.model_validate(deployment.engine_options)
+            choice = select_engine(deployment, profile, accelerator, options, gpu_count=max(1, gpu_count))
+        except EngineRefusal as refusal:
+            return None, str(refusal)
+        except ValidationError as error:
+            return None, f"engine_options: {error.errors()[0]['msg']}"
+        return choice.engine, choice.reason
 
 
 def get_engine(name: str) -> Engine:

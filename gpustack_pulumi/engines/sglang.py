@@ -51,6 +51,7 @@ GB = 10**9  # --hicache-size is in GB
 
 class SglangEngine:
     name = NAME
+    vendors = frozenset({"nvidia", "amd"})  # its CUDA and ROCm builds
 
     def check(self, context: EngineContext) -> list[EngineRefusal]:
         version, refusals = resolve_version(NAME, context)

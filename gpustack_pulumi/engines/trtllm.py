@@ -48,6 +48,7 @@ LATENCY_MIN_BATCH = 8  # small batches keep per-token latency low; CUDA graphs a
 
 class TrtLlmEngine:
     name = NAME
+    vendors = frozenset({"nvidia"})  # NVIDIA GPUs only
 
     def check(self, context: EngineContext) -> list[EngineRefusal]:
         version, refusals = resolve_version(NAME, context)

@@ -57,6 +57,7 @@ GIB = 2**30
 
 class VllmEngine:
     name = NAME
+    vendors = frozenset({"nvidia", "amd"})  # its CUDA and ROCm builds
 
     def check(self, context: EngineContext) -> list[EngineRefusal]:
         version, refusals = resolve_version(NAME, context)

@@ -23,7 +23,7 @@ from gpustack_runtime.wire import Inventory
 
 from gpustack_pulumi.placement.cluster import build_cluster
 from gpustack_pulumi.placement.demand import GIB, DemandCache
-from gpustack_pulumi.placement.filters import product_selected, resolve_engine
+from gpustack_pulumi.placement.filters import product_selected, vendor_default_engine
 from gpustack_pulumi.placement.models import (
     Deployment,
     NodePlacement,
@@ -80,7 +80,7 @@ def gpustack_plan(inventory: Inventory, deployments: list[Deployment]) -> Plan:
                 if not gids:
                     continue
                 vendor = cluster.classes[cluster.dev_class[gids[0]]].vendor
-                engine = resolve_engine(deployment, profile, vendor) or "vllm"
+                engine = vendor_default_engine(deployment, profile, vendor) or "vllm"
                 if engine in GMU_ENGINES:
                     gmu = GPUSTACK_GPU_MEMORY_UTILIZATION
                     ok = [g for g in gids if allocatable[g] / totals[g] >= gmu]

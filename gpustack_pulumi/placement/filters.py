@@ -16,13 +16,13 @@ from gpustack_pulumi.analysis.profile import ModelProfile
 from gpustack_pulumi.catalog.capabilities import fp8_problem
 from gpustack_pulumi.placement.cluster import Cluster
 from gpustack_pulumi.placement.demand import (
-    ENGINE_VENDORS,
     GIB,
     DemandCache,
     DemandRequest,
     DeviceClass,
     DeviceDemand,
 )
+from gpustack_pulumi.placement.engine_catalog import EngineCatalog, default_catalog
 from gpustack_pulumi.placement.models import Deployment
 
 # Pipeline stages across nodes are tried up to this many (vLLM/SGLang multi-node serving beyond 16 nodes
@@ -67,6 +67,7 @@ class PreparedDeployment:
     cpu_host_bytes: int = 0
     rejections: list[Rejection] = field(default_factory=list)
     scope_key: tuple = ()  # the sorted node_selector items: names the index scope
+    catalog: EngineCatalog = field(default_factory=default_catalog)
     _size: int | None = None
 
     @property
@@ -115,9 +116,10 @@ class Filter(Protocol):
         ...
 
 
-def resolve_engine(deployment: Deployment, profile: ModelProfile, vendor: str) -> str | None:
-    """The engine for a device vendor: the deployment's, or for ``auto`` llama.cpp for GGUF models,
-    MindIE on Ascend, vLLM on NVIDIA/AMD; None when auto has nothing for this vendor (CPU, non-GGUF)."""
+def vendor_default_engine(deployment: Deployment, profile: ModelProfile, vendor: str) -> str | None:
+    """GPUStack's own rule (the baseline scheduler models it): the deployment's engine, or for ``auto``
+    llama.cpp for GGUF models, MindIE on Ascend, vLLM on NVIDIA/AMD; None for anything else. Placement itself
+    resolves ``auto`` through the engine catalog (``engine_catalog``), as the launch specs do."""
     if deployment.engine != "auto":
         return deployment.engine
     if profile.source == "gguf":
@@ -133,8 +135,9 @@ class EngineDeviceFilter:
     name = "EngineDevice"
 
     def filter(self, prepared: PreparedDeployment, dclass: DeviceClass, engine: str | None) -> Rejection | None:
-        if engine is None or dclass.vendor not in ENGINE_VENDORS.get(engine, frozenset()):
-            allowed = ", ".join(sorted(ENGINE_VENDORS.get(engine or "", frozenset()))) or "nothing for auto"
+        vendors = prepared.catalog.vendors(engine) if engine is not None else frozenset()
+        if engine is None or dclass.vendor not in vendors:
+            allowed = ", ".join(sorted(vendors)) or "nothing for auto"
             return Rejection(
                 self.name,
                 f"engine {engine or 'auto'} does not run on {dclass.vendor} {dclass.product} (runs on: {allowed})",
@@ -223,6 +226,7 @@ class PrepareMemo:
     per_node: dict[tuple, int] = field(default_factory=dict)
     stage_nodes: dict[tuple, int] = field(default_factory=dict)
     valid_tps: dict[tuple, list[int]] = field(default_factory=dict)
+    catalog: EngineCatalog = field(default_factory=default_catalog)
 
 
 def spec_key(deployment: Deployment) -> tuple:
@@ -287,7 +291,7 @@ def _catalog_spec(dclass: DeviceClass):
 
 def _prepare(deployment: Deployment, cluster: Cluster, cache: DemandCache, memo: PrepareMemo) -> PreparedDeployment:
     quantization = deployment.quantization
-    prepared = PreparedDeployment(deployment, None, (deployment.model, quantization), cache)
+    prepared = PreparedDeployment(deployment, None, (deployment.model, quantization), cache, catalog=memo.catalog)
     try:
         profile = cache.profile(deployment.model, quantization)
     except Exception as error:
@@ -323,7 +327,13 @@ def _prepare(deployment: Deployment, cluster: Cluster, cache: DemandCache, memo:
         prepared.eligible_gids = frozenset(gids)
 
     for class_id, dclass in enumerate(cluster.classes):
-        engine = resolve_engine(deployment, profile, dclass.vendor)
+        per_node = _devices_per_node(prepared, cluster, class_id, memo)
+        engine, why = memo.catalog.resolve(deployment, profile, dclass, per_node)
+        if engine is None:
+            prepared.rejections.append(
+                Rejection("EngineDevice", f"engine auto has nothing for {dclass.vendor} {dclass.product}: {why}")
+            )
+            continue
         rejection = next((r for f in CLASS_FILTERS if (r := f.filter(prepared, dclass, engine))), None)
         if rejection is not None:
             prepared.rejections.append(rejection)
@@ -337,7 +347,6 @@ def _prepare(deployment: Deployment, cluster: Cluster, cache: DemandCache, memo:
             mode=deployment.mode,
             extra_weight_bytes=engine_extra_weight_bytes(deployment, profile, engine, dclass),
         )
-        per_node = _devices_per_node(prepared, cluster, class_id, memo)
         if per_node == 0:
             where = "selected nodes" if prepared.eligible_nodes is not None else "any node"
             prepared.rejections.append(
@@ -378,8 +387,8 @@ def _prepare(deployment: Deployment, cluster: Cluster, cache: DemandCache, memo:
             prepared.multi_node_options.append(option)
 
     if cluster.cpu_nodes:
-        engine = resolve_engine(deployment, profile, "cpu")
-        if engine is not None and "cpu" in ENGINE_VENDORS.get(engine, frozenset()):
+        engine, _ = memo.catalog.resolve(deployment, profile, None, 1)
+        if engine is not None and "cpu" in memo.catalog.vendors(engine):
             cpu_nodes = [
                 n for n in cluster.cpu_nodes if prepared.eligible_nodes is None or n in prepared.eligible_nodes
             ]

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 Strategy = Literal["binpack", "spread"]
 Mode = Literal["latency", "throughput", "balanced"]
 
-# Engines placement knows how to size. "auto": llama.cpp for GGUF models, MindIE on Ascend, vLLM otherwise.
+# The built-in engines (the registry adds entry-point engines; a Deployment accepts any registered name).
+# "auto": the engine registry's resolver decides per device class (engines.auto).
 KNOWN_ENGINES = ("auto", "vllm", "sglang", "llama.cpp", "mindie", "tensorrt-llm", "custom")
 
 
@@ -30,7 +31,9 @@ class Deployment(PlacementModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Unique name.")
     model: str = Field(min_length=1, description="Catalog id ('Qwen/Qwen3-8B'), config.json, model dir or .gguf.")
     replicas: NonNegativeInt = 1
-    engine: str = Field(default="auto", description=f"One of {', '.join(KNOWN_ENGINES)}.")
+    engine: str = Field(
+        default="auto", description=f"auto or a registered engine ({', '.join(KNOWN_ENGINES[1:])}, entry points)."
+    )
     max_model_len: PositiveInt | None = Field(
         default=None, description="Context length the engine must serve; None: the model's own maximum."
     )
@@ -60,8 +63,11 @@ class Deployment(PlacementModel):
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, value: str) -> str:
-        if value not in KNOWN_ENGINES:
-            raise ValueError(f"unknown engine '{value}'; valid: {', '.join(KNOWN_ENGINES)}")
+        from gpustack_pulumi.placement.engine_catalog import default_catalog
+
+        names = default_catalog().names()
+        if value != "auto" and value not in names:
+            raise ValueError(f"unknown engine '{value}'; valid: auto, {', '.join(names)}")
         return value
 
 
