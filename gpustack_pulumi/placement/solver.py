@@ -32,9 +32,16 @@ from gpustack_pulumi.placement.scorers import Candidate, ScoredCandidate, ScoreP
 # Time kept back from the budget for model building and extraction, so the whole call stays inside it.
 SOLVE_MARGIN_FRACTION = 0.2
 
-# Each of the two solves may do this share of the budget in CP-SAT deterministic time (about a second of
-# work per unit on this project's 2-core reference machine, where one solve's wall limit is ~0.4 × budget).
-DETERMINISTIC_SHARE_PER_SOLVE = 0.2
+# CP-SAT deterministic time each solve may do, as a share of the budget (about a second of work per unit on
+# this project's 2-core reference machine). The placed-replicas solve decides what the plan is worth, so it
+# gets most: on generated oversubscribed clusters of ≤ 64 GPUs (benchmarks/exact_optimum_bench.py) it needed
+# up to 0.8 units to reach the best known count; the GPUs/nodes solve starts from a feasible hint and gets
+# the rest. The old even split (0.2 + 0.2) stopped one replica short on such a case.
+DETERMINISTIC_SHARE_PRIMARY = 0.4
+DETERMINISTIC_SHARE_SECONDARY = 0.15
+DETERMINISTIC_SHARE_PER_SOLVE = DETERMINISTIC_SHARE_PRIMARY  # the larger of the two (planner's docs name it)
+# Wall-clock share of what is left of the budget for the placed-replicas solve (the second gets all the rest).
+PRIMARY_WALL_SHARE = 0.7
 
 # Memory is modelled in MiB: claims and free memory are whole MiB already (demand.CLAIM_GRANULARITY_BYTES),
 # so this is exact. Byte-sized coefficients (~10^11) slow CP-SAT's propagation by orders of magnitude.
@@ -329,8 +336,11 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     latency_weight = gpu_spread_weight * (gpu_excess_bound + 1)
     base = latency_weight * (len(tasks) + 1)
     tier = _tier_weights(tasks, base)
+    # The primary solve counts replicas in units of the lowest tier (tier weights are multiples of ``base``):
+    # small coefficients keep CP-SAT's bounds tight; values are scaled back by ``base`` for the result.
+    unit_tier = _tier_weights(tasks, 1)
     primary = sum(
-        tier[group.tasks[0].prepared.deployment.priority] * placed_vars[gi] for gi, group in enumerate(groups)
+        unit_tier[group.tasks[0].prepared.deployment.priority] * placed_vars[gi] for gi, group in enumerate(groups)
     )
     secondary = (
         -latency_weight * sum(latency_cpu_terms)
@@ -346,60 +356,71 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     base_weight = min(tier.values()) if tier else 1
 
     # Lexicographic in two solves: first the placed replicas alone (their optimum is usually proven fast),
-    # then, with that many placed, the GPUs/nodes/ranks. Each solve gets half of what is left.
+    # then, with that many placed, the GPUs/nodes/ranks (most of the budget goes to the first).
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = 0
 
-    def run(share: float) -> int:
+    def run(share: float, work_share: float, *, max_hs: bool) -> int:
         remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
         solver.parameters.max_time_in_seconds = max(0.01, remaining * share)  # the hard stop
         # The work limit depends on the budget only (not on time already spent), so it is the same on every
-        # run and the plan is reproducible; it is set well below the wall limit so that it stops the solve.
-        solver.parameters.max_deterministic_time = max(0.01, time_budget_s * DETERMINISTIC_SHARE_PER_SOLVE)
+        # run and the plan is reproducible; it is set below the wall limit so that it stops the solve.
+        solver.parameters.max_deterministic_time = max(0.01, time_budget_s * work_share)
+        # Maximising placed replicas is a multiple-knapsack: CP-SAT's max-hitting-set search (a MIP on the
+        # cores it finds) reached the best known counts where plain search from the hint stalled.
+        solver.parameters.optimize_with_max_hs = max_hs
         return solver.Solve(model)
 
     _hint_from(
         model, heuristic, groups, extract, placed_vars, device_used, node_used, excess_of, gpu_excess_of, buckets, pools
     )
     model.Maximize(primary)
-    status = run(0.5)
+    status = run(PRIMARY_WALL_SHARE, DETERMINISTIC_SHARE_PRIMARY, max_hs=True)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return ExactResult(heuristic, False, False, heuristic_value, None, base_weight)
     primary_optimal = status == cp_model.OPTIMAL
-    primary_value = round(solver.ObjectiveValue())
-    primary_bound = round(solver.BestObjectiveBound())
+    primary_units = round(solver.ObjectiveValue())
+    primary_value = primary_units * base
+    primary_bound = round(solver.BestObjectiveBound()) * base
     values = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(model.Proto().variables))]
-    model.Add(primary >= primary_value)
+    model.Add(primary >= primary_units)
     model.ClearHints()
     for i, value in enumerate(values):
         model.AddHint(model.GetIntVarFromProtoIndex(i), value)
     model.Maximize(secondary)
-    status = run(1.0)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):  # pragma: no cover - the hint is feasible
-        return ExactResult(heuristic, False, False, heuristic_value, primary_bound, base_weight, primary_optimal)
-    exact_value = primary_value + round(solver.ObjectiveValue())
+    status = run(1.0, DETERMINISTIC_SHARE_SECONDARY, max_hs=False)
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        secondary_value = round(solver.ObjectiveValue())
+        solved = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(values))]
+    else:
+        # The second solve found nothing within its work limit (CP-SAT does not always take the hint whole):
+        # the first solve's solution is feasible and places as many replicas, so it stands.
+        secondary_value = _objective_value(model, values)
+        solved = values
+    exact_value = primary_value + secondary_value
     optimal = primary_optimal and status == cp_model.OPTIMAL
     if exact_value < heuristic_value:
         return ExactResult(heuristic, False, False, heuristic_value, primary_bound, base_weight, primary_optimal)
 
+    def value_of(var) -> int:
+        return solved[var.Index()]
+
     assignments: list[tuple[ReplicaTask, ScoredCandidate | None]] = []
     next_task = {gi: 0 for gi in range(len(groups))}
     for ei, (gi, option, c, ys, zs) in enumerate(extract):
-        count = solver.Value(c)
+        count = value_of(c)
         if not count:
             continue
         group_tasks = groups[gi].tasks
-        node_pools = {
-            node: [(solver.Value(pool), members) for pool, members in pools.get((ei, node), [])] for node in ys
-        }
+        node_pools = {node: [(value_of(pool), members) for pool, members in pools.get((ei, node), [])] for node in ys}
         for node_gids in _decompose(
             cluster,
             option,
             count,
-            {n: solver.Value(y) for n, y in ys.items()},
+            {n: value_of(y) for n, y in ys.items()},
             node_pools,
-            {g: solver.Value(z) for g, z in zs.items()},
+            {g: value_of(z) for g, z in zs.items()},
         ):
             task = group_tasks[next_task[gi]]
             next_task[gi] += 1
@@ -417,6 +438,13 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     for gi, group in enumerate(groups):
         assignments.extend((task, None) for task in group.tasks[next_task[gi] :])
     return ExactResult(assignments, True, optimal, exact_value, primary_bound, base_weight, primary_optimal)
+
+
+def _objective_value(model, values: list[int]) -> int:
+    """The model's objective for a full assignment, as CP-SAT reports it (maximisation stored negated)."""
+    objective = model.Proto().objective
+    raw = sum(c * values[v] for v, c in zip(objective.vars, objective.coeffs, strict=True)) + objective.offset
+    return round(raw * (objective.scaling_factor or 1))
 
 
 def _hint_from(
