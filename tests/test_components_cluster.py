@@ -18,7 +18,7 @@ from harness.recording_mocks import recording_mocks
 from pulumi.dynamic.dynamic import serialize_provider
 
 from gpustack_pulumi.components import AgentToken, ComponentArgsError, GpuCluster, LocalNodePool
-from gpustack_pulumi.providers.local_agent import LocalAgentProvider, same_process_running
+from gpustack_pulumi.pools.local.provider import LocalAgentProvider, same_process_running
 from gpustack_pulumi.providers.token import AgentTokenProvider
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def test_resource_graph_names_parents_and_secrets(mocks) -> None:
     cluster = GpuCluster("gpus", {"pools": [pool], "agent_token": "s3cret"})
 
     def check(values: list) -> None:
-        endpoints, token_is_secret = values
+        endpoints, token_is_secret, _plan = values
         assert endpoints == {"box": "http://127.0.0.1:1"}
         by_name = {r.name: r for r in recorder.resources}
         assert set(by_name) == {"local", "local-agent", "gpus", "gpus-plan"}
@@ -56,7 +56,8 @@ def test_resource_graph_names_parents_and_secrets(mocks) -> None:
         assert "gpustack:index:LocalNodePool$pulumi-python:dynamic/gpustack:LocalAgent" in urns["local-agent"]
         assert token_is_secret
 
-    return pulumi.Output.all(cluster.endpoints, pulumi.Output.from_input(cluster.agent_token.is_secret())).apply(check)
+    secret = pulumi.Output.from_input(cluster.agent_token.is_secret())
+    return pulumi.Output.all(cluster.endpoints, secret, cluster.plan).apply(check)  # the plan registers last
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from harness.pulumi_engine import StackHarness
 
 from gpustack_pulumi.localhost import has_nvidia_gpu
-from gpustack_pulumi.providers.local_agent import process_start_time
+from gpustack_pulumi.pools.local.provider import process_start_time
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "stacks" / "local" / "__main__.py"

@@ -31,7 +31,7 @@ from multihost.support import (
     register_under_mocks,
 )
 
-from gpustack_pulumi.components.ssh_pool import SshNodePool
+from gpustack_pulumi.pools.ssh.component import SshNodePool
 
 pytestmark = pytest.mark.slow
 

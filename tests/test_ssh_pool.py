@@ -20,9 +20,9 @@ from multihost.support import by_name, register_under_mocks
 
 from gpustack_pulumi.components import GpuCluster
 from gpustack_pulumi.components.cluster import ComponentArgsError, NodePool
-from gpustack_pulumi.components.ssh_pool import SshNodePool, default_install_scripts_dir, plan_ssh_hosts
-from gpustack_pulumi.providers.ssh_install import AgentLayout, render_install_command, render_uninstall_command
-from gpustack_pulumi.providers.ssh_known_hosts import HostKeyError, find_host_key, normalize_host_key
+from gpustack_pulumi.pools.ssh.component import SshNodePool, default_install_scripts_dir, plan_ssh_hosts
+from gpustack_pulumi.pools.ssh.install import AgentLayout, render_install_command, render_uninstall_command
+from gpustack_pulumi.pools.ssh.known_hosts import HostKeyError, find_host_key, normalize_host_key
 
 PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAAfake\n-----END OPENSSH PRIVATE KEY-----\n"
 TOKEN = "pool-token-0c1d"
@@ -133,10 +133,11 @@ def test_children_are_parented_to_the_pool() -> None:
 
 
 def test_a_cluster_of_one_ssh_pool_merges_its_endpoints() -> None:
-    assert SshNodePool in NodePool.__args__  # type: ignore[attr-defined]
-
     def program():
         pool = SshNodePool("onprem", args())
+        assert isinstance(pool, NodePool) and pool.planned_capacity is None  # the pool protocol; GPUs unknown
+        with pytest.raises(ComponentArgsError, match=r"pools\[1\] is a str, not a node pool"):
+            GpuCluster("bad", {"pools": [pool, "gpu-box"], "agent_token": TOKEN})  # type: ignore[list-item]
         return GpuCluster("gpus", {"pools": [pool], "agent_token": TOKEN}).endpoints
 
     _, endpoints = register_under_mocks(program)

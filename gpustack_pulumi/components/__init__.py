@@ -13,7 +13,7 @@ from gpustack_pulumi.components.cluster import (
 )
 from gpustack_pulumi.components.deployment import ModelDeployment, ModelDeploymentArgs
 from gpustack_pulumi.components.resources import AgentToken, LocalAgent, ModelReplica
-from gpustack_pulumi.components.ssh_pool import SshHostArgs, SshNodePool, SshNodePoolArgs
+from gpustack_pulumi.pools.ssh.component import SshHostArgs, SshNodePool, SshNodePoolArgs
 
 __all__ = [
     "AgentToken",

@@ -8,7 +8,6 @@ import pulumi
 import pulumi.dynamic
 
 from gpustack_pulumi.providers.cluster_plan import ClusterPlanProvider
-from gpustack_pulumi.providers.local_agent import LocalAgentProvider
 from gpustack_pulumi.providers.model_replica import ModelReplicaProvider
 from gpustack_pulumi.providers.token import AgentTokenProvider
 
@@ -21,20 +20,6 @@ class AgentToken(pulumi.dynamic.Resource, module="gpustack", name="AgentToken"):
     def __init__(self, name: str, rotation: int = 0, opts: pulumi.ResourceOptions | None = None) -> None:
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["token"]))
         super().__init__(AgentTokenProvider(), name, {"rotation": rotation, "token": None}, opts)
-
-
-class LocalAgent(pulumi.dynamic.Resource, module="gpustack", name="LocalAgent"):
-    """The node agent process on this machine."""
-
-    endpoint: pulumi.Output[str]
-    node_name: pulumi.Output[str]
-    pid: pulumi.Output[int]
-
-    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["token"]))
-        super().__init__(
-            LocalAgentProvider(), name, {**props, "endpoint": None, "pid": None, "pid_start_time": None}, opts
-        )
 
 
 class ClusterPlan(pulumi.dynamic.Resource, module="gpustack", name="ClusterPlan"):
@@ -65,3 +50,9 @@ class ModelReplica(pulumi.dynamic.Resource, module="gpustack", name="ModelReplic
         seeds = {"placement": None, "launch": None, "endpoint": None, "node": None, "state": None,
                  "instances": None, "restarts": None}  # fmt: skip
         super().__init__(ModelReplicaProvider(), name, {**props, **seeds}, opts)
+
+
+# LocalAgent lives with its pool (gpustack_pulumi.pools.local); re-exported here, where it used to be.
+from gpustack_pulumi.pools.local.resource import LocalAgent  # noqa: E402
+
+__all__ = ["AgentToken", "ClusterPlan", "LocalAgent", "ModelReplica"]

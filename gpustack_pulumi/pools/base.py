@@ -17,6 +17,9 @@ from typing import Protocol, runtime_checkable
 
 import pulumi
 
+# Device backends an agent can read devices with: auto (NVML, then Ascend, else none), nvml, ascend, none.
+DEVICE_BACKENDS = ("auto", "nvml", "ascend", "none")
+
 
 @runtime_checkable
 class NodePool(Protocol):

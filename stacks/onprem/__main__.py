@@ -13,8 +13,7 @@ the agents report. Config:
 import pulumi
 
 from gpustack_pulumi import __version__
-from gpustack_pulumi.components import AgentToken, GpuCluster, ModelDeployment
-from gpustack_pulumi.components.ssh_pool import SshNodePool
+from gpustack_pulumi.components import AgentToken, GpuCluster, ModelDeployment, SshNodePool
 
 config = pulumi.Config("gpustack")
 hosts = config.require_object("hosts")

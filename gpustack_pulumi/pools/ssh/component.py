@@ -28,8 +28,9 @@ from typing import NotRequired, TypedDict
 import pulumi
 from pulumi_command import remote
 
-from gpustack_pulumi.components.cluster import DEVICE_BACKENDS, ComponentArgsError
-from gpustack_pulumi.providers.ssh_install import (
+from gpustack_pulumi.errors import ComponentArgsError
+from gpustack_pulumi.pools.base import DEVICE_BACKENDS
+from gpustack_pulumi.pools.ssh.install import (
     INSTALL_SCRIPT_NAME,
     SAFE_VALUE,
     UNINSTALL_SCRIPT_NAME,
@@ -39,7 +40,7 @@ from gpustack_pulumi.providers.ssh_install import (
     render_uninstall_command,
     scripts_sha256,
 )
-from gpustack_pulumi.providers.ssh_known_hosts import DEFAULT_SSH_PORT, HostKeyError, find_host_key, normalize_host_key
+from gpustack_pulumi.pools.ssh.known_hosts import DEFAULT_SSH_PORT, HostKeyError, find_host_key, normalize_host_key
 
 RUNTIMES = ("process", "container")
 DEFAULT_AGENT_PORT = 10150
@@ -57,7 +58,7 @@ _PORT_RANGE = re.compile(r"^\d{1,5}-\d{1,5}$")
 def default_install_scripts_dir() -> Path:
     """runtime/install/ of the source tree this package sits in. Installed from a wheel, gpustack_pulumi does not
     carry it: pass ``install_scripts_dir`` (a checkout's runtime/install)."""
-    return Path(__file__).resolve().parents[2] / "runtime" / "install"
+    return Path(__file__).resolve().parents[3] / "runtime" / "install"
 
 
 class SshJumpHostArgs(TypedDict):
