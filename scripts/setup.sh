@@ -37,4 +37,9 @@ fi
 if [ -z "${GPUSTACK_SKIP_LLAMA:-}" ]; then
     bash .ci/llama-cpp.sh .venv/bin/python >/dev/null
 fi
+# `pulumi up` starts the dynamic-provider plugin in the stack's own folder, where Pulumi.yaml's `virtualenv: .venv`
+# is looked up: point each stack folder at this venv.
+for stack_dir in stacks/*/; do
+    ln -sfn ../../.venv "${stack_dir}.venv"
+done
 echo "setup done: $(.venv/bin/gpustack-pulumi --version)"

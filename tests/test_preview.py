@@ -91,3 +91,11 @@ def test_bad_input_exits_2(args: list[str], needle: str) -> None:
     result = preview(*args)
     assert result.returncode == 2
     assert needle in result.stderr
+
+
+def test_local_stack_replicas_zero_means_zero(tmp_path: Path) -> None:
+    from gpustack_pulumi.preview import collect_deployments
+
+    config = {"gpustack:replicas": "0", "gpustack:stateDir": str(tmp_path)}
+    (deployment,) = collect_deployments(REPO / "stacks" / "local", stack="local", config=config)
+    assert deployment.name == "chat" and deployment.replicas == 0

@@ -55,8 +55,14 @@ def distributed_port(context: EngineContext) -> int:
 
 def fp8_refusals(engine: str, context: EngineContext) -> list[EngineRefusal]:
     """FP8 weights or KV cache on an accelerator without hardware FP8."""
+    from gpustack_pulumi.catalog.capabilities import supports_fp8
+
     accelerator = context.head_accelerator
-    if accelerator.vendor in ("cpu", "ascend") or accelerator.fp8:
+    if accelerator.vendor in ("cpu", "ascend"):
+        return []
+    # The one FP8 rule (catalog.capabilities), as placement and estimate apply it.
+    capability = accelerator.spec.compute_capability if accelerator.spec else None
+    if supports_fp8(compute_capability=capability, product=accelerator.product, memory_bytes=accelerator.memory_bytes):
         return []
     fp8_gpus = "H100, H200, L40S, L4, B200, MI300X"
     refusals = []

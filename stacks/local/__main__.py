@@ -31,6 +31,8 @@ if not model:
         model = str(tiny)
 is_gguf = model.endswith(".gguf")
 
+replicas = config.get_int("replicas")
+
 token = AgentToken("agent-token")
 pool = LocalNodePool("local", {"agent_token": token.token, "state_dir": str(state_root / "agent")})
 cluster = GpuCluster("local", {"pools": [pool], "agent_token": token.token})
@@ -39,7 +41,7 @@ chat = ModelDeployment(
     {
         "cluster": cluster,
         "model": model,
-        "replicas": config.get_int("replicas") or 1,
+        "replicas": 1 if replicas is None else replicas,  # 0 is a valid answer: nothing served, agent kept
         "engine": config.get("engine") or "auto",
         "max_model_len": config.get_int("maxModelLen") or (512 if is_gguf else 8192),
         "concurrency": config.get_int("concurrency") or 1,
