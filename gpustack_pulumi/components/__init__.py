@@ -30,3 +30,4 @@ __all__ = [
     "SshNodePool",
     "SshNodePoolArgs",
 ]
+from gpustack_pulumi.components.gateway import ApiKey, Gateway  # noqa: F401 (the gateway; needs the above)
