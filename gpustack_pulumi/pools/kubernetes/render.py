@@ -642,12 +642,12 @@ def _render_multi_node(settings: PoolSettings, replica_slice: Mapping[str, Any],
         affinity = _pin(hostnames)
         if role == "worker":
             affinity["podAntiAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [
-                {"labelSelector": {"matchLabels": selector}, "topologyKey": HOSTNAME_LABEL}]}  # fmt: skip
+                {"labelSelector": {"matchLabels": dict(selector)}, "topologyKey": HOSTNAME_LABEL}]}  # fmt: skip
         first = specs[0]
         template = _pod_template(settings, first, nodes.get(str(first["node"])), vendor, labels,
                                  _annotations(replica_slice, first), host_network=True, affinity=affinity)  # fmt: skip
         if role == "worker" and len(specs) > 1:
-            _select_launch_by_node(settings, template, specs)
+            _select_launch_by_node(settings, template, specs, vendor)
         objects.append({
             "apiVersion": "apps/v1",
             "kind": "StatefulSet",
@@ -671,24 +671,34 @@ _BY_NODE_LAUNCHER = (
 )
 
 
-def _select_launch_by_node(settings: PoolSettings, template: Manifest, specs: Sequence[Mapping[str, Any]]) -> None:
+def _select_launch_by_node(
+    settings: PoolSettings, template: Manifest, specs: Sequence[Mapping[str, Any]], vendor: Vendor
+) -> None:
+    counts = {len(spec.get("visible_devices") or []) for spec in specs}
+    if settings.gpu_assignment == "device-plugin" and len(counts) > 1:
+        raise RenderError(
+            f"replica {specs[0]['deployment']}#{specs[0]['replica']}: its workers use different numbers of GPUs, "
+            "which one StatefulSet cannot request under gpu_assignment 'device-plugin'; use gpu_assignment 'plan'"
+        )
+    visible = sorted({int(i) for spec in specs for i in spec.get("visible_devices") or []})
     by_node: dict[str, dict[str, Any]] = {}
-    visible: set[int] = set()
     for spec in specs:
         argv, env, _image = _container_for(settings, spec)
         plain = {item["name"]: item["value"] for item in env if "value" in item}
-        devices = [int(i) for i in spec.get("visible_devices") or []]
-        visible.update(devices)
         if settings.gpu_assignment == "plan":
-            plain["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in devices)
+            # The runtime exposes the union, renumbered from 0 inside the container: the node's own devices
+            # are their positions in it.
+            positions = [visible.index(int(i)) for i in spec.get("visible_devices") or []]
+            own = "CUDA_VISIBLE_DEVICES" if vendor == "nvidia" else "ASCEND_RT_VISIBLE_DEVICES"
+            plain[own] = ",".join(str(p) for p in positions)
         by_node[str(spec["node"])] = {"argv": argv, "env": plain}
     container = template["spec"]["containers"][0]
     container["command"] = ["python3", "-c", _BY_NODE_LAUNCHER]
     container["args"] = []
     extra = [{"name": "GPUSTACK_LAUNCH_BY_NODE", "value": json.dumps(by_node, sort_keys=True)}]
     if settings.gpu_assignment == "plan" and visible:
-        # The runtime exposes the union; each pod's engine sees its own node's devices (CUDA_VISIBLE_DEVICES).
-        extra.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": ",".join(str(i) for i in sorted(visible))})
+        union = "NVIDIA_VISIBLE_DEVICES" if vendor == "nvidia" else "ASCEND_VISIBLE_DEVICES"
+        extra.append({"name": union, "value": ",".join(str(i) for i in visible)})
     container["env"] = _merge_env(container["env"], extra)
 
 
