@@ -60,3 +60,48 @@ class FileResource(Resource, module="toy", name="File"):
 
     def __init__(self, name: str, path: str, content: pulumi.Input[str], opts: pulumi.ResourceOptions | None = None):
         super().__init__(FileProvider(), name, {"path": path, "content": content, "size": None}, opts)
+
+
+class GreedySlotProvider(ResourceProvider):
+    """Places itself at check, alone, as ModelReplica once did: the first free slot (a file in ``dir``) it sees;
+    create claims that slot exclusively, failing when another resource took it since (the agent's 409). Every
+    check and create appends ``(event, name, start, end)`` to ``dir/events.log``."""
+
+    serialize_as_secret_always = False
+
+    def _log(self, directory: str, event: str, name: str, start: float) -> None:
+        import time
+
+        with open(Path(directory) / "events.log", "a") as log:
+            log.write(f"{event} {name} {start:.6f} {time.monotonic():.6f}\n")
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        import time
+
+        start = time.monotonic()
+        directory = Path(news["dir"])
+        taken = {p.name for p in directory.glob("slot-*")}
+        slot = next(f"slot-{i}" for i in range(100) if f"slot-{i}" not in taken)
+        self._log(news["dir"], "check", news["name"], start)
+        return CheckResult({**news, "slot": slot}, [])
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        import os
+        import time
+
+        start = time.monotonic()
+        time.sleep(0.3)  # an engine starting: long enough to see whether creates overlap
+        try:
+            fd = os.open(Path(props["dir"]) / props["slot"], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            raise RuntimeError(f"{props['slot']} is taken (409): {props['name']} was placed alone") from None
+        os.close(fd)
+        self._log(props["dir"], "create", props["name"], start)
+        return CreateResult(id_=props["name"], outs=props)
+
+
+class GreedySlot(Resource, module="toy", name="GreedySlot"):
+    slot: pulumi.Output[str]
+
+    def __init__(self, name: str, directory: str) -> None:
+        super().__init__(GreedySlotProvider(), name, {"name": name, "dir": directory, "slot": None})
