@@ -31,3 +31,4 @@ __all__ = [
     "SshNodePoolArgs",
 ]
 from gpustack_pulumi.components.gateway import ApiKey, Gateway  # noqa: F401 (the gateway; needs the above)
+from gpustack_pulumi.pools.kubernetes import KubernetesGpuPool, KubernetesGpuPoolArgs  # noqa: F401 (the Kubernetes pool)

@@ -730,7 +730,7 @@ def check_shared_devices(slices: Iterable[Mapping[str, Any]]) -> None:
     for replica_slice in slices:
         for spec in replica_slice.get("launch") or []:
             for device in spec.get("visible_devices") or []:
-                who = f"{replica_slice['deployment']}#{replica_slice['replica']}"
+                who = f"{replica_slice['deployment']}#{int(replica_slice['replica'])}"
                 users.setdefault((str(spec["node"]), int(device)), []).append(who)
     shared = {key: who for key, who in users.items() if len(who) > 1}
     if shared:
@@ -755,7 +755,7 @@ def render_workloads(settings: PoolSettings, plan: Mapping[str, Any] | None,
         off_pool = sorted({str(spec["node"]) for spec in replica_slice["launch"]} - set(by_name))
         if off_pool:
             raise RenderError(
-                f"replica {replica_slice['deployment']}#{replica_slice['replica']} spans this pool and "
+                f"replica {replica_slice['deployment']}#{int(replica_slice['replica'])} spans this pool and "
                 f"{', '.join(off_pool)}: a multi-node replica must stay inside one Kubernetes pool"
             )
     if settings.gpu_assignment == "device-plugin":
