@@ -77,7 +77,8 @@ def test_pool_cluster_and_workloads_under_mocks(mocks) -> None:
         agents = by_name["k8s-agents"]
         assert agents.typ == "kubernetes:yaml/v2:ConfigGroup"
         kinds = [o["kind"] for o in agents.inputs["objs"]]
-        assert kinds == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Service"]
+        assert kinds == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet",
+                         "Service"]  # fmt: skip
         assert "s3cret" not in json.dumps(agents.inputs) and "hf_abc" not in json.dumps(agents.inputs)
         secret = by_name["k8s-secrets"]
         assert secret.typ == "kubernetes:core/v1:Secret"

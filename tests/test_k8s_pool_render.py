@@ -110,8 +110,8 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_object_is_valid_in_strict_mode(objects: list[dict[str, Any]], version: str) -> None:
     kinds = {o["kind"] for o in objects}
-    assert kinds >= {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Service",
-                     "Secret", "Deployment", "StatefulSet", "PodDisruptionBudget"}  # fmt: skip
+    assert kinds >= {"Namespace", "ConfigMap", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet",
+                     "Service", "Secret", "Deployment", "StatefulSet", "PodDisruptionBudget"}  # fmt: skip
     for obj in objects:
         kubernetes_validate.validate(obj, version, strict=True)
 
@@ -162,6 +162,9 @@ def test_agent_daemonsets_select_gpu_nodes_and_tolerate_the_gpu_taint(objects: l
     assert env_of(agent)["NVIDIA_VISIBLE_DEVICES"] == "all" and env_of(agent)["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
     assert agent["ports"][0]["hostPort"] == 10150 and nvidia["hostPID"] is True
     assert "--token-file" in agent["args"] and "t0ken" not in json.dumps(nvidia)
+    assert agent["command"][:2] == ["/bin/sh", "-c"] and "--labels" in agent["command"][2]
+    node_labels = objs["ConfigMap", "k8s-node-labels"]["data"]
+    assert node_labels["gpu-1"] == "gpustack.ai/pool=k8s,gpustack.ai/runner=kubernetes,tier=shared,zone=a"
     ascend = objs["DaemonSet", "k8s-agent-ascend"]["spec"]["template"]["spec"]
     expressions = ascend["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"][0]["matchExpressions"]  # fmt: skip

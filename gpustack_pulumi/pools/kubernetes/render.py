@@ -61,6 +61,8 @@ DEFAULT_CACHE_HOST_PATH = "/var/lib/gpustack/hf-cache"
 CACHE_MOUNT = "/root/.cache/huggingface"
 AGENT_STATE_HOST_PATH = "/var/lib/gpustack-agent"
 TOKEN_MOUNT = "/etc/gpustack-agent"
+NODE_LABELS_MOUNT = "/etc/gpustack-node-labels"
+_AGENT_WRAPPER = f'exec gpustack-agent "$@" --labels "$(cat {NODE_LABELS_MOUNT}/$NODE_NAME 2>/dev/null)"'
 # Startup may download and load tens of GB: up to 30 min (180 × 10 s) before liveness starts counting.
 STARTUP_PERIOD_S, STARTUP_FAILURES = 10, 180
 _DNS_LABEL = re.compile(r"[^a-z0-9-]+")
@@ -241,6 +243,27 @@ def render_secret(settings: PoolSettings, values: Mapping[str, str]) -> Manifest
     }
 
 
+def node_labels_name(settings: PoolSettings) -> str:
+    return dns_name(f"{settings.pool}-node-labels")
+
+
+def node_labels(pool: str, node: KubernetesNode) -> dict[str, str]:
+    """The labels a node's capacity document carries: the declared ones plus the pool and the runner, which
+    deployments can select on (``node_selector``) and which tell a replica's runner (Kubernetes here)."""
+    return {**dict(node.labels), f"{LABEL_PREFIX}/pool": label_value(pool), f"{LABEL_PREFIX}/runner": "kubernetes"}
+
+
+def render_node_labels(settings: PoolSettings, nodes: Sequence[KubernetesNode]) -> Manifest:
+    """Node name → ``k=v,k2=v2`` (the agent's ``--labels``), one key per node."""
+    labels = common_labels(settings, "agent", "gpustack-agent")
+    data = {
+        node.name: ",".join(f"{k}={v}" for k, v in sorted(node_labels(settings.pool, node).items()))
+        for node in sorted(nodes, key=lambda n: n.name)
+    }
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(node_labels_name(settings), settings, labels),
+            "data": data}  # fmt: skip
+
+
 def _nvidia_affinity(nodes: Sequence[str]) -> Manifest:
     terms = []
     for label in NVIDIA_NODE_LABELS:
@@ -284,7 +307,6 @@ def render_agent_daemonset(settings: PoolSettings, vendor: Vendor, nodes: Sequen
         "--host", "0.0.0.0", "--port", str(settings.agent_port), "--node-name", "$(NODE_NAME)",
         "--token-file", f"{TOKEN_MOUNT}/token", "--state-dir", "/var/lib/gpustack-agent",
         "--devices", "nvml" if vendor == "nvidia" else "ascend",
-        "--labels", f"{LABEL_PREFIX}/pool={label_value(settings.pool)},{LABEL_PREFIX}/runner=kubernetes",
     ]  # fmt: skip
     probe = {"httpGet": {"path": "/healthz", "port": "agent"}, "periodSeconds": 10, "timeoutSeconds": 5}
     volumes: list[Manifest] = [
@@ -292,8 +314,10 @@ def render_agent_daemonset(settings: PoolSettings, vendor: Vendor, nodes: Sequen
                                      "defaultMode": 0o400}},
         {"name": "state", "hostPath": {"path": AGENT_STATE_HOST_PATH, "type": "DirectoryOrCreate"}},
     ]  # fmt: skip
+    volumes.append({"name": "node-labels", "configMap": {"name": node_labels_name(settings)}})
     mounts = [{"name": "token", "mountPath": TOKEN_MOUNT, "readOnly": True},
-              {"name": "state", "mountPath": "/var/lib/gpustack-agent"}]  # fmt: skip
+              {"name": "state", "mountPath": "/var/lib/gpustack-agent"},
+              {"name": "node-labels", "mountPath": NODE_LABELS_MOUNT, "readOnly": True}]  # fmt: skip
     if vendor == "ascend":
         for volume, path in (("ascend-driver", "/usr/local/Ascend/driver"), ("dcmi", "/usr/local/dcmi"),
                              ("npu-smi", "/usr/local/bin/npu-smi")):  # fmt: skip
@@ -308,6 +332,8 @@ def render_agent_daemonset(settings: PoolSettings, vendor: Vendor, nodes: Sequen
         "containers": [{
             "name": "agent",
             "image": f"{settings.agent_image}:{settings.agent_version}",
+            # The node's labels (declared per node, one DaemonSet for all) come from the node-labels ConfigMap.
+            "command": ["/bin/sh", "-c", _AGENT_WRAPPER, "gpustack-agent"],
             "args": args,
             "env": env,
             "ports": [{"name": "agent", "containerPort": settings.agent_port, "hostPort": settings.agent_port,
@@ -352,7 +378,8 @@ def render_agent_service(settings: PoolSettings) -> Manifest:
 
 def render_agent_objects(settings: PoolSettings, nodes: Sequence[KubernetesNode]) -> list[Manifest]:
     """Everything the agents need except the Secret (its values are secrets the caller supplies)."""
-    objects = [render_namespace(settings), render_service_account(settings), *render_agent_rbac(settings)]
+    objects = [render_namespace(settings), render_service_account(settings), *render_agent_rbac(settings),
+               render_node_labels(settings, nodes)]  # fmt: skip
     for vendor in ("nvidia", "ascend"):
         of_vendor = [node for node in nodes if node.vendor == vendor]
         if of_vendor or (vendor == "nvidia" and not nodes):
@@ -419,9 +446,7 @@ def planned_capacity(nodes: Sequence[KubernetesNode], pool: str) -> list[dict]:
             }
             for index in range(node.gpus)
         ]
-        labels = {**dict(node.labels), f"{LABEL_PREFIX}/pool": label_value(pool),
-                  f"{LABEL_PREFIX}/runner": "kubernetes"}  # fmt: skip
-        documents.append({"name": node.name, "labels": labels, "devices": devices, "allocations": []})
+        documents.append({"name": node.name, "labels": node_labels(pool, node), "devices": devices, "allocations": []})
     return documents
 
 
