@@ -21,7 +21,6 @@ from typing import Any, NotRequired, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from gpustack_pulumi.components.cluster import ComponentArgsError
 from gpustack_pulumi.pools.kubernetes import render
 from gpustack_pulumi.pools.kubernetes.render import (
     HfTokenRef,
@@ -113,7 +112,7 @@ class KubernetesGpuPool(pulumi.ComponentResource):
             self.planned_capacity = render.planned_capacity(nodes, name)
             self.manifests = render.render_agent_objects(settings, nodes)
         except RenderError as error:
-            raise ComponentArgsError(f"KubernetesGpuPool '{name}': {error}") from None
+            raise _args_error(f"KubernetesGpuPool '{name}': {error}") from None
         super().__init__("gpustack:index:KubernetesGpuPool", name, {}, opts)
         self.name = name
         self.settings = settings
@@ -149,7 +148,7 @@ class KubernetesGpuPool(pulumi.ComponentResource):
             try:
                 return render.render_workloads(settings, plan, nodes)
             except RenderError as error:
-                raise ComponentArgsError(f"KubernetesGpuPool '{self.name}': {error}") from None
+                raise _args_error(f"KubernetesGpuPool '{self.name}': {error}") from None
 
         return k8s.yaml.v2.ConfigGroup(
             f"{self.name}-workloads",
@@ -161,44 +160,51 @@ class KubernetesGpuPool(pulumi.ComponentResource):
         )
 
 
+def _args_error(message: str) -> Exception:
+    """A ComponentArgsError (imported here: components/__init__ imports this module, so no top-level import)."""
+    from gpustack_pulumi.components.cluster import ComponentArgsError
+
+    return ComponentArgsError(message)
+
+
 def pool_settings(name: str, args: KubernetesGpuPoolArgs) -> tuple[PoolSettings, list[KubernetesNode]]:
     """Check every argument before anything is registered; errors name the argument and the fix."""
     where = f"KubernetesGpuPool '{name}'"
     if "agent_token" not in args:
-        raise ComponentArgsError(f"{where}: agent_token is required (pass the cluster's token)")
+        raise _args_error(f"{where}: agent_token is required (pass the cluster's token)")
     image = args.get("agent_image")
     if not isinstance(image, str) or not _IMAGE.match(image) or ":" in image.rsplit("/", 1)[-1]:
-        raise ComponentArgsError(f"{where}: agent_image must be an image reference without tag, e.g. "
+        raise _args_error(f"{where}: agent_image must be an image reference without tag, e.g. "
                                  "ghcr.io/acme/gpustack-runtime")  # fmt: skip
     nodes = [_node(where, index, raw) for index, raw in enumerate(args.get("nodes") or [])]
     if not nodes:
-        raise ComponentArgsError(f"{where}: nodes is empty; declare the GPU nodes the pool uses")
+        raise _args_error(f"{where}: nodes is empty; declare the GPU nodes the pool uses")
     seen: set[str] = set()
     for node in nodes:
         if node.name in seen:
-            raise ComponentArgsError(f"{where}: node '{node.name}' is declared twice")
+            raise _args_error(f"{where}: node '{node.name}' is declared twice")
         seen.add(node.name)
     namespace = args.get("namespace", "gpustack")
     if not _NAMESPACE.match(namespace):
-        raise ComponentArgsError(f"{where}: namespace '{namespace}' must be a DNS label (a-z, 0-9, '-')")
+        raise _args_error(f"{where}: namespace '{namespace}' must be a DNS label (a-z, 0-9, '-')")
     assignment = args.get("gpu_assignment", "plan")
     if assignment not in GPU_ASSIGNMENTS:
-        raise ComponentArgsError(f"{where}: gpu_assignment '{assignment}' is invalid; use plan or device-plugin")
+        raise _args_error(f"{where}: gpu_assignment '{assignment}' is invalid; use plan or device-plugin")
     defaults = {"agent_port": render.DEFAULT_AGENT_PORT, "engine_port": render.DEFAULT_ENGINE_PORT}
     ports = {key: args.get(key, default) for key, default in defaults.items()}
     for key, port in ports.items():
         if not isinstance(port, int) or not 1 <= port <= 65535:
-            raise ComponentArgsError(f"{where}: {key} must be 1-65535")
+            raise _args_error(f"{where}: {key} must be 1-65535")
     shm = args.get("shm_size", render.DEFAULT_SHM_SIZE)
     if not _QUANTITY.match(shm):
-        raise ComponentArgsError(f"{where}: shm_size '{shm}' is not a Kubernetes quantity (e.g. 16Gi)")
+        raise _args_error(f"{where}: shm_size '{shm}' is not a Kubernetes quantity (e.g. 16Gi)")
     if "hf_token" in args and "hf_token_secret" in args:
-        raise ComponentArgsError(f"{where}: give hf_token or hf_token_secret, not both")
+        raise _args_error(f"{where}: give hf_token or hf_token_secret, not both")
     hf_token: HfTokenRef | None = None
     if "hf_token_secret" in args:
         ref = args["hf_token_secret"]
         if not isinstance(ref, dict) or not ref.get("name"):
-            raise ComponentArgsError(f"{where}: hf_token_secret must be {{'name': SECRET, 'key': KEY}}")
+            raise _args_error(f"{where}: hf_token_secret must be {{'name': SECRET, 'key': KEY}}")
         hf_token = HfTokenRef(ref["name"], ref.get("key", "token"))
     secret_name = render.dns_name(f"{name}-secrets")
     if "hf_token" in args:
@@ -228,29 +234,29 @@ def pool_settings(name: str, args: KubernetesGpuPoolArgs) -> tuple[PoolSettings,
 def _node(where: str, index: int, raw: Any) -> KubernetesNode:
     at = f"{where}: nodes[{index}]"
     if not isinstance(raw, dict):
-        raise ComponentArgsError(f"{at} must be a mapping with name, gpu_product and gpus")
+        raise _args_error(f"{at} must be a mapping with name, gpu_product and gpus")
     unknown = sorted(set(raw) - set(KubernetesNodeArgs.__annotations__))
     if unknown:
-        raise ComponentArgsError(f"{at}: unknown key(s) {', '.join(unknown)}")
+        raise _args_error(f"{at}: unknown key(s) {', '.join(unknown)}")
     node_name = raw.get("name")
     if not isinstance(node_name, str) or not _NODE_NAME.match(node_name):
-        raise ComponentArgsError(f"{at}: name must be the Kubernetes node name (lowercase, 1-63 of a-z 0-9 . -)")
+        raise _args_error(f"{at}: name must be the Kubernetes node name (lowercase, 1-63 of a-z 0-9 . -)")
     gpus = raw.get("gpus")
     if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= 64:
-        raise ComponentArgsError(f"{at} ({node_name}): gpus must be 1-64")
+        raise _args_error(f"{at} ({node_name}): gpus must be 1-64")
     if not isinstance(raw.get("gpu_product"), str) or not raw["gpu_product"]:
-        raise ComponentArgsError(f"{at} ({node_name}): gpu_product is required (e.g. 'NVIDIA L40S')")
+        raise _args_error(f"{at} ({node_name}): gpu_product is required (e.g. 'NVIDIA L40S')")
     vendor = raw.get("vendor", "nvidia")
     if vendor not in VENDORS:
-        raise ComponentArgsError(f"{at} ({node_name}): vendor '{vendor}' is invalid; use nvidia or ascend")
+        raise _args_error(f"{at} ({node_name}): vendor '{vendor}' is invalid; use nvidia or ascend")
     mig = raw.get("mig_profile")
     if mig is not None:
         if vendor != "nvidia":
-            raise ComponentArgsError(f"{at} ({node_name}): mig_profile is for NVIDIA nodes")
+            raise _args_error(f"{at} ({node_name}): mig_profile is for NVIDIA nodes")
         try:
             render.mig_memory_bytes(mig)
         except RenderError as error:
-            raise ComponentArgsError(f"{at} ({node_name}): {error}") from None
+            raise _args_error(f"{at} ({node_name}): {error}") from None
     return KubernetesNode(
         name=node_name,
         gpu_product=raw["gpu_product"],
