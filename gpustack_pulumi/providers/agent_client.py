@@ -2,11 +2,26 @@
 
 Providers build one per call (never keep it on a pickled provider object). The bearer token is sent as a header
 and never appears in an exception message or a log line.
+
+The token lets its holder run any command line on the node, so it never crosses a network in clear text:
+
+- ``https://`` agents are verified by their certificate's pinned SHA-256 fingerprint (``fingerprint=``, what the
+  agent's install prints as ``GPUSTACK_AGENT_FINGERPRINT=sha256:...``), the way SSH host keys are pinned. The
+  check runs right after the TLS handshake, before a byte of the request (and so the token) is sent; a
+  different certificate fails with :class:`AgentCertificateMismatch` naming both fingerprints. Without a pin the
+  certificate must verify against the system's certificate authorities and name the host (standard HTTPS).
+- ``http://`` is accepted for loopback hosts only (127.0.0.0/8, ``::1``, ``localhost``); any other plain-HTTP
+  URL is refused with :class:`AgentInsecureEndpoint` before anything is sent.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import re
+import ssl
 import time
+import urllib.parse
 from typing import Any
 
 import httpx
@@ -68,8 +83,135 @@ class AgentTimeout(AgentError):
         self.seconds = seconds
 
 
+class AgentInsecureEndpoint(AgentError):
+    """The URL would send the token in clear text over a network (``http://`` to a non-loopback host), or is
+    not an agent URL at all. Nothing was sent."""
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        RuntimeError.__init__(self, f"agent {endpoint}: {reason}")
+        self.endpoint = endpoint
+        self.status = 0
+        self.detail = reason
+
+
+class AgentCertificateError(AgentError):
+    """The TLS handshake succeeded but the agent's certificate is not the one trusted (a pinned fingerprint that
+    differs, or, without a pin, a certificate no authority vouches for). Nothing was sent; not
+    :class:`AgentUnreachable`: something answers at that address, and it may not be the agent."""
+
+    def __init__(self, endpoint: str, what: str, reason: str) -> None:
+        RuntimeError.__init__(self, f"agent {endpoint}: {what} refused: {reason}")
+        self.endpoint = endpoint
+        self.status = 0
+        self.detail = reason
+
+
+class AgentCertificateMismatch(AgentCertificateError):
+    """The agent presented a certificate whose fingerprint is not the pinned one."""
+
+    def __init__(self, endpoint: str, what: str, expected: str, seen: str) -> None:
+        super().__init__(
+            endpoint,
+            what,
+            f"its TLS certificate has fingerprint {seen}, but {expected} is pinned. If the agent was reinstalled "
+            "with a new certificate, pin the fingerprint its install printed (GPUSTACK_AGENT_FINGERPRINT=...; "
+            "on the host: gpustack-agent tls fingerprint --dir /etc/gpustack-agent/tls); otherwise something "
+            "else answers at this address: the token was not sent",
+        )
+        self.expected = expected
+        self.seen = seen
+
+
 class AdmissionConflict(AgentError):
     """409: the agent refused a claim that would overbook a device (another deployment got there first)."""
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def normalize_fingerprint(text: str) -> str:
+    """``sha256:<64 lowercase hex>`` from ``sha256:AB:CD:...``, ``AB CD ...`` or bare hex. Raises ValueError
+    naming the expected form."""
+    value = str(text).strip().lower()
+    if value.startswith("sha256:"):
+        value = value[len("sha256:") :]
+    value = value.replace(":", "").replace(" ", "")
+    if not _HEX64.match(value):
+        raise ValueError(
+            f"fingerprint {str(text).strip()[:80]!r} is not a SHA-256 certificate fingerprint: expected sha256: and "
+            "64 hex digits, as the agent's install prints it (GPUSTACK_AGENT_FINGERPRINT=sha256:...)"
+        )
+    return "sha256:" + value
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ``::1`` (IPv4-mapped too) and ``localhost``: names only this machine reaches."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+class _PinMismatch(ssl.SSLError):
+    """Raised inside the handshake path; :meth:`AgentClient._request` turns it into AgentCertificateMismatch."""
+
+    def __init__(self, expected: str, seen: str) -> None:
+        super().__init__(f"certificate fingerprint {seen} is not the pinned {expected}")
+        self.expected = expected
+        self.seen = seen
+
+
+class PinnedSSLContext(ssl.SSLContext):
+    """A client context that trusts exactly one certificate: the one whose DER bytes hash to the pin.
+
+    CA and host-name checks are off (a self-signed certificate names no authority, and agents are reached by
+    address); instead :meth:`wrap_socket`, which httpcore calls to upgrade each new connection and which
+    completes the handshake before it returns, compares the peer certificate's SHA-256 with the pin and closes
+    the connection on a mismatch, before any request bytes are written."""
+
+    pin: str
+
+    def __new__(cls, pin: str) -> PinnedSSLContext:
+        context = super().__new__(cls, ssl.PROTOCOL_TLS_CLIENT)
+        context.pin = normalize_fingerprint(pin)
+        return context
+
+    def __init__(self, pin: str) -> None:
+        self.check_hostname = False
+        self.verify_mode = ssl.CERT_NONE
+        self.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+        kwargs["do_handshake_on_connect"] = True
+        wrapped = super().wrap_socket(sock, *args, **kwargs)
+        der = wrapped.getpeercert(binary_form=True)
+        seen = "sha256:" + hashlib.sha256(der or b"").hexdigest()
+        if seen != self.pin:
+            wrapped.close()
+            raise _PinMismatch(self.pin, seen)
+        return wrapped
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:  # type: ignore[override]
+        # TLS inside TLS (an https:// proxy): the handshake happens later, out of reach of the check above.
+        raise ssl.SSLError("a pinned agent connection cannot go through an HTTPS proxy; set NO_PROXY for the agent")
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind an httpx/httpcore exception, if any (walks the cause/context chain)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _format_detail(detail: Any) -> str:
@@ -85,17 +227,47 @@ class AgentClient:
         self,
         endpoint: str,
         token: str,
+        fingerprint: str | None = None,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         deadline_s: float = DEFAULT_DEADLINE_S,
     ) -> None:
+        """``fingerprint``: the agent certificate's pinned SHA-256 (``sha256:<hex>``) for an ``https://``
+        endpoint. Raises :class:`AgentInsecureEndpoint` for a plain-HTTP URL to a non-loopback host (or a URL
+        that is not http/https), and for a pin given with ``http://``; ValueError for a malformed pin."""
         self.endpoint = endpoint.rstrip("/")
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
+        self.fingerprint = normalize_fingerprint(fingerprint) if fingerprint else None
+        verify: ssl.SSLContext | bool = True
+        parsed = urllib.parse.urlsplit(self.endpoint)
+        host = parsed.hostname or ""
+        if parsed.scheme == "https":
+            if self.fingerprint is not None:
+                verify = PinnedSSLContext(self.fingerprint)
+        elif parsed.scheme == "http":
+            if self.fingerprint is not None:
+                raise AgentInsecureEndpoint(
+                    self.endpoint,
+                    f"a certificate fingerprint is pinned but the URL is plain HTTP; use https://{parsed.netloc}",
+                )
+            if not is_loopback_host(host):
+                raise AgentInsecureEndpoint(
+                    self.endpoint,
+                    "plain HTTP to a non-loopback host would send the bearer token (which runs commands on the "
+                    f"node) in clear text; use https://{parsed.netloc} with the agent's certificate fingerprint "
+                    "(install.sh prints GPUSTACK_AGENT_FINGERPRINT=sha256:...; the agent serves TLS with "
+                    "--tls-dir), or reach the agent through loopback (an SSH tunnel)",
+                )
+        else:
+            raise AgentInsecureEndpoint(
+                self.endpoint, "the agent URL must start with https:// (or http:// on loopback)"
+            )
         self._client = httpx.Client(
             base_url=self.endpoint,
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout_s,
+            verify=verify,
         )
 
     def __enter__(self) -> AgentClient:
@@ -138,6 +310,7 @@ class AgentClient:
         try:
             response = self._send(method, path, what, **kwargs)
         except httpx.TransportError as exc:
+            self._raise_tls_failure(exc, what)
             raise AgentUnreachable(self.endpoint, what, type(exc).__name__ + (f": {exc}" if str(exc) else "")) from None
         if response.status_code == 409:
             raise AdmissionConflict(self.endpoint, what, 409, _detail(response))
@@ -145,11 +318,28 @@ class AgentClient:
             raise AgentError(self.endpoint, what, response.status_code, _detail(response))
         return response
 
+    def _raise_tls_failure(self, exc: BaseException, what: str) -> None:
+        """Raise AgentCertificateError when ``exc`` is a certificate refusal (not a network failure)."""
+        failure = _tls_failure(exc)
+        if isinstance(failure, _PinMismatch):
+            raise AgentCertificateMismatch(self.endpoint, what, failure.expected, failure.seen) from None
+        if isinstance(failure, ssl.SSLCertVerificationError):
+            raise AgentCertificateError(
+                self.endpoint,
+                what,
+                f"its TLS certificate did not verify ({failure.verify_message or failure}); an agent with a "
+                "self-signed certificate needs its fingerprint pinned (AgentClient(url, token, fingerprint=...), "
+                "from GPUSTACK_AGENT_FINGERPRINT=... in its install output): the token was not sent",
+            ) from None
+
     # ----- node ---------------------------------------------------------------------------------------
     def healthy(self) -> bool:
+        """True when the agent answers /healthz. False when it does not answer; a certificate that is not the
+        pinned one raises :class:`AgentCertificateError` (an impostor is not a down agent)."""
         try:
             return self._client.get("/healthz").status_code == 200
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
+            self._raise_tls_failure(exc, "checking health")
             return False
 
     def capacity(self) -> CapacityDocument:

@@ -6,6 +6,7 @@ Every default lives here once, next to the reason for its value.
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -69,6 +70,11 @@ class AgentConfig(BaseModel):
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE
     max_body_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_BODY_BYTES
     """Larger request bodies are refused with 413 before they are read."""
+    tls_cert: Path | None = None
+    """PEM certificate the API is served with (HTTPS); None: plain HTTP, which the CLI allows on loopback only
+    (or with ``--insecure-http``)."""
+    tls_key: Path | None = None
+    """The certificate's private key (PEM); given together with ``tls_cert``."""
 
     @field_validator("node_name")
     @classmethod
@@ -107,9 +113,34 @@ class AgentConfig(BaseModel):
             raise ValueError(f"port range {low}-{high} must satisfy 1 <= low <= high <= 65535")
         return self
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> AgentConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both the TLS certificate and its key, or neither")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
     @property
     def reservations_file(self) -> Path:
         return self.state_dir / "reservations.json"
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for an address only this machine can reach: 127.0.0.0/8, ::1 (also IPv4-mapped) and ``localhost``.
+    Wildcards (``0.0.0.0``, ``::``) and every other name are not."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def parse_labels(text: str) -> dict[str, str]:

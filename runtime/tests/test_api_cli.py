@@ -217,7 +217,28 @@ def test_missing_token_file_flag_is_a_usage_error(capsys: pytest.CaptureFixture[
     assert "--token-file" in capsys.readouterr().err
 
 
-def test_world_readable_token_file_is_accepted_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_token_file_open_to_group_or_others_is_refused(
+    tmp_path: Path, mode: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "token"
+    path.write_text("s3cret-value\n")
+    path.chmod(mode)
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--token-file", str(path), "--state-dir", str(tmp_path / "state")])
+
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--token-file {path} has mode {mode:04o}" in err
+    assert f"chmod 600 {path}" in err and "--allow-insecure-token-file" in err
+    assert "s3cret-value" not in err
+    assert not (tmp_path / "state").exists(), "refused before anything is created"
+
+
+def test_open_token_file_is_accepted_with_a_warning_when_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "token"
     path.write_text("s3cret-value\n")
     path.chmod(0o644)
@@ -226,8 +247,11 @@ def test_world_readable_token_file_is_accepted_with_a_warning(tmp_path: Path, ca
     with caplog.at_level(logging.WARNING):
         config = config_from_args(
             parser,
-            parser.parse_args(["--token-file", str(path), "--state-dir", str(tmp_path / "state"), "--labels", "a=1"]),
-        )
+            parser.parse_args(
+                ["--token-file", str(path), "--state-dir", str(tmp_path / "state"), "--labels", "a=1",
+                 "--allow-insecure-token-file"]
+            ),
+        )  # fmt: skip
 
     assert config.token.get_secret_value() == "s3cret-value"
     assert config.labels == {"a": "1"}
