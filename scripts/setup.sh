@@ -43,3 +43,14 @@ for stack_dir in stacks/*/; do
     ln -sfn ../../.venv "${stack_dir}.venv"
 done
 echo "setup done: $(.venv/bin/gpustack-pulumi --version)"
+
+# The gateway's own virtualenv (LiteLLM proxy, open-source features): every package pinned with its hash, kept
+# apart from .venv because LiteLLM pins ~120 packages of its own. Components find it at .cache/gateway-venv
+# (or $GPUSTACK_GATEWAY_PYTHON). ~40 s the first time; a second run only checks.
+if [ -z "${GPUSTACK_SKIP_GATEWAY:-}" ]; then
+    if ! .cache/gateway-venv/bin/python -c 'import litellm.proxy.proxy_cli' 2>/dev/null; then
+        "$PYTHON" -m venv .cache/gateway-venv
+        .cache/gateway-venv/bin/python -m pip install -q --require-hashes --no-deps \
+            -r gpustack_pulumi/gateway/requirements-litellm.txt
+    fi
+fi

@@ -71,8 +71,11 @@ def llama_replica(model: Path, alias: str, workdir: Path) -> Iterator[tuple[str,
 
 
 @contextmanager
-def gateway_process(state_dir: Path, master_key: str, config: GatewayConfig | None = None) -> Iterator[str]:
-    """The gateway started from its agent instance body; yields its root URL (``http://127.0.0.1:PORT``)."""
+def gateway_process(
+    state_dir: Path, master_key: str, config: GatewayConfig | None = None, pids: list[int] | None = None
+) -> Iterator[str]:
+    """The gateway started from its agent instance body; yields its root URL (``http://127.0.0.1:PORT``). Its pid
+    (the proxy's: the launcher execs it) is appended to ``pids`` when given."""
     port = free_port()
     body = gateway_instance_body(
         owner="test/gateway", python=default_gateway_python(), state_dir=str(state_dir), host="127.0.0.1",
@@ -84,6 +87,8 @@ def gateway_process(state_dir: Path, master_key: str, config: GatewayConfig | No
             body.launch.argv, env={**os.environ, **body.launch.env}, stdout=out, stderr=subprocess.STDOUT
         )
     base = f"http://127.0.0.1:{port}"
+    if pids is not None:
+        pids.append(process.pid)
     try:
         wait_http(f"{base}{body.launch.health_path}", process, log)
         if config is not None:
