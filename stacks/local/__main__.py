@@ -54,13 +54,15 @@ pulumi.export("agents", cluster.endpoints)
 pulumi.export("endpoints", chat.endpoints)
 pulumi.export("placements", chat.placements)
 
-# One OpenAI-compatible endpoint for the cluster (LiteLLM proxy, run by the agent) and a key to call it with.
+# One OpenAI-compatible endpoint for the cluster (LiteLLM proxy, run by the agent) and a key to call it with
+# (gpustack:gateway false leaves them out; gpustack:keyRpm sets the key's requests per minute).
 from gpustack_pulumi.components import ApiKey, Gateway  # noqa: E402
 
-key = ApiKey("default-key", {"models": ["chat"], "rpm": config.get_int("keyRpm") or 600})
-gateway = Gateway("gateway", {"cluster": cluster, "models": {"chat": chat}, "keys": [key],
-                              "state_dir": str(state_root / "gateway")})  # fmt: skip
-pulumi.export("endpoint", gateway.endpoint)
-pulumi.export("api_key", key.key)
-pulumi.export("gateway_master_key", gateway.master_key)
-pulumi.export("usage", gateway.usage)
+if config.get_bool("gateway") is not False:
+    key = ApiKey("default-key", {"models": ["chat"], "rpm": config.get_int("keyRpm") or 600})
+    gateway = Gateway("gateway", {"cluster": cluster, "models": {"chat": chat}, "keys": [key],
+                                  "state_dir": str(state_root / "gateway")})  # fmt: skip
+    pulumi.export("endpoint", gateway.endpoint)
+    pulumi.export("api_key", key.key)
+    pulumi.export("gateway_master_key", gateway.master_key)
+    pulumi.export("usage", gateway.usage)
