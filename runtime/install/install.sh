@@ -9,6 +9,11 @@
 #      when the version there differs from the one the source holds: a new version upgrades in place;
 #   3. the bearer token, from stdin or a file, into a root-only file (default /etc/gpustack-agent/token,
 #      mode 0600); it is never printed and never put on a command line;
+#      the agent's TLS certificate (default /etc/gpustack-agent/tls: self-signed ECDSA P-256, key 0600), made
+#      by `gpustack-agent tls init` on the first run and kept on every later run and upgrade, so a client's pin
+#      stays valid; its SHA-256 fingerprint is printed on every run as one machine-readable line,
+#          GPUSTACK_AGENT_FINGERPRINT=sha256:<64 hex digits>
+#      which clients pin (the SSH node pool reads it from this script's output);
 #   4. the systemd unit gpustack-agent.service with the agent's flags (its template is render_unit below,
 #      kept in this file so the script works alone, e.g. as cloud-init user data or piped to `bash -s` over
 #      ssh (then stdin carries the script: give the token with --token-file);
@@ -16,6 +21,10 @@
 #   5. if systemd runs (and --no-systemd is not given): daemon-reload, enable, and start, or restart when
 #      the package, the token or the unit changed.
 # The last line says what happened: "gpustack-agent: nothing changed" on a repeated run.
+#
+# The agent serves HTTPS only (--tls-dir); the API's bearer token runs commands as root, so it never crosses the
+# network in clear text. It listens on --host: give the address clients reach it at (the SSH node pool passes the
+# host's address); the default 0.0.0.0 serves every interface, still over TLS.
 #
 # Every option also reads an environment variable (GPUSTACK_AGENT_<NAME>, e.g. GPUSTACK_AGENT_PREFIX); a flag
 # wins over the variable. Run with --help for the list.
@@ -31,6 +40,7 @@ PREFIX=${GPUSTACK_AGENT_PREFIX:-/opt/gpustack-agent}
 VENV=${GPUSTACK_AGENT_VENV:-}
 CONFIG_DIR=${GPUSTACK_AGENT_CONFIG_DIR:-/etc/gpustack-agent}
 TOKEN_PATH=${GPUSTACK_AGENT_TOKEN_PATH:-}
+TLS_DIR=${GPUSTACK_AGENT_TLS_DIR:-}
 STATE_DIR=${GPUSTACK_AGENT_STATE_DIR:-/var/lib/gpustack-agent}
 UNIT_DIR=${GPUSTACK_AGENT_UNIT_DIR:-/etc/systemd/system}
 SOURCE=${GPUSTACK_AGENT_SOURCE:-$DISTRIBUTION}
@@ -59,6 +69,8 @@ Source and places:
   --pip-arg ARG        pass ARG to pip install (repeatable), e.g. --pip-arg=--no-index
   --config-dir DIR     holds the token file (default: /etc/gpustack-agent)
   --token-path FILE    where the token is written (default: CONFIG_DIR/token)
+  --tls-dir DIR        the agent's TLS certificate, key and fingerprint (default: CONFIG_DIR/tls); an existing
+                       certificate there is kept
   --state-dir DIR      the agent's --state-dir (default: /var/lib/gpustack-agent)
   --unit-dir DIR       where $UNIT_NAME is written (default: /etc/systemd/system)
 
@@ -67,7 +79,7 @@ Token (required on the first install; later runs keep the existing one):
   --token-file FILE    read the token from FILE
 
 Agent flags written into the unit:
-  --host ADDR (default 0.0.0.0)   --port N (default 10150)   --devices nvml|ascend|none|auto (default auto)
+  --host ADDR (the address to listen on, over HTTPS; default 0.0.0.0)   --port N (default 10150)   --devices nvml|ascend|none|auto (default auto)
   --port-range LOW-HIGH (default 40000-40063)   --labels k=v,...   --node-name NAME
   --memory-safety-margin-mib N
 
@@ -110,6 +122,7 @@ while [[ $# -gt 0 ]]; do
         --pip-arg) need_value "$arg" $#; PIP_ARGS+=("$2"); shift 2 ;;
         --config-dir) need_value "$arg" $#; CONFIG_DIR=$2; shift 2 ;;
         --token-path) need_value "$arg" $#; TOKEN_PATH=$2; shift 2 ;;
+        --tls-dir) need_value "$arg" $#; TLS_DIR=$2; shift 2 ;;
         --state-dir) need_value "$arg" $#; STATE_DIR=$2; shift 2 ;;
         --unit-dir) need_value "$arg" $#; UNIT_DIR=$2; shift 2 ;;
         --token-stdin) TOKEN_FROM=-; shift ;;
@@ -130,13 +143,14 @@ done
 
 VENV=${VENV:-$PREFIX/venv}
 TOKEN_PATH=${TOKEN_PATH:-$CONFIG_DIR/token}
+TLS_DIR=${TLS_DIR:-$CONFIG_DIR/tls}
 
 # Values go into the unit's ExecStart line. systemd gives '%', '$', quotes, backslashes and spaces special
 # meaning there, so only plain characters are accepted: nothing needs escaping, nothing can inject.
 SAFE_VALUE='^[A-Za-z0-9_.,:=/@+-]*$'
 for pair in "--host:$HOST" "--port:$PORT" "--devices:$DEVICES" "--port-range:$PORT_RANGE" \
     "--labels:$LABELS" "--node-name:$NODE_NAME" "--memory-safety-margin-mib:$MARGIN_MIB" \
-    "--venv:$VENV" "--token-path:$TOKEN_PATH" "--state-dir:$STATE_DIR"; do
+    "--venv:$VENV" "--token-path:$TOKEN_PATH" "--tls-dir:$TLS_DIR" "--state-dir:$STATE_DIR"; do
     flag=${pair%%:*}
     value=${pair#*:}
     [[ $value =~ $SAFE_VALUE ]] || die "$flag '$value' may only contain letters, digits and _.,:=/@+-"
@@ -145,12 +159,14 @@ done
 [[ $DEVICES =~ ^(nvml|ascend|none|auto)$ ]] || die "--devices '$DEVICES' must be nvml, ascend, none or auto"
 [[ $PORT_RANGE =~ ^[0-9]+-[0-9]+$ ]] || die "--port-range '$PORT_RANGE' must be LOW-HIGH, e.g. 40000-40063"
 [[ -z $MARGIN_MIB || $MARGIN_MIB =~ ^[0-9]+$ ]] || die "--memory-safety-margin-mib '$MARGIN_MIB' must be >= 0"
-[[ $VENV == /* && $TOKEN_PATH == /* && $STATE_DIR == /* && $UNIT_DIR == /* ]] ||
-    die "--venv, --token-path, --state-dir and --unit-dir must be absolute paths"
+[[ $VENV == /* && $TOKEN_PATH == /* && $TLS_DIR == /* && $STATE_DIR == /* && $UNIT_DIR == /* ]] ||
+    die "--venv, --token-path, --tls-dir, --state-dir and --unit-dir must be absolute paths"
+[[ -n $HOST ]] || die "--host '' must be an address to listen on"
 
 # --- the unit, rendered from the flags -------------------------------------------------------------------
 
-exec_start="$VENV/bin/$PROGRAM --host $HOST --port $PORT --token-file $TOKEN_PATH --state-dir $STATE_DIR"
+exec_start="$VENV/bin/$PROGRAM --host $HOST --port $PORT --token-file $TOKEN_PATH --tls-dir $TLS_DIR"
+exec_start+=" --state-dir $STATE_DIR"
 exec_start+=" --devices $DEVICES --port-range $PORT_RANGE"
 [[ -n $LABELS ]] && exec_start+=" --labels $LABELS"
 [[ -n $NODE_NAME ]] && exec_start+=" --node-name $NODE_NAME"
@@ -306,6 +322,25 @@ else
     chmod 600 "$TOKEN_PATH"
     say "token unchanged (kept $TOKEN_PATH)"
 fi
+
+# --- 3b. the TLS certificate --------------------------------------------------------------------------------
+
+# Made once and kept: a new certificate would break every client's pin. The agent's own command makes it (the
+# `cryptography` package is one of its dependencies), so this needs nothing but the venv.
+tls_names=(--name "$HOST")
+[[ -n $NODE_NAME ]] && tls_names+=(--name "$NODE_NAME")
+had_certificate=no
+[[ -f $TLS_DIR/cert.pem ]] && had_certificate=yes
+tls_report=$("$VENV/bin/$PROGRAM" tls init --dir "$TLS_DIR" "${tls_names[@]}" 2>&1) ||
+    die "could not set up the TLS certificate in $TLS_DIR: $tls_report"
+fingerprint=$(grep -E '^sha256:[0-9a-f]{64}$' <<<"$tls_report" | tail -n 1 || true)
+[[ $fingerprint =~ ^sha256:[0-9a-f]{64}$ ]] || die "gpustack-agent tls init printed no fingerprint: $tls_report"
+if [[ $had_certificate == no ]]; then
+    CHANGED+=("TLS certificate created in $TLS_DIR")
+else
+    say "TLS certificate unchanged (kept $TLS_DIR)"
+fi
+echo "GPUSTACK_AGENT_FINGERPRINT=$fingerprint"
 
 # --- 4. the systemd unit --------------------------------------------------------------------------------
 

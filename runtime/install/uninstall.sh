@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Remove the gpustack-agent node agent that install.sh set up.
 #
-#   sudo ./uninstall.sh            stop the agent and its engines, remove the unit, the venv and the token
+#   sudo ./uninstall.sh            stop the agent and its engines, remove the unit, the venv, the token and the
+#                                  TLS certificate and key
 #   sudo ./uninstall.sh --purge    also remove the state directory (reservations, instance state, engine logs)
 #
 # The engines keep running when only the agent stops (KillMode=process in the unit), so this script stops
 # them itself, from the supervisor's state file, unless --keep-engines is given. Safe to run twice: whatever
-# is already gone is skipped. Takes the same --prefix/--venv/--config-dir/--token-path/--state-dir/--unit-dir
-# options and GPUSTACK_AGENT_* variables as install.sh.
+# is already gone is skipped. Takes the same --prefix/--venv/--config-dir/--token-path/--tls-dir/--state-dir/
+# --unit-dir options and GPUSTACK_AGENT_* variables as install.sh.
 set -euo pipefail
 
 PROGRAM=gpustack-agent
@@ -17,6 +18,7 @@ PREFIX=${GPUSTACK_AGENT_PREFIX:-/opt/gpustack-agent}
 VENV=${GPUSTACK_AGENT_VENV:-}
 CONFIG_DIR=${GPUSTACK_AGENT_CONFIG_DIR:-/etc/gpustack-agent}
 TOKEN_PATH=${GPUSTACK_AGENT_TOKEN_PATH:-}
+TLS_DIR=${GPUSTACK_AGENT_TLS_DIR:-}
 STATE_DIR=${GPUSTACK_AGENT_STATE_DIR:-/var/lib/gpustack-agent}
 UNIT_DIR=${GPUSTACK_AGENT_UNIT_DIR:-/etc/systemd/system}
 SYSTEMD=${GPUSTACK_AGENT_SYSTEMD:-auto}
@@ -40,13 +42,14 @@ while [[ $# -gt 0 ]]; do
         arg=$1
     fi
     case $arg in
-        --prefix | --venv | --config-dir | --token-path | --state-dir | --unit-dir)
+        --prefix | --venv | --config-dir | --token-path | --tls-dir | --state-dir | --unit-dir)
             [[ $# -ge 2 ]] || die "$arg needs a value"
             case $arg in
                 --prefix) PREFIX=$2 ;;
                 --venv) VENV=$2 ;;
                 --config-dir) CONFIG_DIR=$2 ;;
                 --token-path) TOKEN_PATH=$2 ;;
+                --tls-dir) TLS_DIR=$2 ;;
                 --state-dir) STATE_DIR=$2 ;;
                 --unit-dir) UNIT_DIR=$2 ;;
             esac
@@ -62,7 +65,8 @@ done
 
 VENV=${VENV:-$PREFIX/venv}
 TOKEN_PATH=${TOKEN_PATH:-$CONFIG_DIR/token}
-for path in "$VENV" "$TOKEN_PATH" "$STATE_DIR" "$UNIT_DIR"; do
+TLS_DIR=${TLS_DIR:-$CONFIG_DIR/tls}
+for path in "$VENV" "$TOKEN_PATH" "$TLS_DIR" "$STATE_DIR" "$UNIT_DIR"; do
     [[ $path == /* && $path != / ]] || die "'$path' must be an absolute path other than /"
 done
 
@@ -112,6 +116,8 @@ fi
 remove "$VENV"
 [[ -d $PREFIX && -z $(ls -A "$PREFIX") ]] && rmdir "$PREFIX" && say "removed $PREFIX"
 remove "$TOKEN_PATH"
+# The private key goes with the agent: a later install makes a new certificate (and prints its new fingerprint).
+remove "$TLS_DIR"
 [[ -d $CONFIG_DIR && -z $(ls -A "$CONFIG_DIR") ]] && rmdir "$CONFIG_DIR" && say "removed $CONFIG_DIR"
 if [[ $PURGE == yes ]]; then
     remove "$STATE_DIR"

@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -126,6 +127,7 @@ class Layout:
         self.venv = self.prefix / "venv"
         self.config_dir = root / "etc" / "gpustack-agent"
         self.token = self.config_dir / "token"
+        self.tls_dir = self.config_dir / "tls"
         self.state_dir = root / "var" / "lib" / "gpustack-agent"
         self.unit_dir = root / "etc" / "systemd" / "system"
         self.unit = self.unit_dir / "gpustack-agent.service"
@@ -265,6 +267,19 @@ def test_install_from_the_local_source_then_rerun_changes_nothing(layout: Layout
     assert f"package installed (gpustack-runtime {version})" in first.stdout
     assert "token written" in first.stdout and "unit written" in first.stdout
     assert TOKEN not in first.stdout + first.stderr
+    assert f"TLS certificate created in {layout.tls_dir}" in first.stdout
+
+    # The TLS certificate: made at install, key root-only, its fingerprint printed as one machine-readable line.
+    fingerprint = printed_fingerprint(first.stdout)
+    assert fingerprint == certificate_fingerprint(layout.tls_dir / "cert.pem")
+    assert (layout.tls_dir / "fingerprint").read_text() == fingerprint + "\n"
+    assert stat.S_IMODE((layout.tls_dir / "key.pem").stat().st_mode) == 0o600
+    assert stat.S_IMODE(layout.tls_dir.stat().st_mode) == 0o700
+    san = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", layout.tls_dir / "cert.pem"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    assert "DNS:gpu-01" in san or not san, san  # the node name is one of its names (when openssl is there)
 
     # The venv works: its own gpustack-agent runs from the venv's own copy of the package.
     agent = layout.venv / "bin" / "gpustack-agent"
@@ -287,7 +302,7 @@ def test_install_from_the_local_source_then_rerun_changes_nothing(layout: Layout
     unit = layout.unit.read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert exec_start == (
-        f"ExecStart={agent} --host 0.0.0.0 --port 10150 --token-file {layout.token} "
+        f"ExecStart={agent} --host 0.0.0.0 --port 10150 --token-file {layout.token} --tls-dir {layout.tls_dir} "
         f"--state-dir {layout.state_dir} --devices auto --port-range 40000-40063 --labels zone=a,tier=gpu "
         "--node-name gpu-01 --memory-safety-margin-mib 512"
     )
@@ -301,6 +316,8 @@ def test_install_from_the_local_source_then_rerun_changes_nothing(layout: Layout
     second = layout.install(*flags, source=runtime_source)
 
     assert second.stdout.strip().splitlines()[-1] == "gpustack-agent: nothing changed", second.stdout
+    assert "TLS certificate unchanged" in second.stdout
+    assert printed_fingerprint(second.stdout) == fingerprint, "every run prints the (same) fingerprint"
     assert f"package unchanged (gpustack-runtime {version})" in second.stdout
     assert layout.tree_snapshot() == before, "a second run must not touch any file"
 
@@ -329,7 +346,7 @@ def test_a_later_run_keeps_the_token_and_reports_changed_flags(layout: Layout, r
 def test_upgrade_installs_the_new_version_into_the_same_venv(
     layout: Layout, runtime_wheel: Path, tmp_path: Path
 ) -> None:
-    layout.install(source=runtime_wheel)
+    fingerprint = printed_fingerprint(layout.install(source=runtime_wheel).stdout)
     python_before = (layout.venv / "bin" / "python").resolve()
     newer = copy_runtime_source(tmp_path / "newer-source", "99.0.1")
 
@@ -342,6 +359,7 @@ def test_upgrade_installs_the_new_version_into_the_same_venv(
         [layout.venv / "bin" / "gpustack-agent", "--version"], capture_output=True, text=True, check=True
     ).stdout
     assert version.strip() == "gpustack-agent 99.0.1"
+    assert printed_fingerprint(upgraded.stdout) == fingerprint, "an upgrade keeps the certificate, so the pin holds"
     again = layout.install(source=newer, token=None)
     assert "nothing changed" in again.stdout
 
@@ -354,6 +372,8 @@ def test_bad_input_is_refused_naming_the_flag(layout: Layout, runtime_wheel: Pat
         "--node-name=$(reboot)": "--node-name",
         "--memory-safety-margin-mib=-5": "--memory-safety-margin-mib",
         "--port-range=1": "--port-range",
+        "--tls-dir=relative/tls": "--tls-dir",
+        "--host=": "--host",
         "--bogus": "unknown option --bogus",
     }
     for argument, complaint in cases.items():
@@ -376,13 +396,35 @@ def test_print_unit_renders_the_unit_without_installing(layout: Layout) -> None:
     )
 
     assert f"ExecStart={layout.venv}/bin/gpustack-agent --host 0.0.0.0 --port 10333 " in result.stdout
+    assert f"--tls-dir {layout.tls_dir} " in result.stdout
     assert "--devices nvml" in result.stdout and "KillMode=process" in result.stdout
     assert not layout.root.exists(), "--print-unit installs nothing"
 
 
+def printed_fingerprint(stdout: str) -> str:
+    """The fingerprint of install.sh's one ``GPUSTACK_AGENT_FINGERPRINT=`` line."""
+    [line] = [line for line in stdout.splitlines() if line.startswith("GPUSTACK_AGENT_FINGERPRINT=")]
+    value = line.split("=", 1)[1]
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", value), line
+    return value
+
+
+def certificate_fingerprint(cert_pem: Path) -> str:
+    return "sha256:" + hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert_pem.read_text())).hexdigest()
+
+
+def pinning_context() -> ssl.SSLContext:
+    """Takes any certificate; :func:`installed_agent` compares the digest itself, as a pinning client does."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 @contextlib.contextmanager
 def installed_agent(layout: Layout) -> Iterator[tuple[subprocess.Popen[bytes], httpx.Client]]:
-    """The installed agent, started like the unit starts it (its ExecStart), on a free loopback port."""
+    """The installed agent, started like the unit starts it (its ExecStart: HTTPS with the installed
+    certificate), on a free loopback port; the client checks that the certificate is the installed one."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -390,6 +432,7 @@ def installed_agent(layout: Layout) -> Iterator[tuple[subprocess.Popen[bytes], h
             "--host=127.0.0.1",
             f"--port={port}",
             f"--token-file={layout.token}",
+            f"--tls-dir={layout.tls_dir}",
             f"--state-dir={layout.state_dir}",
             "--devices=none",
             "--port-range=40700-40749",
@@ -397,12 +440,18 @@ def installed_agent(layout: Layout) -> Iterator[tuple[subprocess.Popen[bytes], h
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"})
+    pin = (layout.tls_dir / "fingerprint").read_text().strip()
+    client = httpx.Client(
+        base_url=f"https://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, verify=pinning_context()
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
             with contextlib.suppress(httpx.TransportError):
-                if client.get("/healthz").status_code == 200:
+                health = client.get("/healthz")
+                peer = health.extensions["network_stream"].get_extra_info("ssl_object").getpeercert(True)
+                assert "sha256:" + hashlib.sha256(peer).hexdigest() == pin
+                if health.status_code == 200:
                     break
             assert process.poll() is None and time.monotonic() < deadline, "the installed agent did not start"
             time.sleep(0.1)
@@ -436,7 +485,9 @@ def test_uninstall_stops_engines_and_removes_everything(layout: Layout, runtime_
         assert f"stopped engine e1 (pid {engine_pid})" in removed.stdout
         assert not runs(engine_pid)
         engine_pid = None
-        for path in (layout.venv, layout.prefix, layout.token, layout.config_dir, layout.unit, layout.state_dir):
+        paths = (layout.venv, layout.prefix, layout.token, layout.tls_dir, layout.config_dir, layout.unit,
+                 layout.state_dir)  # fmt: skip
+        for path in paths:
             assert not path.exists(), path
         assert "uninstalled" in layout.uninstall().stdout, "a second uninstall is a no-op"
     finally:
