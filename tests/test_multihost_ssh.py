@@ -1,7 +1,8 @@
 """On-prem hosts end to end, for real: three network-namespace hosts with their own sshd, the SshNodePool's
 install resources run over real SSH (the exact strings the component registered, see multihost/remote_runner.py),
-agents bound to their veth addresses with fake GPUs, capacity read from the test, re-run, upgrade, removal of a
-host, and teardown that leaves no process and no namespace.
+agents bound to their veth addresses with fake GPUs and serving HTTPS with the certificate each install made,
+capacity read from the test through AgentClient pinning the fingerprint the install printed, re-run, upgrade (the
+certificate and so the pin kept), removal of a host, and teardown that leaves no process and no namespace.
 
 The tests of this module run in order and share the hosts (bringing three hosts up and installing three agents
 takes most of the time): each step builds on the previous one, as the stages of one stack's life do.
@@ -32,6 +33,13 @@ from multihost.support import (
 )
 
 from gpustack_pulumi.pools.ssh.component import SshNodePool
+from gpustack_pulumi.pools.ssh.install import parse_fingerprint
+from gpustack_pulumi.providers.agent_client import (
+    AgentCertificateMismatch,
+    AgentClient,
+    AgentError,
+    AgentInsecureEndpoint,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +58,8 @@ class Stack:
         self.fake_nvml = fake_nvml
         self.engine = RemoteCommandApplier()
         self.token = TOKEN
+        self.fingerprints: dict[str, str] = {}
+        """Node name → the fingerprint its latest install printed (what SshNodePool.fingerprints exports)."""
 
     def args(self, version: str, hosts: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
         args = pool_args(self.group, self.wheelhouse, self.fake_nvml, version, **overrides)
@@ -68,9 +78,12 @@ class Stack:
         """Register the program, then run what changed; results by node name ('<pool>-<node>-agent')."""
         resources, _ = self.register(version, hosts, **overrides)
         results = self.engine.apply(resources)
-        return {
-            name[len(POOL) + 1 : -len("-agent")]: r for name, r in results.items() if name.endswith("-agent")
-        }, resources
+        by_node = {name[len(POOL) + 1 : -len("-agent")]: r for name, r in results.items() if name.endswith("-agent")}
+        for node, result in by_node.items():
+            fingerprint = parse_fingerprint(result.stdout)
+            if fingerprint is not None:
+                self.fingerprints[node] = fingerprint
+        return by_node, resources
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +95,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(group, wheelhouse, fake_nvml)
 
 
-def capacity(address: str, token: str = TOKEN) -> dict[str, Any]:
-    response = httpx.get(
-        f"http://{address}:{AGENT_PORT}/v1/capacity", headers={"Authorization": f"Bearer {token}"}, timeout=5
-    )
-    response.raise_for_status()
-    return response.json()
+def capacity(address: str, fingerprint: str, token: str = TOKEN) -> dict[str, Any]:
+    """The agent's capacity document over HTTPS, its certificate pinned (as the providers call it)."""
+    with AgentClient(f"https://{address}:{AGENT_PORT}", token, fingerprint, timeout_s=5) as client:
+        return client.capacity().model_dump(mode="json")
 
 
 def test_sshd_answers_only_with_the_pinned_host_key(stack: Stack) -> None:
@@ -140,19 +151,27 @@ def test_up_installs_over_ssh_and_each_agent_shows_its_devices(stack: Stack) -> 
         assert "gpustack-agent: healthy at" in result.lines()[-1]
         assert TOKEN not in result.stdout + result.stderr, node
     _, endpoints = register_under_mocks(lambda: SshNodePool(POOL, stack.args(FIRST_VERSION)).endpoints)
-    assert endpoints == {host.name: f"http://{host.address}:{AGENT_PORT}" for host in group.hosts}
+    assert endpoints == {host.name: f"https://{host.address}:{AGENT_PORT}" for host in group.hosts}
+    # Each install made its host's certificate and printed its fingerprint; the hosts' certificates differ.
+    assert set(stack.fingerprints) == set(results) and len(set(stack.fingerprints.values())) == len(results)
+    for host in group.hosts:
+        tls_dir = host.agent_root / "etc" / "gpustack-agent" / "tls"
+        assert (tls_dir / "fingerprint").read_text().strip() == stack.fingerprints[host.name]
+        assert oct((tls_dir / "key.pem").stat().st_mode & 0o777) == oct(0o600)
+        assert "TLS certificate created" in results[host.name].stdout
+    pins = stack.fingerprints
 
-    a = capacity(group.by_name("gpu-a").address)
+    a = capacity(group.by_name("gpu-a").address, pins["gpu-a"])
     assert a["name"] == "gpu-a" and a["labels"] == {"site": "lab", "host": "gpu-a"}
     assert [d["product"] for d in a["devices"]] == ["NVIDIA H100 80GB HBM3"] * 2
     groups = {d["topology_group"] for d in a["devices"]}
     assert groups == {"nvlink-0"}  # one NVLink clique
-    b = capacity(group.by_name("gpu-b").address)
+    b = capacity(group.by_name("gpu-b").address, pins["gpu-b"])
     assert [d["product"] for d in b["devices"]] == ["NVIDIA L40S"] * 4
     assert {d["memory_total"] for d in b["devices"]} == {48_305_799_168}
     assert all(d["compute_capability"] == "8.9" for d in b["devices"])
     assert {d["topology_group"] for d in b["devices"]} == {None}  # PCIe only: no NVLink group
-    c = capacity(group.by_name("cpu-c").address)
+    c = capacity(group.by_name("cpu-c").address, pins["cpu-c"])
     assert c["devices"] == [] and c["cpu_count"]
 
     for host in group.hosts:
@@ -164,7 +183,19 @@ def test_up_installs_over_ssh_and_each_agent_shows_its_devices(stack: Stack) -> 
         assert str(host.agent_root).encode() in b" ".join(cmdline)
         assert host.exec_in("bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{AGENT_PORT}").returncode != 0
         # No capacity without the token.
-        assert httpx.get(f"http://{host.address}:{AGENT_PORT}/v1/capacity", timeout=5).status_code == 401
+        url = f"https://{host.address}:{AGENT_PORT}"
+        with AgentClient(url, "wrong-token", pins[host.name]) as client, pytest.raises(AgentError, match="HTTP 401"):
+            client.capacity()
+        # Another host's pin is refused before the token is sent; plain HTTP is refused by the client and
+        # not served by the agent.
+        other = pins["cpu-c" if host.name != "cpu-c" else "gpu-a"]
+        mismatch = f"fingerprint {pins[host.name]}, but {other}"
+        with AgentClient(url, TOKEN, other) as client, pytest.raises(AgentCertificateMismatch, match=mismatch):
+            client.capacity()
+        with pytest.raises(AgentInsecureEndpoint):
+            AgentClient(f"http://{host.address}:{AGENT_PORT}", TOKEN)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{host.address}:{AGENT_PORT}/healthz", timeout=5).raise_for_status()
 
 
 def test_an_unchanged_program_runs_nothing_and_a_rerun_of_the_install_changes_nothing(stack: Stack) -> None:
@@ -175,6 +206,7 @@ def test_an_unchanged_program_runs_nothing_and_a_rerun_of_the_install_changes_no
     # Running the install again anyway (what any update of the command does) is idempotent.
     result = run_command(host_resources(resources, POOL, "gpu-a")["agent"], "update")
     assert result.lines()[-2] == "gpustack-agent: nothing changed", result.stdout
+    assert parse_fingerprint(result.stdout) == stack.fingerprints["gpu-a"]  # the same certificate
     assert "started process" not in result.stdout
     assert a.agent_pids() == pid_before  # the agent was not restarted
 
@@ -187,13 +219,14 @@ def test_a_rotated_token_goes_in_on_stdin_and_restarts_the_agents(stack: Stack) 
         assert "token written to" in result.stdout and "started process" in result.stdout, node
         assert ROTATED_TOKEN not in result.stdout + result.stderr
     for host in stack.group.hosts:
-        assert capacity(host.address, ROTATED_TOKEN)["name"] == host.name
-        with pytest.raises(httpx.HTTPStatusError):
-            capacity(host.address, TOKEN)
+        assert capacity(host.address, stack.fingerprints[host.name], ROTATED_TOKEN)["name"] == host.name
+        with pytest.raises(AgentError, match="HTTP 401"):
+            capacity(host.address, stack.fingerprints[host.name], TOKEN)
 
 
 def test_a_new_agent_version_upgrades_every_host_in_place(stack: Stack) -> None:
     pids_before = {host.name: host.agent_pids() for host in stack.group.hosts}
+    pins_before = dict(stack.fingerprints)
     results, _ = stack.up(NEXT_VERSION)
     assert set(results) == {"gpu-a", "gpu-b", "cpu-c"}
     for host in stack.group.hosts:
@@ -208,7 +241,8 @@ def test_a_new_agent_version_upgrades_every_host_in_place(stack: Stack) -> None:
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
         assert installed == NEXT_VERSION
-        assert capacity(host.address, ROTATED_TOKEN)["name"] == host.name
+        assert stack.fingerprints[host.name] == pins_before[host.name], "an upgrade keeps the certificate"
+        assert capacity(host.address, pins_before[host.name], ROTATED_TOKEN)["name"] == host.name
 
 
 def test_removing_a_host_uninstalls_its_agent_and_keeps_the_others(stack: Stack) -> None:

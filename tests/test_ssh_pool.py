@@ -21,7 +21,12 @@ from multihost.support import by_name, register_under_mocks
 from gpustack_pulumi.components import GpuCluster
 from gpustack_pulumi.components.cluster import ComponentArgsError, NodePool
 from gpustack_pulumi.pools.ssh.component import SshNodePool, default_install_scripts_dir, plan_ssh_hosts
-from gpustack_pulumi.pools.ssh.install import AgentLayout, render_install_command, render_uninstall_command
+from gpustack_pulumi.pools.ssh.install import (
+    AgentLayout,
+    parse_fingerprint,
+    render_install_command,
+    render_uninstall_command,
+)
 from gpustack_pulumi.pools.ssh.known_hosts import HostKeyError, find_host_key, normalize_host_key
 
 PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAAfake\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -83,7 +88,7 @@ def test_resource_graph_names_parents_pinned_keys_and_secrets() -> None:
     for node in "ab":
         assert named[f"onprem-{node}-agent"].typ == "command:remote:Command"
         assert named[f"onprem-{node}-install-script"].typ == "command:remote:CopyToRemote"
-    assert endpoints == {"a": "http://10.0.0.11:10150", "b": "http://gpu-b.lab.example:10150"}
+    assert endpoints == {"a": "https://10.0.0.11:10150", "b": "https://gpu-b.lab.example:10150"}
 
     for resource in resources:
         if resource.name == "onprem":
@@ -141,7 +146,7 @@ def test_a_cluster_of_one_ssh_pool_merges_its_endpoints() -> None:
         return GpuCluster("gpus", {"pools": [pool], "agent_token": TOKEN}).endpoints
 
     _, endpoints = register_under_mocks(program)
-    assert endpoints == {"a": "http://10.0.0.11:10150", "b": "http://gpu-b.lab.example:10150"}
+    assert endpoints == {"a": "https://10.0.0.11:10150", "b": "https://gpu-b.lab.example:10150"}
 
 
 def host(**fields: Any) -> dict[str, Any]:
@@ -293,8 +298,96 @@ def test_layouts_and_runtimes_pick_systemd_detached_or_docker() -> None:
     container = render_install_command(
         plan(runtime="container", container_image="ghcr.io/example/gpustack-agent")[0].spec
     )
-    assert "ghcr.io/example/gpustack-agent:0.1.0 gpustack-agent --host=0.0.0.0 --port=10150" in container
+    assert "ghcr.io/example/gpustack-agent:0.1.0 gpustack-agent --host=10.0.0.11 --port=10150" in container
     assert "--gpus all" in container and "install.sh" not in container
+    # The container makes its certificate in the mounted TLS directory and serves HTTPS with it.
+    assert "--volume /etc/gpustack-agent/tls:/etc/gpustack-agent/tls" in container
+    assert "--tls-dir=/etc/gpustack-agent/tls" in container
+    assert 'GPUSTACK_AGENT_FINGERPRINT=$(cat "$TLS_DIR/fingerprint")' in container
+
+
+def test_agents_bind_the_pool_address_and_are_checked_over_pinned_https() -> None:
+    system_host, rooted_host = plan()
+    assert "--host=10.0.0.11" in system_host.spec.agent_flags()  # the address the pool names, not 0.0.0.0
+    assert system_host.spec.health_url == "https://10.0.0.11:10150/healthz"
+    assert rooted_host.spec.agent_flags()[0] == "--host=gpu-b.lab.example"
+    command = render_install_command(system_host.spec)
+    assert "TLS_DIR=/etc/gpustack-agent/tls" in command and '"$TLS_DIR/fingerprint"' in command
+    assert "context.verify_mode = ssl.CERT_NONE  # the pin below is the check" in command
+    wildcard = plan(hosts=[host(bind_address="0.0.0.0")])[0].spec
+    assert "--host=0.0.0.0" in wildcard.agent_flags()
+    assert wildcard.health_url == "https://127.0.0.1:10150/healthz"
+    v6 = plan(hosts=[host(address="fd00::11", node_name="v6", bind_address="::")])[0]
+    assert v6.endpoint == "https://[fd00::11]:10150" and v6.spec.health_url == "https://[::1]:10150/healthz"
+
+
+FINGERPRINT_A, FINGERPRINT_B = "sha256:" + "a1" * 32, "sha256:" + "b2" * 32
+
+
+def test_parse_fingerprint_takes_the_last_install_line() -> None:
+    out = f"gpustack-agent: package unchanged\nGPUSTACK_AGENT_FINGERPRINT={FINGERPRINT_B}\nx\n"
+    assert parse_fingerprint(out) == FINGERPRINT_B
+    assert parse_fingerprint(f"GPUSTACK_AGENT_FINGERPRINT={FINGERPRINT_A}\n{out}") == FINGERPRINT_B
+    assert parse_fingerprint("gpustack-agent: nothing changed\n") is None
+    assert parse_fingerprint(None) is None
+    assert parse_fingerprint("GPUSTACK_AGENT_FINGERPRINT=sha256:abc\n") is None  # not a SHA-256
+
+
+class InstalledMocks(pulumi.runtime.Mocks):
+    """Every install command "ran" and printed the given stdout per node (what pulumi_command records)."""
+
+    def __init__(self, stdout: dict[str, str]) -> None:
+        self.stdout = stdout
+
+    def new_resource(self, args: Any) -> tuple[str | None, dict[str, Any]]:
+        outputs = dict(args.inputs)
+        node = args.name.removeprefix("onprem-").removesuffix("-agent")
+        if args.typ == "command:remote:Command" and node in self.stdout:
+            outputs["stdout"] = self.stdout[node]
+        return (f"{args.name}-id" if args.custom else None), outputs
+
+    def call(self, args: Any) -> dict[str, Any]:
+        return {}
+
+
+def pool_outputs(stdout: dict[str, str]) -> dict[str, Any]:
+    from pulumi.runtime import mocks as pulumi_mocks
+
+    mocks = InstalledMocks(stdout)
+    pulumi.runtime.set_mocks(mocks, preview=False, monitor=pulumi_mocks.MockMonitor(mocks))
+    seen: dict[str, Any] = {}
+    try:
+
+        @pulumi.runtime.test
+        def program():
+            pool = SshNodePool("onprem", args())
+            return pulumi.Output.all(pool.endpoints, pool.fingerprints).apply(
+                lambda both: seen.update(endpoints=both[0], fingerprints=both[1])
+            )
+
+        program()
+    finally:
+        pulumi.runtime.settings.reset_options()
+    return seen
+
+
+def test_fingerprints_are_read_from_each_install_commands_stdout() -> None:
+    outputs = pool_outputs(
+        {
+            "a": f"gpustack-agent: TLS certificate created in /etc/gpustack-agent/tls\n"
+            f"GPUSTACK_AGENT_FINGERPRINT={FINGERPRINT_A}\ngpustack-agent: healthy at https://10.0.0.11:10150/healthz\n",
+            "b": f"GPUSTACK_AGENT_FINGERPRINT={FINGERPRINT_B}\n",
+        }
+    )
+    assert outputs["fingerprints"] == {"a": FINGERPRINT_A, "b": FINGERPRINT_B}
+    assert set(outputs["endpoints"]) == set(outputs["fingerprints"])
+    # Not run yet (no stdout): the node has no fingerprint yet.
+    assert pool_outputs({"a": f"GPUSTACK_AGENT_FINGERPRINT={FINGERPRINT_A}\n"})["fingerprints"] == {"a": FINGERPRINT_A}
+
+
+def test_an_install_output_without_a_fingerprint_is_an_error_naming_the_node() -> None:
+    with pytest.raises(Exception, match="node 'b' printed no GPUSTACK_AGENT_FINGERPRINT line"):
+        pool_outputs({"a": f"GPUSTACK_AGENT_FINGERPRINT={FINGERPRINT_A}\n", "b": "gpustack-agent: nothing changed\n"})
 
 
 def test_plain_text_key_and_token_are_made_secret() -> None:

@@ -10,6 +10,13 @@ For each host, with ``pulumi_command.remote`` (the standard Pulumi resources for
   reports "nothing changed" when nothing did), waits until the agent answers ``/healthz``, and on delete stops
   the agent and runs uninstall.sh. The token travels on the command's stdin, as a secret.
 
+The agents serve HTTPS only, each bound to the address the pool reaches its host at (``bind_address`` moves it),
+with a self-signed certificate the install makes once and keeps. The install prints the certificate's SHA-256
+fingerprint; the pool reads it from the command's stdout and exports ``fingerprints`` (node → ``sha256:<hex>``)
+next to ``endpoints`` (node → ``https://address:port``): clients pin it (``AgentClient(url, token,
+fingerprint)``), as the pool pins SSH host keys. A reinstalled host (removed, then added again) gets a new
+certificate, and its new fingerprint flows out the same way.
+
 Host keys are pinned: every host (and jump host) needs its key, given per host (``host_key``) or found in the
 pool's ``known_hosts`` text. There is no "accept any key" switch.
 
@@ -36,6 +43,7 @@ from gpustack_pulumi.pools.ssh.install import (
     UNINSTALL_SCRIPT_NAME,
     AgentInstallSpec,
     AgentLayout,
+    parse_fingerprint,
     render_install_command,
     render_uninstall_command,
     scripts_sha256,
@@ -76,7 +84,7 @@ class SshJumpHostArgs(TypedDict):
 
 class SshHostArgs(TypedDict):
     address: str
-    """Host name or IP address; the agent's endpoint is ``http://<address>:<agent_port>``."""
+    """Host name or IP address; the agent's endpoint is ``https://<address>:<agent_port>``."""
     private_key: NotRequired[pulumi.Input[str]]
     """OpenSSH private key text (a secret; default: the pool's ``private_key``)."""
     host_key: NotRequired[str]
@@ -94,7 +102,8 @@ class SshHostArgs(TypedDict):
     devices: NotRequired[str]
     """Device backend: auto (default), nvml, ascend or none (CPU-only)."""
     bind_address: NotRequired[str]
-    """Address the agent listens on (default 0.0.0.0)."""
+    """Address the agent listens on (HTTPS; default ``address``, which must then be an address of the host
+    itself; give ``0.0.0.0`` where the pool reaches the host through NAT)."""
     agent_root: NotRequired[str]
     """Install everything under this directory instead of /opt, /etc and /var/lib; systemd is then not used
     (the agent runs as a detached process). For non-root users, or several "hosts" sharing one disk."""
@@ -147,7 +156,7 @@ class PlannedHost:
     @property
     def endpoint(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"http://{host}:{self.spec.port}"
+        return f"https://{host}:{self.spec.port}"
 
 
 @dataclass(frozen=True)
@@ -162,9 +171,12 @@ class SshNodePool(pulumi.ComponentResource):
     """Bare hosts over SSH: installs the gpustack agent on each and exports their endpoints."""
 
     endpoints: pulumi.Output[dict[str, str]]
+    """Node name → agent URL, ``https://address:port`` (known once the host's install command has run)."""
+    fingerprints: pulumi.Output[dict[str, str]]
+    """Node name → the SHA-256 fingerprint (``sha256:<hex>``) of that agent's TLS certificate, read from its
+    install command's output: pin it when calling the agent (``AgentClient(url, token, fingerprint)``)."""
     planned_capacity: list[dict] | None = None
     """Unknown before the agents answer: a cluster with an SSH pool plans on live capacity."""
-    """Node name → agent URL (known once the host's install command has run)."""
     agents: dict[str, remote.Command]
     """Node name → the command resource that installs that node's agent: depend on it to order work on a
     node after its agent exists, and, on removal, before its agent is uninstalled."""
@@ -176,6 +188,7 @@ class SshNodePool(pulumi.ComponentResource):
         token = pulumi.Output.secret(args["agent_token"])
         self.agents = {}
         endpoint_outputs = []
+        fingerprint_outputs = []
         for host, raw in zip(hosts, args["hosts"], strict=True):
             private_key = raw.get("private_key", args.get("private_key"))
             connection = _connection(host, raw, private_key)
@@ -207,8 +220,27 @@ class SshNodePool(pulumi.ComponentResource):
             # Through the command's id: the endpoint waits for the install on a new host (unknown at its first
             # preview, so placement says "decided at update"), and stays known while an existing host upgrades.
             endpoint_outputs.append(agent.id.apply(lambda _id, node=host.node_name, url=host.endpoint: (node, url)))
+            # From the command's stdout: kept in state, so known at preview once the host was installed.
+            fingerprint_outputs.append(agent.stdout.apply(lambda out, node=host.node_name: _fingerprint(node, out)))
         self.endpoints = pulumi.Output.all(*endpoint_outputs).apply(lambda pairs: dict(sorted(pairs)))
-        self.register_outputs({"endpoints": self.endpoints})
+        self.fingerprints = pulumi.Output.all(*fingerprint_outputs).apply(
+            lambda pairs: dict(sorted(pair for pair in pairs if pair is not None))
+        )
+        self.register_outputs({"endpoints": self.endpoints, "fingerprints": self.fingerprints})
+
+
+def _fingerprint(node: str, stdout: str | None) -> tuple[str, str] | None:
+    """(node, fingerprint) from an install command's stdout; None while it has none (not run yet)."""
+    if stdout is None:
+        return None
+    fingerprint = parse_fingerprint(stdout)
+    if fingerprint is None:
+        raise RuntimeError(
+            f"SshNodePool: the agent install on node '{node}' printed no GPUSTACK_AGENT_FINGERPRINT line, so its "
+            "TLS certificate cannot be pinned; the install script is older than this package: run `pulumi up` "
+            "again with this package's runtime/install (install_scripts_dir)"
+        )
+    return node, fingerprint
 
 
 def _connection(host: PlannedHost, raw: SshHostArgs, private_key: pulumi.Input[str]) -> remote.ConnectionArgs:
@@ -357,7 +389,7 @@ def plan_ssh_hosts(name: str, args: SshNodePoolArgs) -> list[PlannedHost]:
         for key, value in labels.items():
             if not (SAFE_VALUE.match(key) and SAFE_VALUE.match(value)) or "," in key + value or "=" in key:
                 raise ComponentArgsError(f"{where}.labels {key}={value} may only hold letters, digits and _.:/@+-")
-        bind_address = host.get("bind_address", "0.0.0.0")
+        bind_address = host.get("bind_address", address)
         if not _valid_address(bind_address):
             raise ComponentArgsError(f"{where}.bind_address {bind_address!r} must be an IP address or host name")
         agent_root = host.get("agent_root")

@@ -8,14 +8,21 @@ the resource graph holds over real SSH.
 What runs on the host (bash, as the SSH user):
 
 1. ``install.sh`` from ``runtime/install/`` with the agent's flags and ``--token-stdin`` (the token arrives on the
-   command's stdin, never on a command line); it reports ``nothing changed`` on a repeated run.
+   command's stdin, never on a command line); it reports ``nothing changed`` on a repeated run. It makes the
+   agent's TLS certificate on the first run, keeps it on every later one, and prints its fingerprint as
+   ``GPUSTACK_AGENT_FINGERPRINT=sha256:<hex>`` (:func:`parse_fingerprint` reads it from the command's stdout).
 2. The agent's extra environment (e.g. ``CUDA_VISIBLE_DEVICES``) into ``agent.env`` next to the token.
 3. Runtime ``process``: systemd runs the agent where the host has systemd and the layout is the system one
    (``install.sh`` enables and restarts the unit; a drop-in points it at ``agent.env``). Elsewhere (no systemd,
    or an install under ``agent_root``) the agent runs as a detached process recorded in a pid file, started
    with the unit's own ``ExecStart`` line and restarted only when something changed.
-   Runtime ``container``: ``docker run`` of the agent image, replaced when the image or flags change.
-4. Wait until ``/healthz`` answers, or fail with the agent's last log lines.
+   Runtime ``container``: ``docker run`` of the agent image, replaced when the image or flags change; the agent
+   makes its certificate in the mounted TLS directory on its first start.
+4. Wait until ``/healthz`` answers over HTTPS with the certificate of the TLS directory (its fingerprint checked,
+   as clients pin it), or fail with the agent's last log lines; the container runtime then prints the
+   ``GPUSTACK_AGENT_FINGERPRINT=`` line.
+
+The agent serves HTTPS only, bound to the address the pool reaches the host at (``bind_address``).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ INSTALL_SCRIPT_NAME = "install.sh"
 UNINSTALL_SCRIPT_NAME = "uninstall.sh"
 NOTHING_CHANGED_LINE = "gpustack-agent: nothing changed"
 """The last line install.sh prints when a run changed nothing (runtime/install/install.sh)."""
+FINGERPRINT_LINE = re.compile(r"^GPUSTACK_AGENT_FINGERPRINT=(sha256:[0-9a-f]{64})$", re.MULTILINE)
+"""The line install.sh (and the container start) prints with the agent's TLS certificate fingerprint."""
 
 AGENT_HEALTH_TIMEOUT_S = 60
 """How long the install command waits for /healthz after (re)starting the agent: a cold Python start of the
@@ -88,6 +97,11 @@ class AgentLayout(BaseModel):
     @property
     def token_path(self) -> str:
         return f"{self.config_dir}/token"
+
+    @property
+    def tls_dir(self) -> str:
+        """install.sh's default --tls-dir: the agent's certificate, key and fingerprint."""
+        return f"{self.config_dir}/tls"
 
     @property
     def env_file(self) -> str:
@@ -157,9 +171,16 @@ class AgentInstallSpec(BaseModel):
         return self.agent_source or f"{AGENT_DISTRIBUTION}=={self.agent_version}"
 
     @property
+    def health_host(self) -> str:
+        """Where the install command checks the agent from the host itself."""
+        if self.bind_address == "0.0.0.0":
+            return "127.0.0.1"
+        return "::1" if self.bind_address == "::" else self.bind_address
+
+    @property
     def health_url(self) -> str:
-        host = "127.0.0.1" if self.bind_address in ("0.0.0.0", "::") else self.bind_address
-        return f"http://{host}:{self.port}/healthz"
+        host = f"[{self.health_host}]" if ":" in self.health_host else self.health_host
+        return f"https://{host}:{self.port}/healthz"
 
     def agent_flags(self) -> list[str]:
         flags = [
@@ -209,6 +230,9 @@ def render_install_command(spec: AgentInstallSpec) -> str:
         f"TOKEN_PATH={q(layout.token_path)}",
         f"UNIT_FILE={q(layout.unit_dir + '/' + UNIT_NAME)}",
         f"HEALTH_URL={q(spec.health_url)}",
+        f"HEALTH_HOST={q(spec.health_host)}",
+        f"HEALTH_PORT={spec.port}",
+        f"TLS_DIR={q(layout.tls_dir)}",
         f"PYTHON={q(spec.python)}",
         *(_container_token_lines() if spec.runtime == "container" else _install_script_lines(spec)),
         # The agent's environment, rewritten only when it differs.
@@ -224,7 +248,18 @@ def render_install_command(spec: AgentInstallSpec) -> str:
     else:
         lines += _process_start_lines(layout.system)
     lines.append(_WAIT_HEALTHY)
+    if spec.runtime == "container":
+        # install.sh prints this line for the process runtime; the container made its certificate itself.
+        lines.append('echo "GPUSTACK_AGENT_FINGERPRINT=$(cat "$TLS_DIR/fingerprint")"')
+    lines.append('echo "gpustack-agent: healthy at $HEALTH_URL"')
     return _as_bash("\n".join(lines))
+
+
+def parse_fingerprint(stdout: str | None) -> str | None:
+    """The agent's certificate fingerprint (``sha256:<hex>``) from the install command's stdout: its last
+    ``GPUSTACK_AGENT_FINGERPRINT=`` line; None when there is none."""
+    found = FINGERPRINT_LINE.findall(stdout or "")
+    return found[-1] if found else None
 
 
 def render_uninstall_command(spec: AgentInstallSpec) -> str:
@@ -352,6 +387,7 @@ def _container_start_lines(spec: AgentInstallSpec) -> list[str]:
         "--network", "host", "--pid", "host",
         "--env-file", layout.env_file,
         "--volume", f"{layout.token_path}:{layout.token_path}:ro",
+        "--volume", f"{layout.tls_dir}:{layout.tls_dir}",
         "--volume", f"{layout.state_dir}:{layout.state_dir}",
     ]  # fmt: skip
     if spec.devices in ("auto", "nvml"):
@@ -361,6 +397,7 @@ def _container_start_lines(spec: AgentInstallSpec) -> list[str]:
         AGENT_PROGRAM,
         *spec.agent_flags(),
         f"--token-file={layout.token_path}",
+        f"--tls-dir={layout.tls_dir}",
         f"--state-dir={layout.state_dir}",
     ]
     # The container is labelled with a hash of how it was started: a changed image or flag replaces it.
@@ -368,6 +405,8 @@ def _container_start_lines(spec: AgentInstallSpec) -> list[str]:
     docker_run = _quote_all(["docker", "run", "--label", f"gpustack.run={run_hash}", *run_flags, *agent_words])
     inspect = _quote_all(["docker", "inspect", "--format", '{{index .Config.Labels "gpustack.run"}}', CONTAINER_NAME])
     return [
+        # The agent makes its certificate here on its first start (and keeps it: the pin stays valid).
+        'mkdir -p "$TLS_DIR"; chmod 700 "$TLS_DIR"',
         f"current=$({inspect} 2>/dev/null || true)",
         f"if [[ $changed == yes || $current != {run_hash} ]]; then",
         f"    docker rm -f {CONTAINER_NAME} >/dev/null 2>&1 || true",
@@ -378,19 +417,34 @@ def _container_start_lines(spec: AgentInstallSpec) -> list[str]:
 
 
 _WAIT_HEALTHY = f"""\
-"$PYTHON" - "$HEALTH_URL" {AGENT_HEALTH_TIMEOUT_S} <<'EOF' || {{ echo "the agent did not answer $HEALTH_URL; \
-last log lines:" >&2; tail -n 20 "$LOG_FILE" >&2 2>/dev/null; exit 1; }}
-import sys, time, urllib.request
-deadline = time.monotonic() + float(sys.argv[2])
+"$PYTHON" - "$HEALTH_HOST" "$HEALTH_PORT" "$TLS_DIR/fingerprint" {AGENT_HEALTH_TIMEOUT_S} <<'EOF' || \
+{{ echo "the agent did not answer $HEALTH_URL; last log lines:" >&2; tail -n 20 "$LOG_FILE" >&2 2>/dev/null; exit 1; }}
+# GET /healthz over TLS, trusting only the certificate whose SHA-256 is in the TLS directory's fingerprint file.
+import hashlib, socket, ssl, sys, time
+host, port, pin_file, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE  # the pin below is the check
+deadline = time.monotonic() + timeout
+last = "no answer"
 while True:
     try:
-        with urllib.request.urlopen(sys.argv[1], timeout=2) as response:
-            if response.status == 200:
-                break
-    except OSError:
-        pass
+        with open(pin_file) as file:
+            pin = file.read().strip()
+        with socket.create_connection((host, port), timeout=2) as raw, context.wrap_socket(raw) as tls:
+            seen = "sha256:" + hashlib.sha256(tls.getpeercert(True) or b"").hexdigest()
+            if seen != pin:
+                last = f"the agent's certificate is {{seen}}, not {{pin}} ({{pin_file}})"
+            else:
+                tls.sendall(b"GET /healthz HTTP/1.0\\r\\nHost: gpustack-agent\\r\\n\\r\\n")
+                status = tls.recv(64).split(b"\\r\\n", 1)[0]
+                if status.split()[1:2] == [b"200"]:
+                    break
+                last = status.decode(errors="replace")
+    except (OSError, ValueError) as error:
+        last = str(error)
     if time.monotonic() > deadline:
+        print(f"gpustack-agent: {{last}}", file=sys.stderr)
         sys.exit(1)
     time.sleep(0.2)
-EOF
-echo "gpustack-agent: healthy at $HEALTH_URL\""""
+EOF"""
