@@ -53,7 +53,9 @@ def test_local_stack_end_to_end(tmp_path: Path) -> None:
         stack="local",
     )
     preview = harness.preview()
-    assert sorted(preview.ops("would-create")) == ["agent-token", "chat-r0", "local-agent", "local-plan"]
+    everything = ["agent-token", "chat-r0", "default-key", "gateway-master-key", "gateway-server", "local-agent",
+                  "local-plan"]  # fmt: skip
+    assert sorted(preview.ops("would-create")) == everything
     # The agent does not exist yet: the plan uses the capacity this machine will report (read directly).
     [planned] = preview.outputs["placements"]
     assert planned["engine"] == "llama.cpp" and planned["placements"][0]["device_indices"] == []
@@ -61,7 +63,7 @@ def test_local_stack_end_to_end(tmp_path: Path) -> None:
     pids: list[int] = []
     try:
         up = harness.up()
-        assert sorted(up.ops("create")) == ["agent-token", "chat-r0", "local-agent", "local-plan"]
+        assert sorted(up.ops("create")) == everything
         [endpoint] = up.outputs["endpoints"]
         [placement] = up.outputs["placements"]
         assert placement["engine"] == "llama.cpp"
@@ -80,7 +82,8 @@ def test_local_stack_end_to_end(tmp_path: Path) -> None:
         harness.config["gpustack:replicas"] = "2"
         scaled = harness.up()
         assert scaled.ops("create") == ["chat-r1"]
-        assert scaled.ops("update") == ["local-plan"]  # the plan claims r1's capacity before r1 starts
+        # The plan claims r1's capacity before r1 starts; the gateway routes to both afterwards.
+        assert sorted(scaled.ops("update")) == ["gateway-server", "local-plan"]
         assert "chat-r0" not in scaled.ops("replace") + scaled.ops("update") + scaled.ops("delete")
         state = {r.name: r for r in harness.load_state()}
         assert int(state["chat-r0"].outputs["instances"][0]["pid"]) == r0_pid
@@ -100,7 +103,7 @@ def test_local_stack_end_to_end(tmp_path: Path) -> None:
         assert "chat-r0" not in refreshed.drift
     finally:
         destroyed = harness.destroy()
-    assert sorted(destroyed.ops("delete")) == ["agent-token", "chat-r0", "chat-r1", "local-agent", "local-plan"]
+    assert sorted(destroyed.ops("delete")) == sorted([*everything, "chat-r1"])
     deadline = time.monotonic() + 20
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -135,3 +138,48 @@ def test_impossible_model_fails_the_first_preview_with_the_numbers(tmp_path: Pat
         assert "chat-r0" not in [r.name for r in harness.load_state()]  # nothing half-created for the replica
     finally:
         harness.destroy()
+
+
+@pytest.mark.skipif(not _llama_cpp_available(), reason="llama-cpp-python missing: run .ci/llama-cpp.sh")
+def test_destroy_after_an_agent_crash_never_forgets_the_engine(tmp_path: Path) -> None:
+    """kill -9 of the agent leaves its engine serving: destroy must fail clearly instead of reporting success;
+    once the agent is back (on another port, found by node name), destroy stops the engine."""
+    from harness.pulumi_engine import ProviderError
+
+    config = {"gpustack:stateDir": str(tmp_path / "state"), "gpustack:deleteTimeout": "3"}
+    harness = StackHarness(
+        run_stack, state_path=tmp_path / "pulumi-state.json", config=config, cwd=REPO, project="gpustack-pulumi",
+        stack="local",
+    )  # fmt: skip
+    engine_pid = 0
+    try:
+        harness.up()
+        state = {r.name: r for r in harness.load_state()}
+        agent_pid = int(state["local-agent"].outputs["pid"])
+        old_url = state["local-agent"].outputs["endpoint"]
+        engine_pid = int(state["chat-r0"].outputs["instances"][0]["pid"])
+        os.kill(agent_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while alive(agent_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert alive(engine_pid)  # the engine outlives its agent (it keeps serving)
+
+        with pytest.raises(ProviderError, match="cannot stop instance .* may still be running"):
+            harness.destroy()
+        assert alive(engine_pid)
+        assert "chat-r0" in [r.name for r in harness.load_state()]  # not forgotten
+
+        # The agent comes back (a new process, a new port); the replica follows its node's agent.
+        harness.refresh()
+        harness.up()
+        state = {r.name: r for r in harness.load_state()}
+        assert state["local-agent"].outputs["endpoint"] != old_url
+        assert state["chat-r0"].outputs["agents"] == {state["local-agent"].outputs["node_name"]:
+                                                      state["local-agent"].outputs["endpoint"]}  # fmt: skip
+        assert int(state["chat-r0"].outputs["instances"][0]["pid"]) == engine_pid  # adopted, not restarted
+    finally:
+        harness.destroy()
+    deadline = time.monotonic() + 20
+    while engine_pid and alive(engine_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(engine_pid)

@@ -13,6 +13,7 @@ from gpustack_pulumi.engines.options import EngineOptions
 from gpustack_pulumi.placement.models import Deployment
 
 DEFAULT_READY_TIMEOUT_S = 900
+DEFAULT_DELETE_TIMEOUT_S = 120
 
 
 class ModelDeploymentArgs(TypedDict):
@@ -41,6 +42,9 @@ class ModelDeploymentArgs(TypedDict):
     """Values of the secret references the engine options name (API key, HF token); kept secret."""
     ready_timeout_s: NotRequired[int]
     """How long create waits for an engine to become ready (default 900 s)."""
+    delete_timeout_s: NotRequired[int]
+    """How long delete waits for a node's agent that does not answer before failing (default 120 s); it never
+    reports an engine stopped while something still answers on its port."""
 
 
 class ModelDeployment(pulumi.ComponentResource):
@@ -72,6 +76,7 @@ class ModelDeployment(pulumi.ComponentResource):
                         "token": cluster.agent_token,
                         "secrets": pulumi.Output.secret(secrets) if secrets else {},
                         "ready_timeout_s": args.get("ready_timeout_s", DEFAULT_READY_TIMEOUT_S),
+                        "delete_timeout_s": args.get("delete_timeout_s", DEFAULT_DELETE_TIMEOUT_S),
                     },
                     pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
                 )
@@ -85,7 +90,12 @@ def _validated(name: str, args: ModelDeploymentArgs) -> tuple[Deployment, Engine
     """Check every argument before anything is registered; errors name the argument."""
     if "cluster" not in args or not isinstance(args["cluster"], GpuCluster):
         raise ComponentArgsError(f"ModelDeployment '{name}': cluster must be a GpuCluster")
-    fields = {k: v for k, v in args.items() if k not in ("cluster", "engine_options", "secrets", "ready_timeout_s")}
+    for key in ("ready_timeout_s", "delete_timeout_s"):
+        value = args.get(key)
+        if value is not None and (not isinstance(value, int | float) or not 0 < value <= 86400):
+            raise ComponentArgsError(f"ModelDeployment '{name}': {key} must be a number of seconds in (0, 86400]")
+    skip = ("cluster", "engine_options", "secrets", "ready_timeout_s", "delete_timeout_s")
+    fields = {k: v for k, v in args.items() if k not in skip}
     try:
         options = EngineOptions.model_validate(args.get("engine_options") or {})
     except ValidationError as error:

@@ -26,6 +26,7 @@ from gpustack_pulumi.providers.agent_client import AdmissionConflict, AgentClien
 from gpustack_pulumi.providers.model_replica import (
     DECIDED_AT_UPDATE,
     PlacementFailure,
+    _engine_address,
     _is_unknown,
     _placement_key,
     _reservation,
@@ -36,6 +37,7 @@ from gpustack_pulumi.providers.model_replica import (
 )
 
 PLAN_ID = "cluster-plan"
+MAKE_ROOM_DEADLINE_S = 15.0
 
 
 def _node_addresses(agents: dict[str, str]) -> dict[str, str]:
@@ -163,8 +165,16 @@ def _claim(props: dict[str, Any], olds: dict[str, Any] | None) -> None:
             continue
         for rank, spec in enumerate(old.get("launch") or []):
             url = agents.get(spec["node"])
-            if url is not None:
-                delete_on_agent(url, token, instance_id(old["owner"], rank))
+            if url is None:
+                continue
+            engine = _engine_address(url, spec.get("port"))
+            iid = instance_id(old["owner"], rank)
+            try:
+                delete_on_agent(url, token, iid, node=spec["node"], engine=engine, deadline_s=MAKE_ROOM_DEADLINE_S)
+            except RuntimeError as error:
+                # The replica's own delete (its replacement runs next) waits for that agent, knowing the engine's
+                # port; room on the other agents does not depend on it.
+                print(f"warning: could not stop {iid} before claiming: {error}", file=sys.stderr)
     # Replicas whose engines run already hold confirmed claims: re-reserving them records, checks nothing.
     unclaimed = set(props.get("unclaimed") or [])
     made: list[tuple[str, str]] = []

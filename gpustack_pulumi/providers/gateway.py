@@ -42,7 +42,8 @@ from gpustack_pulumi.providers.agent_client import AgentClient, AgentUnreachable
 from gpustack_pulumi.providers.model_replica import delete_on_agent
 
 REPLACE_KEYS = ("node", "python", "host", "port", "state_dir", "master_key", "owner")
-UPDATE_KEYS = ("routes", "keys", "router_settings", "token", "ready_timeout_s")
+# "agents": the node's agent moved (a new port after a restart); update so delete reaches the agent that runs it.
+UPDATE_KEYS = ("routes", "keys", "router_settings", "token", "ready_timeout_s", "agents")
 DEFAULT_READY_TIMEOUT_S = 120.0
 
 
@@ -139,9 +140,12 @@ class GatewayProvider(ResourceProvider):
         return ReadResult(id_=id_, outs=outs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        url = (props.get("agents") or {}).get(props.get("node_name") or "")
+        node = props.get("node_name") or ""
+        url = (props.get("agents") or {}).get(node)
         if url is not None:
-            delete_on_agent(url, props["token"], id_)
+            base = urlsplit(props.get("base_url") or "")
+            engine = (base.hostname, base.port) if base.hostname and base.port else None
+            delete_on_agent(url, props["token"], id_, node=node or None, engine=engine)
 
     # ---------------------------------------------------------------------------------------------------------
     @staticmethod

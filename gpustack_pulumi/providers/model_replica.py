@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import sys
 import time
 from typing import Any
@@ -27,7 +28,8 @@ from gpustack_pulumi.providers.agent_client import AgentClient, AgentError, Agen
 UNKNOWN_SENTINEL = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 DECIDED_AT_UPDATE = "decided at update"
 RESERVATION_TTL_S = 900.0
-DELETE_RETRIES = 3
+DELETE_DEADLINE_S = 120.0  # how long delete waits for an agent that does not answer
+UNDO_DEADLINE_S = 10.0  # a failed create cleans up briefly, then reports its own error
 DELETE_RETRY_DELAY_S = 1.0
 # Inputs whose change means a different replica (new placement or launch); anything else updates in place.
 REPLACE_KEYS = ("placement", "launch")
@@ -66,7 +68,9 @@ class ModelReplicaProvider(ResourceProvider):
         replaces = [key for key in REPLACE_KEYS if _placement_key(olds.get(key)) != _placement_key(news.get(key))]
         if (news.get("placement") or {}).get("status") == DECIDED_AT_UPDATE:
             replaces = []  # unknown until update; the update's check decides
-        other = [k for k in ("token", "ready_timeout_s") if olds.get(k) != news.get(k)]
+        # A node's agent that moved (a new port after a restart) updates the replica in place: delete must reach
+        # the agent that runs its engine now.
+        other = [k for k in ("token", "ready_timeout_s", "agents") if olds.get(k) != news.get(k)]
         return DiffResult(changes=bool(replaces or other), replaces=replaces, delete_before_replace=True)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]):
@@ -141,11 +145,14 @@ class ModelReplicaProvider(ResourceProvider):
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         agents: dict[str, str] = props.get("agents") or {}
         owner, token = props["owner"], props["token"]
+        deadline_s = float(props.get("delete_timeout_s") or DELETE_DEADLINE_S)
+        ports = {i.get("id"): i.get("port") for i in props.get("instances") or []}
         for rank, spec in reversed(list(enumerate(props.get("launch") or []))):
             url, iid = agents.get(spec["node"]), instance_id(owner, rank)
             if url is None:
                 continue
-            delete_on_agent(url, token, iid)
+            engine = _engine_address(url, ports.get(iid))
+            delete_on_agent(url, token, iid, node=spec["node"], engine=engine, deadline_s=deadline_s)
 
 
 # ----- pure helpers (placement and launch specs) ----------------------------------------------------------
@@ -230,21 +237,77 @@ def _instance_body(owner: str, spec: dict[str, Any], secrets: dict[str, str]):
 
 
 def _undo(started: list[tuple[str, str]], token: str) -> None:
+    """Remove what a failed create made; the create's own error is what the user must see, so a failure here is
+    a warning (the reservation's lease lapses on its own)."""
     for url, iid in reversed(started):
-        delete_on_agent(url, token, iid)
+        try:
+            delete_on_agent(url, token, iid, deadline_s=UNDO_DEADLINE_S)
+        except (RuntimeError, AgentError) as error:
+            print(f"warning: could not undo {iid}: {error}", file=sys.stderr)
 
 
-def delete_on_agent(url: str, token: str, iid: str) -> None:
-    """Stop instance ``iid`` and free its reservation; idempotent."""
-    for attempt in range(DELETE_RETRIES):
+def _engine_address(agent_url: str, port: Any) -> tuple[str, int] | None:
+    host = urlsplit(agent_url).hostname
+    return (host, int(port)) if host and port else None
+
+
+def _engine_answers(engine: tuple[str, int] | None) -> bool:
+    """Whether something still listens on the engine's port (a refused connection means nothing runs there)."""
+    if engine is None:
+        return True  # unknown: assume it may run, never forget it silently
+    try:
+        with socket.create_connection(engine, timeout=2):
+            return True
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return True  # a timeout or an unreachable host says nothing for sure
+
+
+def delete_on_agent(
+    url: str,
+    token: str,
+    iid: str,
+    *,
+    node: str | None = None,
+    engine: tuple[str, int] | None = None,
+    deadline_s: float = DELETE_DEADLINE_S,
+) -> None:
+    """Stop instance ``iid`` and free its reservation; idempotent.
+
+    An agent that does not answer is retried until ``deadline_s``. The delete never forgets a running engine: it
+    finishes without the agent only when nothing listens on the engine's port any more (the node went down with
+    it); otherwise it fails, saying what may still run and what to do. ``node``: the agent must say it is that
+    node before it is told to delete anything (another agent may have taken the port).
+    """
+    started = time.monotonic()
+    delay = DELETE_RETRY_DELAY_S
+    last: Exception | None = None
+    while True:
         try:
             with AgentClient(url, token) as agent:
+                if node is not None:
+                    seen = agent.capacity().name
+                    if seen != node:
+                        raise AgentUnreachable(url, f"deleting {iid}", f"it is node {seen}, not {node}")
                 agent.delete_instance(iid)
                 agent.delete_reservation(iid)
             return
-        except AgentUnreachable as error:
-            if attempt + 1 == DELETE_RETRIES:
-                # The node is gone for good: nothing runs there to stop. Say so and let the delete finish.
-                print(f"warning: {error}; instance {iid} is treated as deleted", file=sys.stderr)
-                return
-            time.sleep(DELETE_RETRY_DELAY_S)
+        except AgentError as error:
+            if not isinstance(error, AgentUnreachable) and getattr(error, "status", 0) != 0:
+                raise  # the agent answered with an error: a real failure, not a node that went away
+            last = error
+        if not _engine_answers(engine):
+            print(f"warning: {last}; nothing answers on the engine's port either: instance {iid} is treated as "
+                  "gone with its node", file=sys.stderr)  # fmt: skip
+            return
+        if time.monotonic() - started + delay > deadline_s:
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
+    where = f" at {engine[0]}:{engine[1]}" if engine else ""
+    raise RuntimeError(
+        f"cannot stop instance {iid}: {last}. Its engine may still be running{where}, holding GPU memory. Bring the "
+        f"node's agent back (the next update points the replica at its new address) and run the command again; if "
+        f"the node is gone for good, drop the replica from the state with `pulumi state delete <its URN>`."
+    )

@@ -5,7 +5,7 @@ It starts the gpustack agent here, places one model on this machine's GPUs (or i
 - with a GPU: the model and engine the stack config names (default Qwen/Qwen3-0.6B, engine auto).
 
 Config (all optional): gpustack:model, gpustack:engine, gpustack:replicas, gpustack:maxModelLen,
-gpustack:concurrency, gpustack:stateDir.
+gpustack:concurrency, gpustack:stateDir, gpustack:readyTimeout, gpustack:deleteTimeout.
 """
 
 import sys
@@ -48,6 +48,7 @@ chat = ModelDeployment(
         # Engines run as processes of this machine, with this environment's Python (llama-cpp-python, SGLang).
         "engine_options": {"container": False, "python": sys.executable, "host": "127.0.0.1"},
         "ready_timeout_s": config.get_int("readyTimeout") or 900,
+        "delete_timeout_s": config.get_int("deleteTimeout") or 120,
     },
 )
 pulumi.export("agents", cluster.endpoints)
