@@ -30,6 +30,7 @@ from multihost.remote_runner import COMMAND_TYPE, COPY_TYPE, RemoteCommandApplie
 from multihost.support import HOST_SPECS, TOKEN, build_fake_nvml, build_wheelhouse, pool_args
 
 from gpustack_pulumi.components import GpuCluster, ModelDeployment, SshNodePool
+from gpustack_pulumi.providers.agent_client import AgentClient
 from gpustack_pulumi.providers.cluster_plan import ClusterPlanProvider
 from gpustack_pulumi.tinymodel import write_tiny_gguf
 
@@ -50,10 +51,13 @@ def _llama_cpp_available() -> bool:
 
 
 class RemoteEngine:
-    """The harness's part for pulumi_command.remote resources: run them over real SSH (see remote_runner)."""
+    """The harness's part for pulumi_command.remote resources: run them over real SSH (see remote_runner). A
+    command's ``stdout`` output is its last run's, kept while it does not run again (as the engine keeps it in
+    state): the pool reads each agent's certificate fingerprint from it."""
 
     def __init__(self) -> None:
         self.applier = RemoteCommandApplier()
+        self.stdout: dict[str, str] = {}
 
     def handles(self, typ: str) -> bool:
         return typ in (COPY_TYPE, COMMAND_TYPE)
@@ -63,10 +67,14 @@ class RemoteEngine:
 
     def apply(self, name: str, typ: str, inputs: dict[str, Any]) -> dict[str, Any]:
         result = self.applier.apply_one(name, typ, inputs)
-        return {"stdout": result.stdout} if result is not None else {}
+        if result is not None:
+            self.stdout[name] = result.stdout
+        return {"stdout": self.stdout[name]} if name in self.stdout else {}
 
     def prune(self, registered: set[str]) -> None:
         self.applier.prune(registered)
+        for name in set(self.stdout) - set(self.applier.applied):
+            del self.stdout[name]
 
 
 class Lab:
@@ -93,6 +101,7 @@ class Lab:
             # No layer offloaded: llama.cpp on the CPU of a CPU-only node.
             ModelDeployment("gamma", {**common, "mode": "balanced", "engine_options": {**options, "n_gpu_layers": 0}}),
         ]
+        pulumi.export("fingerprints", pool.fingerprints)
         for deployment in deployments:
             pulumi.export(f"{deployment._name}_endpoints", deployment.endpoints)
             pulumi.export(f"{deployment._name}_placements", deployment.placements)
@@ -180,9 +189,10 @@ def test_two_stacks_racing_for_one_gpu_never_double_book(lab: Lab) -> None:
     """Two stacks' cluster plans, both checked against the same free capacity, put their replica on the same
     L40S, each claiming 60 % of it. Their updates claim concurrently: the agents let exactly one plan through;
     the other fails before starting anything, names the contended device, and leaves no reservation behind."""
-    lab.harness.up()
+    fingerprints = lab.harness.up().outputs["fingerprints"]
     try:
         agents = {r.name: r for r in lab.harness.load_state()}["alpha-r0"].outputs["agents"]
+        assert set(fingerprints) == set(agents) and all(url.startswith("https://") for url in agents.values())
         provider = ClusterPlanProvider()
         big = int(0.6 * 48_305_799_168)
 
@@ -191,7 +201,8 @@ def test_two_stacks_racing_for_one_gpu_never_double_book(lab: Lab) -> None:
                 "deployments": [{"name": "race", "model": str(lab.model), "engine": "llama.cpp", "mode": "latency",
                                  "max_model_len": 256, "gpu_selector": ["NVIDIA L40S"], "replicas": 1,
                                  "engine_options": {"container": False, "python": sys.executable, "host": "0.0.0.0"}}],
-                "agents": agents, "token": TOKEN, "planned": None, "owner_prefix": f"gpustack-pulumi/{stack}/",
+                "agents": agents, "fingerprints": fingerprints, "token": TOKEN, "planned": None,
+                "owner_prefix": f"gpustack-pulumi/{stack}/",
                 "strategy": "binpack", "time_budget_s": 2,
             }  # fmt: skip
             checked = provider.check({}, news)
@@ -220,16 +231,16 @@ def test_two_stacks_racing_for_one_gpu_never_double_book(lab: Lab) -> None:
         assert "cannot claim the plan's capacity" in message and "nothing was started" in message
         requested = f"{big / 2**30:.2f}"
         assert f"race/0 on gpu-b: contended devices: GPU {int(device[0])} (requested {requested} GiB" in message
-        reservations = httpx.get(f"{agents['gpu-b']}/v1/reservations", headers={"Authorization": f"Bearer {TOKEN}"},
-                                 timeout=10).json()  # fmt: skip
+        with AgentClient(agents["gpu-b"], TOKEN, fingerprints["gpu-b"]) as gpu_b:
+            reservations = gpu_b._request("GET", "/v1/reservations", "listing reservations").json()
         owners = [r["owner"] for r in reservations if r["owner"].endswith("/race/r0/")]
         assert len(owners) == 1  # the winner's only: the loser released what it made
         winner = "stack-one" if failed[0] is outcomes[1] else "stack-two"
         assert owners[0] == f"gpustack-pulumi/{winner}/race/r0/"
-        for reservation in reservations:
-            if reservation["owner"].endswith("/race/r0/"):
-                httpx.delete(f"{agents['gpu-b']}/v1/reservations/{reservation['id']}",
-                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)  # fmt: skip
+        with AgentClient(agents["gpu-b"], TOKEN, fingerprints["gpu-b"]) as gpu_b:
+            for reservation in reservations:
+                if reservation["owner"].endswith("/race/r0/"):
+                    gpu_b.delete_reservation(reservation["id"])
     finally:
         restart_needed = [h for h in lab.group.hosts if not h.pids()]
         for host in restart_needed:

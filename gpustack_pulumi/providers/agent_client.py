@@ -126,6 +126,8 @@ class AdmissionConflict(AgentError):
     """409: the agent refused a claim that would overbook a device (another deployment got there first)."""
 
 
+# The agent has the same two rules (gpustack_runtime.tls.normalize_fingerprint, gpustack_runtime.config.
+# is_loopback_host); they are repeated here because gpustack_pulumi imports only the agent's wire models.
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
