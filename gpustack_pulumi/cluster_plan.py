@@ -107,7 +107,6 @@ def plan_cluster(
     """
     from gpustack_pulumi.engines.base import EngineRefusal
     from gpustack_pulumi.engines.launch import accelerators_from_inventory, launch_specs
-    from gpustack_pulumi.engines.options import EngineOptions
 
     deployment_list = list(deployments)
     by_name = {deployment.name: deployment for deployment in deployment_list}
@@ -135,7 +134,7 @@ def plan_cluster(
                     deployment,
                     accelerators=accelerators_from_inventory(inventory, replica),
                     node_addresses=node_addresses or {},
-                    options=EngineOptions.model_validate(deployment.engine_options),
+                    options=deployment.options,
                 )
             except EngineRefusal as refusal:
                 failures.append(f"{replica.deployment} replica {replica.replica}: the engine refuses: {refusal}")

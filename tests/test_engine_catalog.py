@@ -57,3 +57,10 @@ def test_placement_and_launch_agree_on_auto(model: str, mode: str, gpus: int) ->
     assert replica.placement.engine == expected.engine
     assert replica.launch[0]["engine"] == expected.engine
     assert any(reason.startswith(f"engine {expected.engine} (auto)") for reason in replica.launch[0]["reasons"])
+
+
+def test_a_deployment_validates_its_engine_options_once_and_types_them() -> None:
+    with pytest.raises(ValueError, match=r"engine_options\n.*speculative"):
+        Deployment(name="d", model="Qwen/Qwen3-8B", engine_options={"speculative": {"method": "telepathy"}})
+    deployment = Deployment(name="d", model="Qwen/Qwen3-8B", engine_options={"n_gpu_layers": 0})
+    assert deployment.options.n_gpu_layers == 0

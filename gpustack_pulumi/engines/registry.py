@@ -97,7 +97,6 @@ class RegistryCatalog:
         from gpustack_pulumi.catalog import gpu_for_product
         from gpustack_pulumi.engines.auto import select_engine
         from gpustack_pulumi.engines.base import EngineRefusal, NodeAccelerator
-        from gpustack_pulumi.engines.options import EngineOptions
 
         if deployment.engine != "auto":
             return deployment.engine, "named by the deployment"
@@ -110,7 +109,7 @@ class RegistryCatalog:
                 spec=gpu_for_product(dclass.product, dclass.memory_total),
             )
         try:
-            options = EngineOptions.model_validate(deployment.engine_options)
+            options = deployment.options
             choice = select_engine(deployment, profile, accelerator, options, gpu_count=max(1, gpu_count))
         except EngineRefusal as refusal:
             return None, str(refusal)

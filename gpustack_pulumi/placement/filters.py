@@ -265,7 +265,6 @@ def engine_extra_weight_bytes(deployment: Deployment, profile: ModelProfile, eng
         return 0  # speculative decoding is only turned on by mode latency or by explicit options
     from gpustack_pulumi.engines.base import EngineRefusal, NodeAccelerator
     from gpustack_pulumi.engines.launch import extra_memory
-    from gpustack_pulumi.engines.options import EngineOptions
     from gpustack_pulumi.placement.models import NodePlacement, PlacedReplica
 
     probe = PlacedReplica(
@@ -276,7 +275,7 @@ def engine_extra_weight_bytes(deployment: Deployment, profile: ModelProfile, eng
     accelerator = NodeAccelerator(vendor=dclass.vendor, product=dclass.product, memory_bytes=dclass.memory_total,
                                   spec=_catalog_spec(dclass))  # fmt: skip
     try:
-        options = EngineOptions.model_validate(deployment.engine_options)
+        options = deployment.options
         extra = extra_memory(probe, profile, deployment, accelerators={"probe": accelerator}, options=options)
     except (EngineRefusal, ValueError):
         return 0  # the engine refuses these options; the launch spec step reports why

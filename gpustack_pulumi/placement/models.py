@@ -7,9 +7,12 @@ ascending) and holds no time or dict-order dependent fields, so the same inputs 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+
+if TYPE_CHECKING:
+    from gpustack_pulumi.engines.options import EngineOptions
 
 Strategy = Literal["binpack", "spread"]
 Mode = Literal["latency", "throughput", "balanced"]
@@ -59,6 +62,31 @@ class Deployment(PlacementModel):
         description="Engine options (gpustack_pulumi.engines.EngineOptions): speculative decoding, KV offload, "
         "extra args... Placement counts the memory they add.",
     )
+
+    @field_validator("engine_options")
+    @classmethod
+    def _typed_engine_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Validated once, here, so every reader (placement, launch specs, providers) sees the same options."""
+        if not value:
+            return value
+        from pydantic import ValidationError
+
+        from gpustack_pulumi.engines.options import EngineOptions
+
+        try:
+            EngineOptions.model_validate(value)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"{where}: {first['msg']}") from None
+        return value
+
+    @property
+    def options(self) -> EngineOptions:
+        """The engine options, typed (``gpustack_pulumi.engines.EngineOptions``)."""
+        from gpustack_pulumi.engines.options import EngineOptions
+
+        return EngineOptions.model_validate(self.engine_options)
 
     @field_validator("engine")
     @classmethod
