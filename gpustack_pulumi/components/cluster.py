@@ -44,6 +44,8 @@ class GpuCluster(pulumi.ComponentResource):
     endpoints: pulumi.Output[dict[str, str]]
     """Node name → agent URL, over all pools."""
     agent_token: pulumi.Output[str]
+    fingerprints: pulumi.Output[dict[str, str]]
+    """Node name → the SHA-256 fingerprint its agent's TLS certificate is pinned to (HTTPS agents only)."""
     plan: pulumi.Output[dict]
     """The joint plan: status, source (agents or planned capacity), the Plan and each replica's slice."""
 
@@ -69,6 +71,10 @@ class GpuCluster(pulumi.ComponentResource):
         self.name = name
         self.agent_token = pulumi.Output.secret(args["agent_token"])
         self.endpoints = pulumi.Output.all(*[pool.endpoints for pool in pools]).apply(_merge_endpoints)
+        # TLS pins of the agents that serve HTTPS (node -> sha256 fingerprint); loopback agents have none.
+        self.fingerprints = pulumi.Output.all(*[getattr(pool, "fingerprints", None) or {} for pool in pools]).apply(
+            lambda per_pool: {node: pin for pins in per_pool for node, pin in sorted((pins or {}).items())}
+        )
         self._deployments: dict[str, Deployment] = {}
         self._sealed = False
         loop = asyncio.get_event_loop()
@@ -83,6 +89,7 @@ class GpuCluster(pulumi.ComponentResource):
             {
                 "deployments": deployments,
                 "agents": self.endpoints,
+                "fingerprints": self.fingerprints,
                 "token": self.agent_token,
                 "planned": planned,
                 "owner_prefix": f"{pulumi.get_project()}/{pulumi.get_stack()}/",

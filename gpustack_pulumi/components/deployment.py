@@ -73,6 +73,7 @@ class ModelDeployment(pulumi.ComponentResource):
                         "replica": index,
                         "owner": replica_owner(owner_prefix, name, index),
                         "agents": cluster.endpoints,
+                        "fingerprints": cluster.fingerprints,
                         "token": cluster.agent_token,
                         "secrets": pulumi.Output.secret(secrets) if secrets else {},
                         "ready_timeout_s": args.get("ready_timeout_s", DEFAULT_READY_TIMEOUT_S),

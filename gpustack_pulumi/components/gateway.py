@@ -161,6 +161,7 @@ class Gateway(pulumi.ComponentResource):
             f"{name}-server",
             {
                 "agents": cluster.endpoints,
+                "fingerprints": cluster.fingerprints,
                 "token": cluster.agent_token,
                 "node": args.get("node"),
                 "owner": f"{pulumi.get_project()}/{pulumi.get_stack()}/gateway/{name}",

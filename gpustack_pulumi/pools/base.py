@@ -10,6 +10,9 @@ A pool tells the cluster two things:
   agent exists and the very first ``pulumi preview`` shows — or fails on — the placement. ``None`` when the
   pool cannot know (bare SSH hosts whose GPUs nobody declared): the plan then waits for the agents ("decided at
   update").
+
+A pool whose agents serve HTTPS also has ``fingerprints`` (node → ``sha256:…`` of its agent's certificate): the
+cluster pins every call to those agents to them, the way host keys are pinned.
 """
 
 from collections.abc import Sequence

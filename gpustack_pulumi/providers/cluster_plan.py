@@ -34,6 +34,7 @@ from gpustack_pulumi.providers.model_replica import (
     instance_id,
     read_inventory,
     restore_nulls,
+    url_pins,
 )
 
 PLAN_ID = "cluster-plan"
@@ -103,7 +104,8 @@ class ClusterPlanProvider(ResourceProvider):
             if not agents:
                 return CheckResult(news, [CheckFailure("agents", "the cluster has no agents; add a node pool")])
             try:
-                inventory = read_inventory(agents, token, skip_unreachable=True)
+                fingerprints = news.get("fingerprints") if isinstance(news.get("fingerprints"), dict) else {}
+                inventory = read_inventory(agents, token, skip_unreachable=True, fingerprints=fingerprints)
             except PlacementFailure as failure:
                 return CheckResult(news, [CheckFailure(failure.property, str(failure))])
             source, addresses = "agents", _node_addresses(agents)
@@ -156,6 +158,7 @@ def _claim(props: dict[str, Any], olds: dict[str, Any] | None) -> None:
         raise RuntimeError("the cluster plan was not decided: its agents were unknown when it was checked")
     agents: dict[str, str] = props.get("agents") or {}
     token: str = props["token"]
+    pins = url_pins(props)
     new_slices = _slices(props)
     for key, old in sorted(_slices(olds or {}).items()):
         new = new_slices.get(key)
@@ -170,7 +173,15 @@ def _claim(props: dict[str, Any], olds: dict[str, Any] | None) -> None:
             engine = _engine_address(url, spec.get("port"))
             iid = instance_id(old["owner"], rank)
             try:
-                delete_on_agent(url, token, iid, node=spec["node"], engine=engine, deadline_s=MAKE_ROOM_DEADLINE_S)
+                delete_on_agent(
+                    url,
+                    token,
+                    iid,
+                    node=spec["node"],
+                    engine=engine,
+                    deadline_s=MAKE_ROOM_DEADLINE_S,
+                    fingerprint=pins.get(url),
+                )
             except RuntimeError as error:
                 # The replica's own delete (its replacement runs next) waits for that agent, knowing the engine's
                 # port; room on the other agents does not depend on it.
@@ -186,7 +197,7 @@ def _claim(props: dict[str, Any], olds: dict[str, Any] | None) -> None:
             url = agents[spec["node"]]
             iid = instance_id(replica["owner"], rank)
             try:
-                with AgentClient(url, token) as agent:
+                with AgentClient(url, token, pins.get(url)) as agent:
                     agent.put_reservation(iid, _reservation(replica["owner"], spec))
                 if key in unclaimed:
                     made.append((url, iid))
@@ -199,7 +210,7 @@ def _claim(props: dict[str, Any], olds: dict[str, Any] | None) -> None:
     if conflicts:
         for url, iid in reversed(made):
             try:
-                with AgentClient(url, token) as agent:
+                with AgentClient(url, token, pins.get(url)) as agent:
                     agent.delete_reservation(iid)
             except AgentError as error:  # its lease lapses on its own
                 print(f"warning: could not release reservation {iid}: {error}", file=sys.stderr)

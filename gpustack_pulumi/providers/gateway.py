@@ -39,7 +39,7 @@ from gpustack_pulumi.gateway.config import (
 )
 from gpustack_pulumi.gateway.launch import gateway_instance_body
 from gpustack_pulumi.providers.agent_client import AgentClient, AgentUnreachable
-from gpustack_pulumi.providers.model_replica import delete_on_agent
+from gpustack_pulumi.providers.model_replica import delete_on_agent, url_pins
 
 REPLACE_KEYS = ("node", "python", "host", "port", "state_dir", "master_key", "owner")
 # "agents": the node's agent moved (a new port after a restart); update so delete reaches the agent that runs it.
@@ -115,7 +115,7 @@ class GatewayProvider(ResourceProvider):
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         node = _node(news)
         agent_url, iid = news["agents"][node], _instance_id(news["owner"])
-        with AgentClient(agent_url, news["token"]) as agent:
+        with AgentClient(agent_url, news["token"], url_pins(news).get(agent_url)) as agent:
             status = agent.get_instance(iid)
         if status is None or status.state in ("failed", "stopped"):
             status = self._start(news, agent_url, iid)  # the agent lost it: start it again
@@ -127,7 +127,7 @@ class GatewayProvider(ResourceProvider):
         if url is None:
             return ReadResult(id_=id_, outs=props)
         try:
-            with AgentClient(url, props["token"]) as agent:
+            with AgentClient(url, props["token"], url_pins(props).get(url)) as agent:
                 status = agent.get_instance(id_)
         except AgentUnreachable:
             return ReadResult(id_=id_, outs={**props, "state": "unreachable"})
@@ -145,7 +145,9 @@ class GatewayProvider(ResourceProvider):
         if url is not None:
             base = urlsplit(props.get("base_url") or "")
             engine = (base.hostname, base.port) if base.hostname and base.port else None
-            delete_on_agent(url, props["token"], id_, node=node or None, engine=engine)
+            delete_on_agent(
+                url, props["token"], id_, node=node or None, engine=engine, fingerprint=url_pins(props).get(url)
+            )
 
     # ---------------------------------------------------------------------------------------------------------
     @staticmethod
@@ -159,7 +161,7 @@ class GatewayProvider(ResourceProvider):
             master_key=props["master_key"],
         )
         timeout_s = float(props.get("ready_timeout_s") or DEFAULT_READY_TIMEOUT_S)
-        with AgentClient(agent_url, props["token"]) as agent:
+        with AgentClient(agent_url, props["token"], url_pins(props).get(agent_url)) as agent:
             agent.put_instance(iid, body)
             try:
                 return agent.wait_ready(iid, timeout_s=timeout_s)

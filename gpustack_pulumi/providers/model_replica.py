@@ -23,7 +23,13 @@ from urllib.parse import urlsplit
 
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider
 
-from gpustack_pulumi.providers.agent_client import AgentClient, AgentError, AgentUnreachable
+from gpustack_pulumi.providers.agent_client import (
+    AgentCertificateError,
+    AgentClient,
+    AgentError,
+    AgentInsecureEndpoint,
+    AgentUnreachable,
+)
 
 UNKNOWN_SENTINEL = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 DECIDED_AT_UPDATE = "decided at update"
@@ -92,23 +98,24 @@ class ModelReplicaProvider(ResourceProvider):
         agents: dict[str, str] = props["agents"]
         secrets: dict[str, str] = props.get("secrets") or {}
         timeout_s = float(props.get("ready_timeout_s") or 600)
+        pins = url_pins(props)
         started: list[tuple[str, str]] = []  # (agent url, instance id) to undo on failure
         instances = []
         try:
             for rank, spec in enumerate(launch):
                 url, iid = agents[spec["node"]], instance_id(owner, rank)
-                with AgentClient(url, token) as agent:
+                with AgentClient(url, token, pins.get(url)) as agent:
                     agent.put_reservation(iid, _reservation(owner, spec))
                     started.append((url, iid))
                     agent.put_instance(iid, _instance_body(owner, spec, secrets))
             head_url, head_id = agents[launch[0]["node"]], instance_id(owner, 0)
             for rank, spec in enumerate(launch):
                 url, iid = agents[spec["node"]], instance_id(owner, rank)
-                with AgentClient(url, token) as agent:
+                with AgentClient(url, token, pins.get(url)) as agent:
                     status = agent.wait_ready(iid, timeout_s=timeout_s)
                 instances.append({"node": spec["node"], "id": iid, "pid": status.pid, "port": status.port})
         except Exception:
-            _undo(started, token)
+            _undo(started, token, pins)
             raise
         head = instances[0]
         host = urlsplit(head_url).hostname
@@ -127,7 +134,7 @@ class ModelReplicaProvider(ResourceProvider):
         for known in instances:
             url = agents.get(known["node"])
             try:
-                with AgentClient(url, props["token"]) as agent:
+                with AgentClient(url, props["token"], url_pins(props).get(url)) as agent:
                     status = agent.get_instance(known["id"])
             except AgentUnreachable:
                 states.append("unreachable")
@@ -152,7 +159,10 @@ class ModelReplicaProvider(ResourceProvider):
             if url is None:
                 continue
             engine = _engine_address(url, ports.get(iid))
-            delete_on_agent(url, token, iid, node=spec["node"], engine=engine, deadline_s=deadline_s)
+            fingerprint = url_pins(props).get(url)
+            delete_on_agent(
+                url, token, iid, node=spec["node"], engine=engine, deadline_s=deadline_s, fingerprint=fingerprint
+            )
 
 
 # ----- pure helpers (placement and launch specs) ----------------------------------------------------------
@@ -185,7 +195,22 @@ def _placement_key(value: Any) -> Any:
     return value
 
 
-def read_inventory(agents: dict[str, str], token: str, *, skip_unreachable: bool = False):
+def url_pins(props: dict[str, Any]) -> dict[str, str]:
+    """Agent URL -> its pinned TLS fingerprint, from a resource's ``agents`` and ``fingerprints`` (node-keyed)."""
+    agents: dict[str, str] = props.get("agents") or {}
+    fingerprints: dict[str, str] = props.get("fingerprints") or {}
+    if not isinstance(agents, dict) or not isinstance(fingerprints, dict):
+        return {}
+    return {agents[node]: pin for node, pin in fingerprints.items() if node in agents}
+
+
+def read_inventory(
+    agents: dict[str, str],
+    token: str,
+    *,
+    skip_unreachable: bool = False,
+    fingerprints: dict[str, str] | None = None,
+):
     """The capacity documents of the agents. ``skip_unreachable``: leave out nodes whose agent does not answer
     (a host that went down: its replicas are re-placed), as long as one agent answers. An agent that answers
     with an error (wrong token, a bug) always fails: that is not a node that went away."""
@@ -194,7 +219,7 @@ def read_inventory(agents: dict[str, str], token: str, *, skip_unreachable: bool
     documents, down = [], []
     for node, url in sorted(agents.items()):
         try:
-            with AgentClient(url, token) as agent:
+            with AgentClient(url, token, (fingerprints or {}).get(node)) as agent:
                 documents.append(agent.capacity())
         except AgentUnreachable as error:
             if not skip_unreachable:
@@ -236,12 +261,12 @@ def _instance_body(owner: str, spec: dict[str, Any], secrets: dict[str, str]):
     return body
 
 
-def _undo(started: list[tuple[str, str]], token: str) -> None:
+def _undo(started: list[tuple[str, str]], token: str, pins: dict[str, str] | None = None) -> None:
     """Remove what a failed create made; the create's own error is what the user must see, so a failure here is
     a warning (the reservation's lease lapses on its own)."""
     for url, iid in reversed(started):
         try:
-            delete_on_agent(url, token, iid, deadline_s=UNDO_DEADLINE_S)
+            delete_on_agent(url, token, iid, deadline_s=UNDO_DEADLINE_S, fingerprint=(pins or {}).get(url))
         except (RuntimeError, AgentError) as error:
             print(f"warning: could not undo {iid}: {error}", file=sys.stderr)
 
@@ -272,6 +297,7 @@ def delete_on_agent(
     node: str | None = None,
     engine: tuple[str, int] | None = None,
     deadline_s: float = DELETE_DEADLINE_S,
+    fingerprint: str | None = None,
 ) -> None:
     """Stop instance ``iid`` and free its reservation; idempotent.
 
@@ -285,7 +311,7 @@ def delete_on_agent(
     last: Exception | None = None
     while True:
         try:
-            with AgentClient(url, token) as agent:
+            with AgentClient(url, token, fingerprint) as agent:
                 if node is not None:
                     seen = agent.capacity().name
                     if seen != node:
@@ -293,6 +319,8 @@ def delete_on_agent(
                 agent.delete_instance(iid)
                 agent.delete_reservation(iid)
             return
+        except (AgentCertificateError, AgentInsecureEndpoint):
+            raise  # not an agent that went away: a wrong pin or an unsafe URL, retrying changes nothing
         except AgentError as error:
             if not isinstance(error, AgentUnreachable) and getattr(error, "status", 0) != 0:
                 raise  # the agent answered with an error: a real failure, not a node that went away
