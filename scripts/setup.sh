@@ -31,7 +31,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ./runtime -e '.[dev]'
+.venv/bin/python -m pip install -q -e './runtime[agent]' -e '.[dev]'
 # llama.cpp (llama-cpp-python[server]): the engine the local stack runs on a machine without a GPU, and the
 # real engine of the tests. Built once from source (~5-8 minutes on 2 cores), then installed from a cached wheel.
 if [ -z "${GPUSTACK_SKIP_LLAMA:-}" ]; then

@@ -269,6 +269,21 @@ EOF
     fi
 }
 
+# The distribution with its `agent` extra (the server, NVML and TLS dependencies; the core is the wire contract):
+# PATH[agent] for a wheel, sdist or directory, NAME[agent]==VERSION for a requirement.
+with_agent_extra() {
+    local source=$1
+    if [[ -e $source ]]; then
+        echo "${source}[agent]"
+    elif [[ $source == *==* ]]; then
+        echo "${source%%==*}[agent]==${source##*==}"
+    elif [[ $source != *"["* ]]; then
+        echo "${source}[agent]"
+    else
+        echo "$source"
+    fi
+}
+
 before=$(installed_version)
 wanted=$(source_version)
 if [[ -n $before && -n $wanted && $before == "$wanted" && -x $VENV/bin/$PROGRAM ]]; then
@@ -278,7 +293,7 @@ else
     # A local wheel or directory with the same version as the installed one would be skipped by pip.
     reinstall=()
     [[ -n $before && -z $wanted && -e $SOURCE ]] && reinstall=(--force-reinstall --no-deps)
-    "$VENV_PYTHON" -m pip install --quiet --upgrade "${reinstall[@]}" "${PIP_ARGS[@]}" "$SOURCE" ||
+    "$VENV_PYTHON" -m pip install --quiet --upgrade "${reinstall[@]}" "${PIP_ARGS[@]}" "$(with_agent_extra "$SOURCE")" ||
         die "pip could not install '$SOURCE' into $VENV (see pip's message above)"
     after=$(installed_version)
     [[ -n $after && -x $VENV/bin/$PROGRAM ]] || die "'$SOURCE' did not install $DISTRIBUTION with $PROGRAM"

@@ -109,7 +109,8 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The source's own lists (what pip will resolve, and the build backend pip installs into its isolated build
     # environment), not the metadata of the editable install, which may lag behind the file.
     pyproject = tomllib.loads((RUNTIME_DIR / "pyproject.toml").read_text())
-    roots = [*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"]]
+    agent = pyproject["project"]["optional-dependencies"]["agent"]
+    roots = [*pyproject["project"]["dependencies"], *agent, *pyproject["build-system"]["requires"]]
     for dist in dependency_closure(roots):
         repack_as_wheel(dist, directory)
     return directory

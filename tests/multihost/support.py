@@ -71,7 +71,8 @@ def build_wheelhouse(directory: Path, versions: list[str]) -> Path:
     install.sh's pip runs with --no-index."""
     directory.mkdir(parents=True, exist_ok=True)
     pyproject = tomllib.loads((RUNTIME_DIR / "pyproject.toml").read_text())
-    for dist in install_test.dependency_closure(pyproject["project"]["dependencies"]):
+    agent = pyproject["project"]["optional-dependencies"]["agent"]
+    for dist in install_test.dependency_closure([*pyproject["project"]["dependencies"], *agent]):
         install_test.repack_as_wheel(dist, directory)
     for version in versions:
         source = install_test.copy_runtime_source(directory.parent / f"runtime-src-{version}", version)

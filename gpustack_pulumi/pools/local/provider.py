@@ -7,6 +7,7 @@ the agent gone when its process (pid + start time) no longer runs. ``delete`` st
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -45,6 +46,10 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+# What `gpustack-runtime[agent]` brings beyond the wire contract: the agent cannot start without them.
+AGENT_MODULES = ("fastapi", "uvicorn", "pynvml")
+
+
 class LocalAgentProvider(ResourceProvider):
     """Plain data only: nothing on ``self`` (the object is pickled into state)."""
 
@@ -57,6 +62,15 @@ class LocalAgentProvider(ResourceProvider):
             failures.append(CheckFailure("devices", "devices must be one of auto, nvml, ascend, none"))
         if not news.get("state_dir"):
             failures.append(CheckFailure("state_dir", "state_dir is required (where the agent keeps its state)"))
+        missing = [name for name in AGENT_MODULES if importlib.util.find_spec(name) is None]
+        if missing:
+            failures.append(
+                CheckFailure(
+                    "devices",
+                    f"the local pool runs the node agent in this Python environment, which lacks {', '.join(missing)}: "
+                    "pip install 'gpustack-pulumi[local]' (gpustack-runtime[agent])",
+                )
+            )
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
