@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from harness.pulumi_engine import StackHarness
+from llama_support import llama_cpp_available
 
 from gpustack_pulumi.components.gateway import default_gateway_python
 from gpustack_pulumi.localhost import has_nvidia_gpu
@@ -21,18 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "stacks" / "local" / "__main__.py"
 
 
-def _llama_cpp_available() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(has_nvidia_gpu(), reason="on a GPU machine the local stack serves a real model"),
-    pytest.mark.skipif(not _llama_cpp_available(), reason="llama-cpp-python missing: run .ci/llama-cpp.sh"),
+    pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python missing: run .ci/llama-cpp.sh"),
     pytest.mark.skipif(
         not Path(default_gateway_python()).exists(),
         reason="the gateway's virtualenv is missing: run scripts/setup.sh (it installs .cache/gateway-venv)",

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from harness.pulumi_engine import StackHarness
+from llama_support import requires_llama_cpp
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_DIR = REPO / "tests" / "stacks" / "joint"
@@ -29,14 +30,6 @@ RUNTIME_TESTS = REPO / "runtime" / "tests"
 GIB = 2**30
 
 pytestmark = pytest.mark.slow
-
-
-def _llama_cpp_available() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _fake_nvml(tmp: Path) -> dict[str, str]:
@@ -91,7 +84,7 @@ def from_outputs(outputs: dict, names: list[str]) -> dict[tuple[str, int], list[
     return found
 
 
-@pytest.mark.skipif(not _llama_cpp_available(), reason="llama-cpp-python missing: run .ci/llama-cpp.sh")
+@requires_llama_cpp
 def test_up_creates_the_joint_plan_the_previews_show(tmp_path: Path) -> None:
     from gpustack_pulumi.tinymodel import write_tiny_gguf
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from harness.pulumi_engine import StackHarness
+from llama_support import requires_llama_cpp
 
 from gpustack_pulumi.localhost import has_nvidia_gpu
 from gpustack_pulumi.pools.local.provider import process_start_time
@@ -25,14 +26,6 @@ pytestmark = [
 ]
 
 
-def _llama_cpp_available() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def run_stack() -> None:
     runpy.run_path(str(STACK), run_name="__main__")
 
@@ -41,7 +34,7 @@ def alive(pid: int) -> bool:
     return process_start_time(pid) is not None and not Path(f"/proc/{pid}/status").read_text().count("zombie")
 
 
-@pytest.mark.skipif(not _llama_cpp_available(), reason="llama-cpp-python missing: run .ci/llama-cpp.sh")
+@requires_llama_cpp
 def test_local_stack_end_to_end(tmp_path: Path) -> None:
     config = {"gpustack:stateDir": str(tmp_path / "state"), "gpustack:replicas": "1"}
     harness = StackHarness(
@@ -140,7 +133,7 @@ def test_impossible_model_fails_the_first_preview_with_the_numbers(tmp_path: Pat
         harness.destroy()
 
 
-@pytest.mark.skipif(not _llama_cpp_available(), reason="llama-cpp-python missing: run .ci/llama-cpp.sh")
+@requires_llama_cpp
 def test_destroy_after_an_agent_crash_never_forgets_the_engine(tmp_path: Path) -> None:
     """kill -9 of the agent leaves its engine serving: destroy must fail clearly instead of reporting success;
     once the agent is back (on another port, found by node name), destroy stops the engine."""

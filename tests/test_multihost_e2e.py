@@ -16,6 +16,7 @@ import httpx
 import pulumi
 import pytest
 from harness.pulumi_engine import StackHarness
+from llama_support import llama_cpp_available
 from multihost.netns import (
     HostGroup,
     HostSpec,
@@ -40,14 +41,6 @@ VERSION = "0.1.0"
 E2E_HOST_SPECS = [*HOST_SPECS, HostSpec("cpu-d", None)]
 
 pytestmark = pytest.mark.slow
-
-
-def _llama_cpp_available() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class RemoteEngine:
@@ -109,7 +102,7 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    if not _llama_cpp_available():
+    if not llama_cpp_available():
         pytest.skip("llama-cpp-python missing: run .ci/llama-cpp.sh")
     base = tmp_path_factory.mktemp("multihost-e2e")
     wheelhouse = build_wheelhouse(base / "wheelhouse", [VERSION])

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+from llama_support import requires_llama_cpp
 from realcli.cli import PulumiCli, alive, find_cli, make_project, pids_in, processes_mentioning
 
 from gpustack_pulumi.localhost import has_nvidia_gpu
@@ -28,14 +29,6 @@ pytestmark = [
 ]
 
 
-def _llama_cpp_available() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _complete(endpoint: str) -> str:
     host = urlparse(endpoint).hostname
     assert host in ("127.0.0.1", "localhost", "::1"), f"endpoint {endpoint} is not on loopback"
@@ -46,7 +39,7 @@ def _complete(endpoint: str) -> str:
     return text
 
 
-@pytest.mark.skipif(not _llama_cpp_available(), reason="llama-cpp-python missing: run scripts/setup.sh")
+@requires_llama_cpp
 def test_readme_main_job_with_the_real_cli(tmp_path: Path) -> None:
     assert BIN_DIR is not None
     state_dir = tmp_path / "state"

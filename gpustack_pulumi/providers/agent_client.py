@@ -17,8 +17,6 @@ The token lets its holder run any command line on the node, so it never crosses 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-import re
 import ssl
 import time
 import urllib.parse
@@ -31,6 +29,8 @@ from gpustack_runtime.wire import (
     InstanceStatus,
     ReservationBody,
     ReservationStatus,
+    is_loopback_host,
+    normalize_fingerprint,
 )
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -124,40 +124,6 @@ class AgentCertificateMismatch(AgentCertificateError):
 
 class AdmissionConflict(AgentError):
     """409: the agent refused a claim that would overbook a device (another deployment got there first)."""
-
-
-# The agent has the same two rules (gpustack_runtime.tls.normalize_fingerprint, gpustack_runtime.config.
-# is_loopback_host); they are repeated here because gpustack_pulumi imports only the agent's wire models.
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def normalize_fingerprint(text: str) -> str:
-    """``sha256:<64 lowercase hex>`` from ``sha256:AB:CD:...``, ``AB CD ...`` or bare hex. Raises ValueError
-    naming the expected form."""
-    value = str(text).strip().lower()
-    if value.startswith("sha256:"):
-        value = value[len("sha256:") :]
-    value = value.replace(":", "").replace(" ", "")
-    if not _HEX64.match(value):
-        raise ValueError(
-            f"fingerprint {str(text).strip()[:80]!r} is not a SHA-256 certificate fingerprint: expected sha256: and "
-            "64 hex digits, as the agent's install prints it (GPUSTACK_AGENT_FINGERPRINT=sha256:...)"
-        )
-    return "sha256:" + value
-
-
-def is_loopback_host(host: str) -> bool:
-    """127.0.0.0/8, ``::1`` (IPv4-mapped too) and ``localhost``: names only this machine reaches."""
-    name = host.strip().strip("[]").lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(name.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 class _PinMismatch(ssl.SSLError):

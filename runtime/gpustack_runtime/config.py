@@ -6,7 +6,6 @@ Every default lives here once, next to the reason for its value.
 from __future__ import annotations
 
 import importlib.metadata
-import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gpustack_runtime import __version__
+from gpustack_runtime.wire import is_loopback_host  # noqa: F401 (the config API names it; cli imports it here)
 
 DISTRIBUTION_NAME = "gpustack-runtime"
 
@@ -126,21 +126,6 @@ class AgentConfig(BaseModel):
     @property
     def reservations_file(self) -> Path:
         return self.state_dir / "reservations.json"
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for an address only this machine can reach: 127.0.0.0/8, ::1 (also IPv4-mapped) and ``localhost``.
-    Wildcards (``0.0.0.0``, ``::``) and every other name are not."""
-    name = host.strip().strip("[]").lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(name.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def parse_labels(text: str) -> dict[str, str]:

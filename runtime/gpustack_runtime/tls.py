@@ -22,24 +22,21 @@ import datetime
 import hashlib
 import ipaddress
 import os
-import re
 import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpustack_runtime.wire import FINGERPRINT_PREFIX, normalize_fingerprint  # noqa: F401 (the tls API names it)
+
 CERT_FILE = "cert.pem"
 KEY_FILE = "key.pem"
 FINGERPRINT_FILE = "fingerprint"
-FINGERPRINT_PREFIX = "sha256:"
 
 CERTIFICATE_VALIDITY_DAYS = 3650
 """Ten years. The pin is the certificate itself, so expiry protects nothing here (pinning clients skip CA and date
 checks); a short validity would only make agents stop answering the day it ran out."""
-
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
 
 class TlsSetupError(RuntimeError):
     """The TLS directory or files are unusable; the message names the file and what to do."""
@@ -67,20 +64,6 @@ def fingerprint_of_pem(pem: bytes | str) -> str:
     except ValueError as error:
         raise TlsSetupError(f"not a PEM certificate ({error})") from None
     return fingerprint_of_der(der)
-
-
-def normalize_fingerprint(text: str) -> str:
-    """``sha256:<64 lowercase hex>`` from ``sha256:AB:CD:...``, ``AB CD ...`` or bare hex. Raises ValueError."""
-    value = text.strip().lower()
-    if value.startswith(FINGERPRINT_PREFIX):
-        value = value[len(FINGERPRINT_PREFIX) :]
-    value = value.replace(":", "").replace(" ", "")
-    if not _HEX64.match(value):
-        raise ValueError(
-            f"fingerprint {text.strip()[:80]!r} is not a SHA-256 digest (sha256: and 64 hex digits, as the agent's "
-            "install prints it: GPUSTACK_AGENT_FINGERPRINT=sha256:...)"
-        )
-    return FINGERPRINT_PREFIX + value
 
 
 def default_names(extra: Iterable[str] = ()) -> list[str]:

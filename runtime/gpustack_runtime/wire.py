@@ -7,6 +7,8 @@ as integers.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt, StringConstraints
@@ -233,3 +235,40 @@ class AdmissionRejection(WireModel):
     id: str
     message: str
     shortfalls: list[DeviceShortfall] = Field(min_length=1)
+
+
+# ----- transport rules both sides apply -------------------------------------------------------------------------
+
+FINGERPRINT_PREFIX = "sha256:"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def normalize_fingerprint(text: str) -> str:
+    """``sha256:<64 lowercase hex>`` (the SHA-256 of the agent certificate's DER bytes) from ``sha256:AB:CD:...``,
+    ``AB CD ...`` or bare hex. Raises ValueError naming the expected form."""
+    value = str(text).strip().lower()
+    if value.startswith(FINGERPRINT_PREFIX):
+        value = value[len(FINGERPRINT_PREFIX) :]
+    value = value.replace(":", "").replace(" ", "")
+    if not _HEX64.match(value):
+        raise ValueError(
+            f"fingerprint {str(text).strip()[:80]!r} is not a SHA-256 certificate fingerprint: expected sha256: and "
+            "64 hex digits, as the agent's install prints it (GPUSTACK_AGENT_FINGERPRINT=sha256:...)"
+        )
+    return FINGERPRINT_PREFIX + value
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for an address only this machine can reach: 127.0.0.0/8, ::1 (also IPv4-mapped) and ``localhost``.
+    Wildcards (``0.0.0.0``, ``::``) and every other name are not. The agent serves plain HTTP only there, and
+    clients send a token over plain HTTP only there."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
