@@ -398,3 +398,12 @@ def test_plain_text_key_and_token_are_made_secret() -> None:
             if PRIVATE_KEY in text or TOKEN in text:
                 assert secret, f"{resource.name}: a secret in plaintext"
     assert is_secret(by_name(resources)["onprem-a-agent"].inputs["stdin"])
+
+
+def test_agent_version_defaults_to_this_package_version() -> None:
+    from gpustack_pulumi import __version__
+
+    defaults = args()
+    del defaults["agent_version"]
+    (first, *_) = plan_ssh_hosts("onprem", defaults)  # type: ignore[arg-type]
+    assert f"--source=gpustack-runtime=={__version__}" in render_install_command(first.spec)

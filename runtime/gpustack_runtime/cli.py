@@ -326,12 +326,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(parser, args)
     if args.engine_start_timeout <= 0:
         parser.error(f"--engine-start-timeout {args.engine_start_timeout}: must be > 0 seconds")
-    return serve(
-        config,
-        container_cli=args.container_cli,
-        log_level=args.log_level,
-        start_timeout_seconds=args.engine_start_timeout,
-    )
+    from gpustack_runtime.devices import DeviceBackendUnavailable
+
+    try:
+        return serve(
+            config,
+            container_cli=args.container_cli,
+            log_level=args.log_level,
+            start_timeout_seconds=args.engine_start_timeout,
+        )
+    except DeviceBackendUnavailable as error:
+        parser.error(
+            f"--devices {config.devices}: the backend cannot start ({error.reason}); install or load the driver, or "
+            "use --devices auto (detect, CPU-only when none) or --devices none"
+        )
 
 
 def serve(

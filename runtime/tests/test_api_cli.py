@@ -257,3 +257,29 @@ def test_open_token_file_is_accepted_with_a_warning_when_allowed(
     assert config.labels == {"a": "1"}
     assert any("chmod 600" in record.getMessage() for record in caplog.records)
     assert not any("s3cret-value" in record.getMessage() for record in caplog.records)
+
+
+def _nvml_loads() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_nvml_loads(), reason="this machine has NVML: --devices nvml works here")
+def test_devices_nvml_without_nvml_exits_2_naming_the_flag(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("x" * 32)
+    token.chmod(0o600)
+    env = {**os.environ, "LD_LIBRARY_PATH": str(tmp_path)}  # no libnvidia-ml.so.1 there, nor on this machine
+    result = subprocess.run(
+        [sys.executable, "-m", "gpustack_runtime", "--token-file", str(token), "--state-dir", str(tmp_path / "s"),
+         "--port", "0", "--devices", "nvml"],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--devices nvml: the backend cannot start" in result.stderr
+    assert "Traceback" not in result.stderr

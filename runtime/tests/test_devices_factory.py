@@ -13,6 +13,7 @@ from fakenvml import fake_gpu
 from gpustack_runtime.devices import (
     AscendBackend,
     DeviceBackend,
+    DeviceBackendUnavailable,
     NoneBackend,
     NvmlBackend,
     create_backend,
@@ -34,27 +35,17 @@ def npu_smi_missing(arguments: Sequence[str]) -> str:
     raise FileNotFoundError(2, "No such file or directory", "npu-smi")
 
 
-def test_explicit_nvml_with_driver_not_loaded_falls_back_to_none_with_one_log_line(fake_nvml, caplog):
+def test_explicit_nvml_with_driver_not_loaded_fails_naming_the_driver_error(fake_nvml):
     fake = fake_nvml([fake_gpu(0)], init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
-    with caplog.at_level(logging.WARNING, logger=FACTORY_LOGGER):
-        backend = create_backend("nvml", nvml_library_path=fake.library_path)
-
-    assert isinstance(backend, NoneBackend)
-    assert backend.snapshot() == []
-    records = [r for r in caplog.records if r.name == FACTORY_LOGGER]
-    assert len(records) == 1
-    message = records[0].getMessage()
-    assert records[0].levelno == logging.WARNING
-    assert "\n" not in message
-    assert "device backend 'nvml' unavailable" in message
-    assert "Driver Not Loaded (NVML error 9)" in message
+    with pytest.raises(DeviceBackendUnavailable) as error:
+        create_backend("nvml", nvml_library_path=fake.library_path)
+    assert "Driver Not Loaded (NVML error 9)" in error.value.reason
 
 
-def test_explicit_nvml_without_library_falls_back_to_none(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger=FACTORY_LOGGER):
-        backend = create_backend("nvml", nvml_library_path=tmp_path / "absent" / "libnvidia-ml.so.1")
-    assert isinstance(backend, NoneBackend)
-    assert "cannot load NVML library" in caplog.text
+def test_explicit_nvml_without_library_fails(tmp_path):
+    with pytest.raises(DeviceBackendUnavailable) as error:
+        create_backend("nvml", nvml_library_path=tmp_path / "absent" / "libnvidia-ml.so.1")
+    assert "cannot load NVML library" in error.value.reason
 
 
 def test_explicit_nvml_that_works(fake_nvml):
@@ -104,15 +95,13 @@ def test_auto_with_broken_npu_smi_is_none(fake_nvml):
     assert isinstance(backend, NoneBackend)
 
 
-def test_explicit_ascend_failure_falls_back_to_none(caplog):
+def test_explicit_ascend_failure_fails(caplog):
     def failing(arguments: Sequence[str]) -> str:
         raise subprocess.TimeoutExpired(["npu-smi", *arguments], 30)
 
-    with caplog.at_level(logging.WARNING, logger=FACTORY_LOGGER):
-        backend = create_backend("ascend", npu_smi_runner=failing)
-    assert isinstance(backend, NoneBackend)
-    assert "device backend 'ascend' unavailable" in caplog.text
-    assert "timed out" in caplog.text
+    with pytest.raises(DeviceBackendUnavailable) as error:
+        create_backend("ascend", npu_smi_runner=failing)
+    assert "timed out" in error.value.reason
 
 
 def test_none_and_unknown_kinds():

@@ -35,6 +35,7 @@ from typing import NotRequired, TypedDict
 import pulumi
 from pulumi_command import remote
 
+from gpustack_pulumi import __version__
 from gpustack_pulumi.errors import ComponentArgsError
 from gpustack_pulumi.pools.base import DEVICE_BACKENDS
 from gpustack_pulumi.pools.ssh.install import (
@@ -116,8 +117,9 @@ class SshNodePoolArgs(TypedDict):
     """The hosts; each becomes one node."""
     agent_token: pulumi.Input[str]
     """Bearer token the agents require (a secret; usually the cluster's)."""
-    agent_version: str
-    """gpustack-runtime version to install; changing it upgrades every host in place."""
+    agent_version: NotRequired[str]
+    """gpustack-runtime version to install (default: this package's version); changing it upgrades every host in
+    place."""
     private_key: NotRequired[pulumi.Input[str]]
     """Default SSH private key for hosts that do not give their own (a secret)."""
     known_hosts: NotRequired[str]
@@ -328,7 +330,7 @@ def plan_ssh_hosts(name: str, args: SshNodePoolArgs) -> list[PlannedHost]:
         raise ComponentArgsError(f"{pool}: hosts is empty; give at least one host")
     if "agent_token" not in args:
         raise ComponentArgsError(f"{pool}: agent_token is required (pass the cluster's token)")
-    version = args.get("agent_version")
+    version = args.get("agent_version", __version__)
     if not isinstance(version, str) or not _VERSION.match(version):
         raise ComponentArgsError(f"{pool}: agent_version {version!r} must be a version such as 0.1.0")
     runtime = args.get("runtime", "process")

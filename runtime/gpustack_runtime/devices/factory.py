@@ -24,11 +24,12 @@ def create_backend(
     nvml_library_path: str | os.PathLike[str] | None = None,
     npu_smi_runner: NpuSmiRunner | None = None,
 ) -> DeviceBackend:
-    """The device backend for ``kind``; never raises for a missing driver.
+    """The device backend for ``kind``.
 
-    - ``nvml`` / ``ascend``: that backend, or ``none`` with one warning line naming the driver error.
+    - ``nvml`` / ``ascend``: that backend; raises :class:`DeviceBackendUnavailable` naming the driver error when it
+      cannot start (asked for GPUs explicitly, the node must not quietly serve as a CPU-only node).
     - ``auto``: NVML if it initialises and sees a GPU, else Ascend if ``npu-smi`` exists and lists an NPU,
-      else ``none``.
+      else ``none``; never raises for a missing driver.
     - ``none``: no devices (CPU-only node).
 
     ``nvml_library_path`` loads that file as NVML (see :class:`NvmlBackend`); ``npu_smi_runner`` replaces
@@ -39,17 +40,9 @@ def create_backend(
     if kind == "none":
         return NoneBackend()
     if kind == "nvml":
-        try:
-            return NvmlBackend(nvml_library_path)
-        except DeviceBackendUnavailable as error:
-            logger.warning("device backend 'nvml' unavailable, reporting no devices: %s", error.reason)
-            return NoneBackend()
+        return NvmlBackend(nvml_library_path)
     if kind == "ascend":
-        try:
-            return AscendBackend(npu_smi_runner)
-        except DeviceBackendUnavailable as error:
-            logger.warning("device backend 'ascend' unavailable, reporting no devices: %s", error.reason)
-            return NoneBackend()
+        return AscendBackend(npu_smi_runner)
     return _detect(nvml_library_path, npu_smi_runner)
 
 
