@@ -32,6 +32,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e './runtime[agent]' -e '.[dev]'
+# The policy pack's pulumi-policy (pyproject's `policy` extra, same pin), without its protobuf ~=5.29 pin, which
+# would downgrade the protobuf that ortools needs (it works with protobuf 6).
+.venv/bin/python -m pip install -q --no-deps "$(sed -n 's/^policy = \["\(pulumi-policy==[0-9.]*\)"\]$/\1/p' pyproject.toml)"
 # llama.cpp (llama-cpp-python[server]): the engine the local stack runs on a machine without a GPU, and the
 # real engine of the tests. Built once from source (~5-8 minutes on 2 cores), then installed from a cached wheel.
 if [ -z "${GPUSTACK_SKIP_LLAMA:-}" ]; then

@@ -10,6 +10,11 @@
 //     $PULUMI_PYTHON_CMD, else python3 on PATH.
 //   - GetRequiredPackages / GetRequiredPlugins: none (plugins must already be on PATH; tests run with automatic
 //     plugin acquisition off).
+//   - RunPlugin, for analyzer plugins only (a Python policy pack: `pulumi preview --policy-pack DIR`, which this
+//     CLI runs through the language host named by DIR/PulumiPolicy.yaml's runtime): starts
+//     `<python> -u -m pulumi.policy ENGINE_ADDRESS DIR` (the SDK's policy-pack runner), its output streamed back.
+//     The Python comes from the pack's `runtime.options.virtualenv` (relative to the pack), else
+//     $PULUMI_PYTHON_CMD, else python3 on PATH (so an activated virtualenv).
 //   - Handshake, GetPluginInfo, About, GetProgramDependencies, InstallDependencies: minimal answers.
 //
 // Everything else answers Unimplemented.
@@ -20,15 +25,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
@@ -238,4 +247,90 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 			python, err)}, nil
 	}
 	return &pulumirpc.RunResponse{}, nil
+}
+
+// streamWriter sends what a plugin writes to one of its streams back to the engine.
+type streamWriter struct {
+	send   func(*pulumirpc.RunPluginResponse) error
+	stderr bool
+}
+
+func (w *streamWriter) Write(p []byte) (int, error) {
+	data := append([]byte(nil), p...)
+	response := &pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Stdout{Stdout: data}}
+	if w.stderr {
+		response = &pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Stderr{Stderr: data}}
+	}
+	if err := w.send(response); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// RunPlugin runs a Python policy pack (kind "analyzer") with the SDK's runner, `python -m pulumi.policy`.
+func (h *host) RunPlugin(
+	req *pulumirpc.RunPluginRequest, server grpc.ServerStreamingServer[pulumirpc.RunPluginResponse],
+) error {
+	if req.GetKind() != "analyzer" {
+		return status.Errorf(codes.Unimplemented, "this language host runs only analyzer plugins, not %q",
+			req.GetKind())
+	}
+	info := req.GetInfo()
+	dir := ""
+	if info != nil {
+		dir = info.GetProgramDirectory()
+	}
+	if dir == "" {
+		dir = req.GetProgram()
+	}
+	python, venv := pythonFor(info)
+	if venv == "" {
+		// The environment the engine gives the plugin decides, as it would for a plugin started directly.
+		for _, entry := range req.GetEnv() {
+			if value, ok := strings.CutPrefix(entry, "PULUMI_PYTHON_CMD="); ok && value != "" {
+				python = value
+			}
+		}
+	}
+	// The engine passes its own flags (logging, tracing) before the engine address; the runner takes the address
+	// and the pack's directory.
+	args := []string{"-u", "-m", "pulumi.policy"}
+	for _, arg := range req.GetArgs() {
+		if !strings.HasPrefix(arg, "-") {
+			args = append(args, arg)
+		}
+	}
+	args = append(args, dir)
+
+	var mu sync.Mutex
+	send := func(response *pulumirpc.RunPluginResponse) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return server.Send(response)
+	}
+	cmd := exec.CommandContext(server.Context(), python, args...)
+	cmd.Dir = req.GetPwd()
+	if cmd.Dir == "" {
+		cmd.Dir = dir
+	}
+	env := req.GetEnv()
+	if len(env) == 0 {
+		env = os.Environ()
+	}
+	if venv != "" {
+		env = append(env, "VIRTUAL_ENV="+venv,
+			"PATH="+filepath.Join(venv, "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
+	}
+	cmd.Env = env
+	cmd.Stdout = io.Writer(&streamWriter{send: send})
+	cmd.Stderr = io.Writer(&streamWriter{send: send, stderr: true})
+	code := int32(0)
+	if err := cmd.Run(); err != nil {
+		var exitErr *exec.ExitError
+		if !errors.As(err, &exitErr) {
+			return fmt.Errorf("could not run the policy pack with %s: %w", python, err)
+		}
+		code = int32(exitErr.ExitCode())
+	}
+	return send(&pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Exitcode{Exitcode: code}})
 }
