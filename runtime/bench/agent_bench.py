@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -238,43 +239,57 @@ def start_cheap_instances(client: httpx.Client, count: int) -> None:
         client.put(f"/v1/instances/load-{n}", json=body).raise_for_status()
 
 
-def healthz_under_load(url: str, clients: int, seconds: float) -> tuple[list[float], int]:
-    """``clients`` concurrent clients read ``/v1/capacity`` for ``seconds`` while another one times
-    ``/healthz`` every 20 ms. Returns the /healthz latencies and the number of capacity answers."""
+LOAD_PROCESSES = 2
+"""The capacity readers run in this many separate processes, and the /healthz probe in the benchmark's own: a
+probe sharing an event loop (or a GIL) with 50 busy clients would time its own queueing, not the agent's."""
+
+
+def _hammer(url: str, clients: int, seconds: float, answers: multiprocessing.Queue) -> None:
+    """A load process: ``clients`` concurrent readers of ``/v1/capacity`` for ``seconds``; puts its count."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
 
-    async def run() -> tuple[list[float], int]:
+    async def run() -> int:
         answered = 0
-        stop = asyncio.Event()
+        deadline = time.monotonic() + seconds
 
-        async def hammer(client: httpx.AsyncClient) -> None:
+        async def reader(client: httpx.AsyncClient) -> None:
             nonlocal answered
-            while not stop.is_set():
+            while time.monotonic() < deadline:
                 (await client.get("/v1/capacity")).raise_for_status()
                 answered += 1
 
-        async def probe(client: httpx.AsyncClient) -> list[float]:
-            samples = []
-            while not stop.is_set():
-                started = time.perf_counter()
-                (await client.get("/healthz")).raise_for_status()
-                samples.append(time.perf_counter() - started)
-                await asyncio.sleep(0.02)
-            return samples
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as client:
+            await asyncio.gather(*(reader(client) for _ in range(clients)))
+        return answered
 
-        limits = httpx.Limits(max_connections=clients + 1)
-        async with (
-            httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as client,
-            httpx.AsyncClient(base_url=url, timeout=60) as prober,
-        ):
-            workers = [asyncio.create_task(hammer(client)) for _ in range(clients)]
-            sampler = asyncio.create_task(probe(prober))
-            await asyncio.sleep(seconds)
-            stop.set()
-            await asyncio.gather(*workers)
-            return await sampler, answered
+    answers.put(asyncio.run(run()))
 
-    return asyncio.run(run())
+
+def healthz_under_load(url: str, clients: int, seconds: float) -> tuple[list[float], int]:
+    """``clients`` concurrent clients (in ``LOAD_PROCESSES`` processes) read ``/v1/capacity`` for ``seconds``
+    while this process times ``/healthz`` every 20 ms. Returns the /healthz latencies and the number of capacity
+    answers."""
+    answers: multiprocessing.Queue = multiprocessing.Queue()
+    shares = [clients // LOAD_PROCESSES + (1 if i < clients % LOAD_PROCESSES else 0) for i in range(LOAD_PROCESSES)]
+    loaders = [
+        multiprocessing.Process(target=_hammer, args=(url, share, seconds, answers)) for share in shares if share
+    ]
+    for loader in loaders:
+        loader.start()
+    samples: list[float] = []
+    with httpx.Client(base_url=url, timeout=60) as prober:
+        time.sleep(0.5)  # the readers connect
+        deadline = time.monotonic() + seconds - 1.0
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            prober.get("/healthz").raise_for_status()
+            samples.append(time.perf_counter() - started)
+            time.sleep(0.02)
+    answered = sum(answers.get(timeout=seconds + 60) for _ in loaders)
+    for loader in loaders:
+        loader.join(timeout=30)
+    return samples, answered
 
 
 def main() -> int:
