@@ -76,11 +76,19 @@ def _markets(market: str, needed: int, on_demand_base: int) -> dict[str, int]:
 
 def quota_limit(session: Any, code: str) -> float | None:
     """The applied quota value (vCPUs), else the AWS default; None when Service Quotas knows neither."""
+    from botocore.exceptions import ClientError
+
     client = session.client("service-quotas")
     for call in (client.get_service_quota, client.get_aws_default_service_quota):
         try:
             return float(call(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"])
         except client.exceptions.NoSuchResourceException:
+            continue
+        except ClientError as error:
+            if call is client.get_service_quota:
+                raise
+            if error.response.get("Error", {}).get("Code") in ("AccessDeniedException",):
+                raise
             continue
     return None
 
