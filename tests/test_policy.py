@@ -247,3 +247,24 @@ def test_pack_files_and_the_pinned_pulumi_policy() -> None:
     from importlib.metadata import version
 
     assert version("pulumi-policy") == pin.group(1)
+
+
+def test_example_ci_workflow_posts_the_diff_with_the_pack_and_the_placement_report() -> None:
+    import json
+
+    import yaml
+
+    workflow = yaml.safe_load((REPO / "examples" / "ci" / "placement-preview.yml").read_text())
+    scripts = "\n".join(step.get("run", "") for step in workflow["jobs"]["preview"]["steps"])
+    assert "pulumi preview --stack onprem --diff" in scripts
+    assert "--policy-pack gpustack_pulumi/policy/pack" in scripts and "--policy-pack-config" in scripts
+    assert "gpustack-pulumi preview stacks/onprem" in scripts and "--markdown" in scripts
+    assert "gh pr comment" in scripts and "steps.pulumi.outputs.exit" in str(workflow)
+    config = json.loads((REPO / "examples" / "ci" / "policy-config.json").read_text())
+    names = {policy.name for policy in POLICIES}
+    assert set(config) <= names, set(config) - names
+    for name, value in config.items():
+        policy = next(p for p in POLICIES if p.name == name)
+        if isinstance(value, dict):
+            keys = set(value) - {"enforcementLevel"}
+            assert keys <= set(policy.config_schema.properties if policy.config_schema else {}), (name, keys)
