@@ -14,7 +14,9 @@
 #      machines reach, so we build our own small host (tests/realcli/langhost/main.go, written for this project)
 #      against the same sdk/v3; it runs the program with the project's virtualenv through the SDK's
 #      `pulumi-language-python-exec` script (copied from the sdk/v3 module next to the binaries, with the
-#      dynamic-provider plugin script `pulumi-resource-pulumi-python`);
+#      dynamic-provider plugin script `pulumi-resource-pulumi-python`); it also runs Python policy packs
+#      (`--policy-pack DIR`): this CLI starts a pack through the language host of its PulumiPolicy.yaml runtime
+#      (RunPlugin), not through a `pulumi-analyzer-policy-python` script (which the sdk/v3 module no longer ships);
 #    - `pulumi-resource-command` (pulumi-command's provider, matching the pulumi_command Python package) is tried
 #      too when GPUSTACK_PULUMI_BUILD_COMMAND=1; a failure is reported and does not fail this script.
 #
