@@ -48,7 +48,7 @@ def test_planned_capacity_is_max_nodes_documents_with_catalog_gpus() -> None:
     )
 
 
-def test_desired_count_is_the_highest_used_slot_plus_one_within_min_max() -> None:
+def test_desired_count_is_the_planned_nodes_used_within_min_max() -> None:
     pool = spec(max_nodes=4, min_nodes=1)
     from gpustack_pulumi.placement import Deployment
 
@@ -59,10 +59,12 @@ def test_desired_count_is_the_highest_used_slot_plus_one_within_min_max() -> Non
     plan = result.plan.model_dump(mode="json")
     used = render.nodes_used(pool, plan)
     assert len(used) == 2  # replicas of one deployment on their own nodes
-    assert render.desired_from_plan(pool, plan) == int(used[-1].rsplit("-", 1)[1]) + 1
+    assert render.desired_from_plan(pool, plan) == 2
     assert render.desired_from_plan(pool, {"replicas": []}) == 1  # min_nodes
     far = {"replicas": [{"deployment": "x", "placements": [{"node": "gpu-3"}]}]}
-    assert render.desired_from_plan(pool, far) == 4
+    assert render.desired_from_plan(pool, far) == 1
+    five = {"replicas": [{"deployment": "x", "placements": [{"node": f"gpu-{i}"}]} for i in range(4)]}
+    assert render.desired_from_plan(spec(max_nodes=4), five) == 4
     assert render.desired_from_plan(spec(max_nodes=2), far) == 0  # not this pool's node (max 2: gpu-0, gpu-1)
 
 

@@ -17,10 +17,11 @@ Children (names prefixed with the pool's name; every value rendered by :mod:`gpu
 **How the plan sizes the pool.** ``planned_capacity`` holds ``max_nodes`` documents ``<pool>-0 … <pool>-N-1``
 (the catalog's GPUs of the instance type). ``pool.size_from(cluster)`` places the cluster's deployments on the
 planned capacity with ``plan_cluster`` — the function the cluster's plan runs — once the program has declared
-them, and sets the group's desired capacity to one more than the highest slot a replica uses (within min/max).
+them, and sets the group's desired capacity to the number of planned nodes replicas use (within min/max).
 It cannot read the ``ClusterPlan`` resource's output: that plan reads the pool's agents, which exist only once
-the group does. Instances claim slot names at boot (SSM parameters ``<prefix>/slots/<n>``), so the live nodes
-have the planned names and the cluster's plan on the live agents keeps the preview's placement.
+the group does. Instances claim node names ``<pool>-0..desired-1`` at boot (SSM parameters ``<prefix>/slots/<n>``);
+planned nodes are identical, so the cluster's plan on the live agents (at ``up``, once they serve) places the
+same replicas on as many nodes, possibly under other slot numbers than the preview's; later ``up``s are sticky.
 """
 
 import asyncio

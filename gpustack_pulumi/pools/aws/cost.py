@@ -100,14 +100,14 @@ def render_cost_markdown(specs: Sequence[PoolSpec], plan: Mapping[str, Any] | No
     lines = [
         "**AWS node pools**",
         "",
-        "| pool | instance type | market | instances (min–max) | nodes | $/h each | $/h |",
+        "| pool | instance type | market | instances (min–max) | planned nodes used | $/h each | $/h |",
         "|---|---|---|---:|---|---:|---:|",
     ]
     total = 0.0
     unpriced = []
     for spec in specs:
         cost = pool_cost(spec, plan)
-        nodes = ", ".join(spec.node_name(index) for index in range(cost.instances)) or "—"
+        nodes = ", ".join(nodes_used(spec, plan)) or "—"
         each = f"{cost.price.per_hour:.3f}" if cost.price else "no price"
         hourly = f"{cost.per_hour:.2f}" if cost.per_hour is not None else "—"
         if cost.per_hour is not None:

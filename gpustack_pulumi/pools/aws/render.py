@@ -5,9 +5,8 @@ functions return to pulumi_aws (keyword arguments with pulumi_aws 7.x names); th
 
 - :func:`planned_capacity`: the capacity documents of the pool's ``max_nodes`` nodes ``<pool>-0 … <pool>-N-1``
   (GPUs from the catalog), so the cluster's plan places before any instance exists.
-- :func:`desired_from_plan`: how many instances the plan needs: one more than the highest-numbered planned node
-  of the pool any replica uses (node names are slots ``0..desired-1``, claimed by instances at boot), within
-  ``[min_nodes, max_nodes]``.
+- :func:`desired_from_plan`: how many instances the plan needs: the number of the pool's planned nodes replicas
+  use, within ``[min_nodes, max_nodes]`` (instances claim the node names ``<pool>-0..desired-1`` at boot).
 - :func:`render_user_data`: the boot script (bash). It reads the token from SSM Parameter Store (SecureString,
   never in user data), claims a node slot, runs the SSH pool's own ``install.sh`` (embedded, gzip+base64) and
   publishes the agent's TLS fingerprint to SSM and as an instance tag.
@@ -232,11 +231,10 @@ def nodes_used(spec: PoolSpec, plan: Mapping[str, Any] | None) -> list[str]:
 
 
 def desired_from_plan(spec: PoolSpec, plan: Mapping[str, Any] | None) -> int:
-    """Instances to run: slots ``0..k`` where ``k`` is the highest slot a replica uses (so every planned node
-    the plan names exists), at least ``min_nodes``, at most ``max_nodes``."""
-    used = nodes_used(spec, plan)
-    needed = int(used[-1].rsplit("-", 1)[1]) + 1 if used else 0
-    return max(spec.min_nodes, min(spec.max_nodes, needed))
+    """Instances to run: how many of the pool's planned nodes replicas use, at least ``min_nodes``, at most
+    ``max_nodes``. The planned nodes are identical, so which ones the plan picked does not matter: instances
+    claim slots ``0..desired-1`` at boot and the cluster's plan on the live agents places on those."""
+    return max(spec.min_nodes, min(spec.max_nodes, len(nodes_used(spec, plan))))
 
 
 def root_volume_gib(weight_bytes: Sequence[int]) -> int:
