@@ -44,6 +44,8 @@ class GpuCluster(pulumi.ComponentResource):
     endpoints: pulumi.Output[dict[str, str]]
     """Node name → agent URL, over all pools."""
     agent_token: pulumi.Output[str]
+    deployments: pulumi.Output[list[dict]]
+    """Every deployment declared on the cluster (JSON), once the program has declared them all."""
     fingerprints: pulumi.Output[dict[str, str]]
     """Node name → the SHA-256 fingerprint its agent's TLS certificate is pinned to (HTTPS agents only)."""
     plan: pulumi.Output[dict]
@@ -82,6 +84,9 @@ class GpuCluster(pulumi.ComponentResource):
         known: asyncio.Future[bool] = loop.create_future()
         known.set_result(True)
         deployments = pulumi.Output(set(), self._deployments_future, known)
+        self.deployments = deployments
+        self.pools = pools
+        self.strategy = strategy
         # Planned capacity only when every pool can tell what it will create; else the plan waits for the agents.
         planned = planned_documents(pools)
         self._plan = ClusterPlan(

@@ -324,9 +324,17 @@ class AwsGpuNodePool(pulumi.ComponentResource):
         if self.group is not None:
             raise ComponentArgsError(f"AwsGpuNodePool '{self.name}': size_from was already called")
         spec = self.spec
-        documents = [doc for pool in [self, *(other_pools or [])] for doc in (pool.planned_capacity or [])]
+        # The cluster's other pools share the placement (``other_pools`` adds pools outside it).
+        pools: list[Any] = []
+        for pool in [self, *getattr(cluster, "pools", []), *(other_pools or [])]:
+            if not any(pool is seen for seen in pools):
+                pools.append(pool)
+        documents = [doc for pool in pools for doc in (pool.planned_capacity or [])]
+        strategy = getattr(cluster, "strategy", "binpack")
         prefix = f"{pulumi.get_project()}/{pulumi.get_stack()}/"
-        sizing = _cluster_deployments(cluster).apply(lambda deployments: _sizing_plan(documents, deployments, prefix))
+        sizing = _cluster_deployments(cluster).apply(
+            lambda deployments: _sizing_plan(documents, deployments, prefix, strategy)
+        )
         desired = sizing.apply(lambda plan: render.desired_from_plan(spec, plan))
         child = pulumi.ResourceOptions(parent=self)
         capacity = AwsPoolCapacity(
@@ -387,18 +395,14 @@ class AwsGpuNodePool(pulumi.ComponentResource):
 
 
 def _cluster_deployments(cluster: Any) -> pulumi.Output[list]:
-    """The deployments the cluster plans (JSON), once the program has declared them all. Reads
-    ``GpuCluster.deployments`` where the cluster exposes it, else its private future (see README: hooks)."""
+    """The deployments the cluster plans (JSON), once the program has declared them all."""
     exposed = getattr(cluster, "deployments", None)
-    if exposed is not None:
-        return exposed
-    future = getattr(cluster, "_deployments_future", None)
-    if future is None:
+    if exposed is None:
         raise ComponentArgsError("AwsGpuNodePool.size_from needs a GpuCluster")
-    return pulumi.Output.from_input(future)
+    return exposed
 
 
-def _sizing_plan(documents: list[dict], deployments: list[dict], owner_prefix: str) -> dict:
+def _sizing_plan(documents: list[dict], deployments: list[dict], owner_prefix: str, strategy: str = "binpack") -> dict:
     """The Plan (JSON) of ``deployments`` on the planned capacity, as the cluster's plan makes it before agents
     exist (``with_launch`` off: only where replicas go matters here)."""
     from gpustack_runtime.wire import Inventory
@@ -410,6 +414,7 @@ def _sizing_plan(documents: list[dict], deployments: list[dict], owner_prefix: s
         Inventory.model_validate({"nodes": documents}),
         [Deployment.model_validate(d) for d in deployments or []],
         owner_prefix=owner_prefix,
+        strategy="spread" if strategy == "spread" else "binpack",
         with_launch=False,
     )
     return result.plan.model_dump(mode="json")
