@@ -297,34 +297,30 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
 
     # Availability: replicas of one deployment on distinct devices and, where room allows, distinct nodes —
     # for every deployment under spread, and for those that do not ask to pack their replicas under binpack.
-    excess_terms = []
-    excess_of: dict[tuple[int, int], tuple[object, int]] = {}
-    gpu_excess_terms = []
-    gpu_excess_of: dict[tuple[int, int], tuple[object, int]] = {}
     dep_dev: dict[tuple[int, int], list] = {}
     for gi, _option, _c, _ys, zs in extract:
         for g, z in zs.items():
             dep_dev.setdefault((gi, g), []).append(z)
-    for (gi, node), terms in dep_node.items():
-        prepared = groups[gi].tasks[0].prepared
-        if not spreads_replicas(prepared.deployment.pack_replicas, strategy):
-            continue
-        existing = state.dep_nodes.get(prepared.name, {}).get(node, 0)
-        bound = len(groups[gi].tasks) + existing
-        excess = model.NewIntVar(0, bound, f"excess_{gi}_{node}")
-        model.Add(excess >= sum(terms) + existing - 1)
-        excess_terms.append(excess)
-        excess_of[(gi, node)] = (excess, existing)
-    for (gi, g), terms in dep_dev.items():
-        prepared = groups[gi].tasks[0].prepared
-        if not spreads_replicas(prepared.deployment.pack_replicas, strategy):
-            continue
-        existing = state.dep_gpus.get(prepared.name, {}).get(g, 0)
-        bound = len(groups[gi].tasks) + existing
-        excess = model.NewIntVar(0, bound, f"gexcess_{gi}_{g}")
-        model.Add(excess >= sum(terms) + existing - 1)
-        gpu_excess_terms.append(excess)
-        gpu_excess_of[(gi, g)] = (excess, existing)
+
+    def excess_vars(
+        counts: dict[tuple[int, int], list], held: dict[str, dict[int, int]], tag: str
+    ) -> dict[tuple[int, int], tuple[object, int]]:
+        """Per (deployment, node or device): how many of its replicas there are beyond the first."""
+        found: dict[tuple[int, int], tuple[object, int]] = {}
+        for (gi, where), terms in counts.items():
+            prepared = groups[gi].tasks[0].prepared
+            if not spreads_replicas(prepared.deployment.pack_replicas, strategy):
+                continue
+            existing = held.get(prepared.name, {}).get(where, 0)
+            excess = model.NewIntVar(0, len(groups[gi].tasks) + existing, f"{tag}_{gi}_{where}")
+            model.Add(excess >= sum(terms) + existing - 1)
+            found[(gi, where)] = (excess, existing)
+        return found
+
+    excess_of = excess_vars(dep_node, state.dep_nodes, "excess")
+    gpu_excess_of = excess_vars(dep_dev, state.dep_gpus, "gexcess")
+    excess_terms = [var for var, _ in excess_of.values()]
+    gpu_excess_terms = [var for var, _ in gpu_excess_of.values()]
 
     ranks = sum(o.tp * o.pp * len(group.tasks) for group in groups for o in group.options) + 1
     node_weight = ranks + 1
