@@ -8,14 +8,12 @@ Regenerate after an intended change with: UPDATE_GOLDEN=1 .venv/bin/pytest tests
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
+from golden_support import check_golden, run_preview
 from test_k8s_pool_render import VERSIONS
 
 from gpustack_pulumi.cluster_plan import plan_cluster
@@ -43,18 +41,7 @@ COMMON = [
 
 
 def preview(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "gpustack_pulumi.cli", "preview", *COMMON, *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"{name} changed; review and regenerate with UPDATE_GOLDEN=1"
+    return run_preview(*COMMON, *args)
 
 
 def test_one_plan_places_on_both_pools_and_matches_the_golden_report() -> None:

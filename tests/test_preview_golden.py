@@ -5,12 +5,10 @@ Regenerate after an intended change with: UPDATE_GOLDEN=1 .venv/bin/pytest tests
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from golden_support import check_golden, run_preview
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
@@ -28,18 +26,7 @@ COMMON = [
 
 
 def preview(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "gpustack_pulumi.cli", "preview", *COMMON, *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"{name} changed; review and regenerate with UPDATE_GOLDEN=1"
+    return run_preview(*COMMON, *args)
 
 
 @pytest.mark.slow
