@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from gpustack_runtime.wire import Inventory
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpustack_pulumi.cluster_plan import plan_cluster
@@ -95,6 +96,9 @@ class StackPlanInputs(BaseModel):
     strategy: str = "binpack"
     owner_prefix: str = ""
     time_budget_s: float = 2.0
+    planned: list[dict] | None = Field(
+        default=None, description="The capacity the pools will create (None when some pool cannot tell)."
+    )
 
 
 def collect_deployments(stack_dir: Path, *, stack: str, config: dict[str, str]) -> list[Deployment]:
@@ -155,7 +159,15 @@ def collect_plan_inputs(stack_dir: Path, *, stack: str, config: dict[str, str]) 
         strategy=first.get("strategy") or "binpack",
         owner_prefix=first.get("owner_prefix") or f"{project}/{stack}/",
         time_budget_s=float(first.get("time_budget_s") or 2.0),
+        planned=_planned(plans),
     )
+
+
+def _planned(plans: list[dict[str, Any]]) -> list[dict] | None:
+    """Every cluster's planned capacity, or None when one of them has none (a pool that cannot tell)."""
+    if not plans or any(not isinstance(inputs.get("planned"), list) for inputs in plans):
+        return None
+    return [document for inputs in plans for document in inputs["planned"]]
 
 
 def _project_name(stack_dir: Path) -> str:
@@ -280,6 +292,9 @@ def add_preview_parser(subparsers: Any) -> None:
     source.add_argument("--inventory", type=Path, help='capacity documents, YAML/JSON {"nodes": [...]}')
     source.add_argument("--agent", action="append", metavar="NODE=URL",
                         help="read capacity from an agent (repeatable); token from $GPUSTACK_AGENT_TOKEN")  # fmt: skip
+    source.add_argument("--planned", action="store_true",
+                        help="place on the capacity the stack's pools will create (what the first `pulumi preview` "
+                        "uses before any agent exists)")  # fmt: skip
     parser.add_argument("--previous", type=Path, help="a previous report (--json output): sticky placement + diff")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for pull-request comments")
@@ -291,12 +306,19 @@ def run_preview(args: argparse.Namespace) -> int:
     try:
         config = _config_file(args.config_file) if args.config_file else {}
         config |= dict(_key_value(item, "--config") for item in args.config)
-        if args.inventory is not None:
-            inventory = load_inventory(args.inventory)
-        else:
-            inventory = _inventory_from_agents(dict(_key_value(item, "--agent") for item in args.agent))
         previous = _load_report(args.previous) if args.previous else None
         inputs = collect_plan_inputs(args.stack_dir, stack=args.stack, config=config)
+        if args.inventory is not None:
+            inventory = load_inventory(args.inventory)
+        elif args.planned:
+            if inputs.planned is None:
+                raise PreviewError(
+                    "--planned: a pool of this stack cannot tell its capacity before its agents run (SSH hosts); "
+                    "use --inventory FILE or --agent NODE=URL"
+                )
+            inventory = Inventory.model_validate({"nodes": inputs.planned})
+        else:
+            inventory = _inventory_from_agents(dict(_key_value(item, "--agent") for item in args.agent))
     except (PreviewError, BadInputFile) as error:
         print(f"gpustack-pulumi preview: error: {error}", file=sys.stderr)
         return 2

@@ -99,3 +99,24 @@ def test_local_stack_replicas_zero_means_zero(tmp_path: Path) -> None:
     config = {"gpustack:replicas": "0", "gpustack:stateDir": str(tmp_path)}
     (deployment,) = collect_deployments(REPO / "stacks" / "local", stack="local", config=config)
     assert deployment.name == "chat" and deployment.replicas == 0
+
+
+def test_planned_capacity_previews_before_any_agent_exists(tmp_path: Path) -> None:
+    def preview(stack: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gpustack_pulumi.cli", "preview", f"stacks/{stack}", "--stack",
+                               stack, "--planned", "--json", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=120, check=False)  # fmt: skip
+
+    state = f"gpustack:stateDir={tmp_path}"
+    placed = preview("local", "--config", state)
+    assert placed.returncode == 0, placed.stderr
+    (replica,) = json.loads(placed.stdout)["replicas"]
+    assert replica["deployment"] == "chat" and replica["engine"] in ("llama.cpp", "vllm", "sglang")
+    # What the first `pulumi preview` says: a misfit fails with the numbers.
+    misfit = preview("local", "--config", state, "--config", "gpustack:concurrency=1000000")
+    assert misfit.returncode == 1
+    assert "chat replica 0 cannot be placed" in json.loads(misfit.stdout)["failures"][0]
+    # SSH hosts cannot tell their capacity before their agents run.
+    ssh = preview("onprem", "--config-file", "stacks/onprem/Pulumi.onprem.example.yaml", "--config",
+                  "gpustack:sshPrivateKey=unused")  # fmt: skip
+    assert ssh.returncode == 2 and "--planned: a pool of this stack cannot tell" in ssh.stderr
