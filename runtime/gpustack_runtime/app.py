@@ -108,10 +108,6 @@ CAPACITY_MAX_AGE_SECONDS = 0.25
 """How long a rendered capacity document is reused while nothing changes through the API: under 50
 concurrent readers, rendering each one kept ``/healthz`` waiting behind them."""
 
-CAPACITY_STALE_LIMIT_SECONDS = 2.0
-"""A capacity document older than this is re-rendered before it is served (after an idle spell, say); between
-``CAPACITY_MAX_AGE_SECONDS`` and this it is served while a background render replaces it."""
-
 PROCESS_SCAN_MAX_AGE_SECONDS = 1.0
 """How old the cached process trees may be before a background rescan (item 11 of issue 11)."""
 
@@ -433,13 +429,7 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
             devices=snapshots,
         )
 
-    rendered_capacity: dict[str, Any] = {"body": b"", "at": float("-inf"), "generation": -1, "refreshing": None}
-
-    async def render_capacity() -> None:
-        generation = runtime.generation
-        document = await runtime.capacity()
-        now = asyncio.get_running_loop().time()
-        rendered_capacity.update(body=document.model_dump_json().encode(), at=now, generation=generation)
+    rendered_capacity: dict[str, Any] = {"body": b"", "at": float("-inf"), "generation": -1}
 
     @app.get(
         "/v1/capacity",
@@ -451,18 +441,17 @@ def create_app(config: AgentConfig, backend: DeviceBackend, supervisor: Instance
     async def capacity() -> Response:
         """Devices with live and allocated memory, and the allocations of instances and reservations.
 
-        The rendered document is reused while nothing changed through the API: when it is older than
-        ``CAPACITY_MAX_AGE_SECONDS`` it is re-rendered in the background while readers keep getting the last one
-        (so no request pays for a render), and a document more than ``CAPACITY_STALE_LIMIT_SECONDS`` old is never
-        served. Live device memory may lag by that much, allocations never do (a change re-renders at once).
-        Admission never uses it (it reads the devices itself)."""
-        age = asyncio.get_running_loop().time() - rendered_capacity["at"]
-        if rendered_capacity["generation"] != runtime.generation or age > CAPACITY_STALE_LIMIT_SECONDS:
-            await render_capacity()
-        elif age > CAPACITY_MAX_AGE_SECONDS:
-            task = rendered_capacity["refreshing"]
-            if task is None or task.done():
-                rendered_capacity["refreshing"] = asyncio.create_task(render_capacity())
+        The rendered document is reused for up to ``CAPACITY_MAX_AGE_SECONDS`` unless a reservation or an
+        instance changed through the API meanwhile: live device memory may lag by that much, allocations
+        never do. Admission never uses it (it reads the devices itself)."""
+        now = asyncio.get_running_loop().time()
+        if (
+            now - rendered_capacity["at"] > CAPACITY_MAX_AGE_SECONDS
+            or rendered_capacity["generation"] != runtime.generation
+        ):
+            generation = runtime.generation
+            document = await runtime.capacity()
+            rendered_capacity.update(body=document.model_dump_json().encode(), at=now, generation=generation)
         return Response(rendered_capacity["body"], media_type="application/json")
 
     # --- reservations ----------------------------------------------------------------------------------
