@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
+from safetensors_support import write_safetensors
 
 from gpustack_pulumi import catalog
 from gpustack_pulumi.analysis import MissingConfigFieldError, analyze, profile_from_config
@@ -410,22 +410,6 @@ def test_gemma3_every_sixth_layer_is_global() -> None:
 
 # ----- exact sizes from safetensors headers ---------------------------------------------------------
 
-DTYPE_BYTES = {"BF16": 2, "F32": 4, "F8_E4M3": 1}
-
-
-def _write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...]]]) -> int:
-    header: dict[str, object] = {}
-    offset = 0
-    for name, (dtype, shape) in sorted(tensors.items()):
-        size = DTYPE_BYTES[dtype]
-        for dim in shape:
-            size *= dim
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * offset)
-    return offset
-
 
 def _tiny_llama_tensors(h: int, inter: int, layers: int, heads: int, kv: int, vocab: int, dtype: str) -> dict:
     d = h // heads
@@ -466,8 +450,8 @@ def test_safetensors_headers_win_over_counting(tmp_path: Path) -> None:
     tensors["model.layers.2.mlp.gate_proj.weight"] = ("BF16", (inter, h))
     names = sorted(tensors)
     half = len(names) // 2
-    size_a = _write_safetensors(tmp_path / "model-00001-of-00002.safetensors", {n: tensors[n] for n in names[:half]})
-    size_b = _write_safetensors(tmp_path / "model-00002-of-00002.safetensors", {n: tensors[n] for n in names[half:]})
+    size_a = write_safetensors(tmp_path / "model-00001-of-00002.safetensors", {n: tensors[n] for n in names[:half]})
+    size_b = write_safetensors(tmp_path / "model-00002-of-00002.safetensors", {n: tensors[n] for n in names[half:]})
     index = {
         "weight_map": {
             n: ("model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors")
@@ -498,7 +482,7 @@ def test_fp8_checkpoint_headers_give_exact_bytes(tmp_path: Path) -> None:
     )
     (tmp_path / "config.json").write_text(json.dumps(config))
     tensors = _tiny_llama_tensors(h, inter, layers, heads, kv, vocab, "F8_E4M3")
-    total = _write_safetensors(tmp_path / "model.safetensors", tensors)
+    total = write_safetensors(tmp_path / "model.safetensors", tensors)
     profile = analyze(tmp_path)
     assert profile.weight_bytes == total
     assert profile.component("mlp").bytes == layers * 3 * h * inter

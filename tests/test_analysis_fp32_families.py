@@ -4,30 +4,15 @@ Command-R, InternLM 2/3, Baichuan. The configs carry the public config.json fiel
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
+from safetensors_support import write_safetensors
 
 from gpustack_pulumi import catalog
 from gpustack_pulumi.analysis import analyze, profile_from_config
 
 GIB = 1024**3
-
-
-def _write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...]]]) -> int:
-    sizes = {"BF16": 2, "F32": 4}
-    header: dict[str, object] = {}
-    offset = 0
-    for name, (dtype, shape) in sorted(tensors.items()):
-        size = sizes[dtype]
-        for dim in shape:
-            size *= dim
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * offset)
-    return offset
 
 
 # ----- item 2: fp32 checkpoints ----------------------------------------------------------------------------
@@ -68,7 +53,7 @@ def test_fp32_safetensors_are_cast_to_16_bits(tmp_path: Path) -> None:
             p + "input_layernorm.weight": ("F32", (h,)),
             p + "post_attention_layernorm.weight": ("F32", (h,)),
         }
-    on_disk = _write_safetensors(tmp_path / "model.safetensors", tensors)
+    on_disk = write_safetensors(tmp_path / "model.safetensors", tensors)
     profile = analyze(tmp_path)
     assert profile.exact_weights
     assert profile.weight_bytes == on_disk // 2
