@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from placement_bench import MIXED_MODELS
+
 GPU_TYPES = {  # product, memory (NVML total), compute capability, NVLink
     "H100": ("NVIDIA H100 80GB HBM3", 85520809984, "9.0", True),
     "A100": ("NVIDIA A100-SXM4-80GB", 85899345920, "8.0", True),
@@ -27,16 +29,8 @@ GPU_TYPES = {  # product, memory (NVML total), compute capability, NVLink
     "L4": ("NVIDIA L4", 24152899584, "8.9", False),
 }
 SHARES = {"H100": 0.4, "A100": 0.3, "L40S": 0.2, "L4": 0.1}
-MODELS = [  # (model, weight, max_model_len choices, concurrency choices)
-    ("Qwen/Qwen3-0.6B", 0.30, (4096, 8192), (1, 4)),
-    ("Qwen/Qwen3-8B", 0.22, (8192, 32768), (1, 4)),
-    ("meta-llama/Llama-3.1-8B-Instruct", 0.14, (8192,), (1, 4)),
-    ("Qwen/Qwen3-30B-A3B", 0.10, (8192, 32768), (1, 4)),
-    ("Qwen/Qwen3-32B", 0.10, (8192,), (1, 4)),
-    ("openai/gpt-oss-20b", 0.08, (8192, 32768), (1, 4)),
-    ("openai/gpt-oss-120b", 0.05, (8192,), (1,)),
-    ("Qwen/Qwen3-235B-A22B", 0.01, (8192,), (1,)),
-]
+# The same mix of models as the placement benchmark's scale case (placement_bench.py, beside this file).
+MODELS = MIXED_MODELS
 
 
 def inventory_document(nodes: int) -> dict:

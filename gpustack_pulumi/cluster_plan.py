@@ -41,10 +41,6 @@ class ReplicaSlice(BaseModel):
     launch: list[dict] = Field(default_factory=list, description="LaunchSpecs (JSON), head first.")
     reason: str = ""
 
-    @property
-    def key(self) -> str:
-        return replica_key(self.deployment, self.replica)
-
 
 class ClusterPlan(BaseModel):
     """The cluster's plan: the placement (the same Plan the CLI prints) and each replica's slice."""
