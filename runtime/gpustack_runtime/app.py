@@ -41,6 +41,7 @@ from gpustack_runtime.capacity import (
     NodeInfo,
     build_capacity_document,
     read_host_facts,
+    attribute_external,
     split_device_usage,
 )
 from gpustack_runtime.config import AgentConfig, agent_version
@@ -225,8 +226,14 @@ class AgentRuntime:
         snapshots = self.backend.snapshot()
         trees: dict[str, set[int]] = {}
         if any(snapshot.processes for snapshot in snapshots):
-            trees = await self.trees.trees()
+            trees = self._with_external(snapshots, await self.trees.trees())
         return snapshots, split_device_usage(snapshots, trees)
+
+    def _with_external(self, snapshots: list[DeviceSnapshot], trees: dict[str, set[int]]) -> dict[str, set[int]]:
+        external = [record.id for record in self.ledger.reservations() if record.external]
+        return attribute_external(
+            snapshots, trees, external, lambda pid: procfs.read_environ_value(pid, procfs.INSTANCE_ID_ENV)
+        )
 
     async def capacity(self) -> CapacityDocument:
         snapshots, usages = await self.read_devices()
@@ -243,7 +250,7 @@ class AgentRuntime:
     def scrape_view(self) -> ScrapeView:
         assert self.trees is not None
         snapshots = self.backend.snapshot()
-        trees = self.trees.last() if any(snapshot.processes for snapshot in snapshots) else {}
+        trees = self._with_external(snapshots, self.trees.last()) if any(s.processes for s in snapshots) else {}
         usages = split_device_usage(snapshots, trees)
         return ScrapeView(
             snapshots=snapshots,

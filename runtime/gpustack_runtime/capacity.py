@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
@@ -83,6 +83,31 @@ def read_host_facts() -> HostFacts:
         agent_version=agent_version(),
         python_version=platform.python_version(),
     )
+
+
+def attribute_external(
+    snapshots: Sequence[DeviceSnapshot],
+    process_trees: Mapping[str, set[int]],
+    external_ids: Iterable[str],
+    instance_id_of: Callable[[int], str | None],
+) -> dict[str, set[int]]:
+    """``process_trees`` plus, for each external reservation, the device processes in no tree whose
+    ``instance_id_of`` (the ``GPUSTACK_INSTANCE_ID`` of their environment) names it: a pod's engine then counts
+    as the reservation's use instead of foreign memory (no double count of claim and use)."""
+    wanted = set(external_ids)
+    trees = {instance_id: set(pids) for instance_id, pids in process_trees.items()}
+    if not wanted:
+        return trees
+    known = {pid for pids in trees.values() for pid in pids}
+    for snapshot in snapshots:
+        for process in snapshot.processes:
+            if process.pid in known:
+                continue
+            owner = instance_id_of(process.pid)
+            if owner in wanted:
+                trees.setdefault(owner, set()).add(process.pid)
+                known.add(process.pid)
+    return trees
 
 
 def split_device_usage(snapshots: Sequence[DeviceSnapshot], process_trees: Mapping[str, set[int]]) -> list[DeviceUsage]:

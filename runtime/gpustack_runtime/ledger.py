@@ -122,11 +122,13 @@ class ReservationRecord(BaseModel):
     device_indices: list[NonNegativeInt]
     memory_bytes_per_device: NonNegativeInt
     ttl_seconds: float = Field(gt=0)
-    expires_at: float | None = Field(description="Unix time; None once confirmed by an instance.")
+    expires_at: float | None = Field(description="Unix time; None once confirmed by an instance, or external.")
+    external: bool = False
+    """Held for an engine another runner starts: never expires, always counted (no instance confirms it)."""
 
     @property
     def confirmed(self) -> bool:
-        return self.expires_at is None
+        return self.expires_at is None and not self.external
 
     def is_live(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
@@ -137,6 +139,7 @@ class ReservationRecord(BaseModel):
             and self.device_indices == list(body.device_indices)
             and self.memory_bytes_per_device == body.memory_bytes_per_device
             and self.ttl_seconds == body.ttl_seconds
+            and self.external == body.external
         )
 
     def to_claim(self) -> Claim:
@@ -156,6 +159,7 @@ class ReservationRecord(BaseModel):
             memory_bytes_per_device=self.memory_bytes_per_device,
             expires_at=self.expires_at,
             confirmed=self.confirmed,
+            external=self.external,
         )
 
 
@@ -257,7 +261,7 @@ class Ledger:
             self._instances = {status.id: Claim.for_instance(status.id, status) for status in instances}
             changed = False
             for reservation_id, record in list(self._reservations.items()):
-                if reservation_id in self._instances and not record.confirmed:
+                if reservation_id in self._instances and not record.confirmed and not record.external:
                     self._reservations[reservation_id] = record.model_copy(update={"expires_at": None})
                     changed = True
                 elif record.confirmed and reservation_id not in self._instances:
@@ -321,7 +325,8 @@ class Ledger:
                 rejection = self._check_locked(claim, devices)
                 if rejection is not None:
                     return rejection
-            if previous_reservation is not None and not previous_reservation.confirmed:
+            pending = previous_reservation is not None and not previous_reservation.confirmed
+            if pending and previous_reservation is not None and not previous_reservation.external:
                 # Written first: when the file cannot be written (OSError), nothing has changed.
                 self._commit_reservations_locked(
                     {**self._reservations, instance_id: previous_reservation.model_copy(update={"expires_at": None})}
@@ -386,7 +391,7 @@ class Ledger:
             self._expire_locked()
             now = self._clock()
             previous = self._reservations.get(reservation_id)
-            if reservation_id in self._instances:
+            if reservation_id in self._instances and not body.external:
                 record = ReservationRecord(
                     id=reservation_id,
                     owner=body.owner,
@@ -402,7 +407,8 @@ class Ledger:
                     device_indices=list(body.device_indices),
                     memory_bytes_per_device=body.memory_bytes_per_device,
                     ttl_seconds=body.ttl_seconds,
-                    expires_at=now + body.ttl_seconds,
+                    expires_at=None if body.external else now + body.ttl_seconds,
+                    external=body.external,
                 )
                 if previous is None or not previous.same_request(body):
                     rejection = self._check_locked(record.to_claim(), devices)

@@ -187,12 +187,18 @@ class InstanceStatus(WireModel):
 
 class ReservationBody(WireModel):
     """``PUT /v1/reservations/{id}``: expires after ``ttl_seconds`` unless an instance with the same id
-    confirms it."""
+    confirms it. An ``external`` reservation holds memory for an engine this agent does not start (a Kubernetes
+    pod): it never expires (``ttl_seconds`` is ignored) and stays until deleted."""
 
     owner: OwnerText
     device_indices: list[DeviceIndex] = Field(default_factory=list, max_length=MAX_DEVICES)
     memory_bytes_per_device: MemoryBytes = 0
     ttl_seconds: float = Field(default=300, gt=0, le=86400)
+    external: bool = Field(
+        default=False,
+        description="Held for an engine another runner starts. Device processes whose environment has "
+        "GPUSTACK_INSTANCE_ID=<this reservation's id> count as its use, not as foreign memory.",
+    )
 
 
 class ReservationStatus(WireModel):
@@ -200,8 +206,9 @@ class ReservationStatus(WireModel):
     owner: str
     device_indices: list[NonNegativeInt]
     memory_bytes_per_device: NonNegativeInt
-    expires_at: float | None = Field(description="Unix time; None once confirmed by an instance.")
+    expires_at: float | None = Field(description="Unix time; None once confirmed by an instance, or external.")
     confirmed: bool = False
+    external: bool = False
 
 
 # --- Admission (409 bodies) -------------------------------------------------------------------------

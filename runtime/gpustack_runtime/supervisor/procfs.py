@@ -211,14 +211,24 @@ it finds the whole engine even where the process tree and the process group do n
 (A process that execs with an emptied environment escapes it; cgroups would catch that one.)"""
 
 
+INSTANCE_ID_ENV = "GPUSTACK_INSTANCE_ID"
+"""Set by another runner (the Kubernetes pool's pods) in an engine it starts for an external reservation: the
+agent counts that engine's device memory as the reservation's, not as foreign."""
+
+
 def read_marker(pid: int) -> str | None:
     """The value of :data:`ENGINE_MARK_ENV` in ``pid``'s initial environment, None when absent or
     unreadable (the process exited, or it is another user's and we are not root)."""
+    return read_environ_value(pid, ENGINE_MARK_ENV)
+
+
+def read_environ_value(pid: int, name: str) -> str | None:
+    """The value of ``name`` in ``pid``'s initial environment, None when absent or unreadable."""
     try:
         raw = (PROC_ROOT / str(pid) / "environ").read_bytes()
     except OSError:
         return None
-    key = ENGINE_MARK_ENV.encode() + b"="
+    key = name.encode() + b"="
     for entry in raw.split(b"\0"):
         if entry.startswith(key):
             return entry[len(key) :].decode("utf-8", errors="replace")
