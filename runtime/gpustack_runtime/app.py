@@ -39,9 +39,9 @@ from gpustack_runtime.auth import TokenCheck
 from gpustack_runtime.capacity import (
     HostFacts,
     NodeInfo,
+    attribute_external,
     build_capacity_document,
     read_host_facts,
-    attribute_external,
     split_device_usage,
 )
 from gpustack_runtime.config import AgentConfig, agent_version
