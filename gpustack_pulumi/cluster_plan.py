@@ -26,6 +26,9 @@ from gpustack_pulumi.placement.models import Deployment, PlacedReplica, Plan, St
 from gpustack_pulumi.placement.planner import DEFAULT_TIME_BUDGET_S, plan
 
 ReplicaStatus = Literal["placed", "pending"]
+RUNNER_LABEL = "gpustack.ai/runner"
+"""Node label naming who starts engines on the node; absent means its agent does."""
+Runner = Literal["agent", "kubernetes"]
 
 
 class ReplicaSlice(BaseModel):
@@ -40,6 +43,11 @@ class ReplicaSlice(BaseModel):
     placement: PlacedReplica | None = None
     launch: list[dict] = Field(default_factory=list, description="LaunchSpecs (JSON), head first.")
     reason: str = ""
+    runner: Runner = Field(
+        default="agent",
+        description="Who starts its engines: the agents, or Kubernetes (the KubernetesGpuPool's workloads; the "
+        "replica then only holds its memory on the agents with external reservations).",
+    )
 
 
 class ClusterPlan(BaseModel):
@@ -54,6 +62,18 @@ class ClusterPlan(BaseModel):
     @property
     def ok(self) -> bool:
         return not self.failures
+
+
+def runner_of(inventory: Inventory, nodes: Iterable[str]) -> Runner | str:
+    """The runner of a replica on ``nodes``: every node's ``gpustack.ai/runner`` label (``agent`` when absent);
+    a message when they differ (one replica cannot be half Kubernetes pods, half agent processes)."""
+    labels = {node.name: (node.labels or {}).get(RUNNER_LABEL, "agent") for node in inventory.nodes}
+    runners = {labels.get(node, "agent") for node in nodes}
+    if runners <= {"agent"}:
+        return "agent"
+    if runners == {"kubernetes"}:
+        return "kubernetes"
+    return f"its nodes have different runners ({', '.join(sorted(runners))}); keep a replica within one pool kind"
 
 
 def replica_key(deployment: str, replica: int) -> str:
@@ -136,6 +156,10 @@ def plan_cluster(
                 failures.append(f"{replica.deployment} replica {replica.replica}: the engine refuses: {refusal}")
                 continue
             launch = [spec.model_dump(mode="json") for spec in specs]
+        runner = runner_of(inventory, [p.node for p in replica.placements])
+        if runner not in ("agent", "kubernetes"):
+            failures.append(f"{replica.deployment} replica {replica.replica}: {runner}")
+            continue
         key = replica_key(replica.deployment, replica.replica)
         slices[key] = ReplicaSlice(
             deployment=replica.deployment,
@@ -145,6 +169,7 @@ def plan_cluster(
             placement=replica,
             launch=launch,
             reason=replica.reason,
+            runner=runner,  # type: ignore[arg-type]
         )
     placed_priorities = [by_name[r.deployment].priority for r in placed.replicas]
     for unplaced in placed.unplaced:
@@ -164,4 +189,14 @@ def plan_cluster(
     return ClusterPlan(plan=placed, replicas=dict(sorted(slices.items())), failures=failures)
 
 
-__all__ = ["ClusterPlan", "ProfileMemo", "ReplicaSlice", "plan_cluster", "replica_key", "replica_owner"]
+__all__ = [
+    "RUNNER_LABEL",
+    "ClusterPlan",
+    "ProfileMemo",
+    "ReplicaSlice",
+    "Runner",
+    "plan_cluster",
+    "replica_key",
+    "replica_owner",
+    "runner_of",
+]

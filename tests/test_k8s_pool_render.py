@@ -296,6 +296,26 @@ def test_multi_node_replica_is_a_leader_and_worker_statefulset_pair(objects: lis
     assert leader["metadata"]["labels"]["gpustack.ai/role"] == "head"
 
 
+def test_replicas_on_the_pool_are_run_by_kubernetes_and_their_pods_name_their_reservation(
+    objects: list[dict[str, Any]], plan: dict[str, Any]
+) -> None:
+    """The plan marks every replica on the pool's nodes as run by Kubernetes (the agents only hold its memory,
+    never start it), and each engine pod carries the id of the replica's external reservation on its node, by
+    which the agent counts the pod's device memory as that reservation's."""
+    from gpustack_pulumi.providers.model_replica import instance_id
+
+    placed = [s for s in plan["replicas"].values() if s["status"] == "placed"]
+    assert placed and {s["runner"] for s in placed} == {"kubernetes"}
+    objs = by_kind_name(objects)
+    small = plan["replicas"]["small/0"]
+    assert env_of(engine(objs["Deployment", "small-r0"]))["GPUSTACK_INSTANCE_ID"] == instance_id(small["owner"], 0)
+    wide = plan["replicas"]["wide/0"]
+    leader, workers = objs["StatefulSet", "wide-r0-leader"], objs["StatefulSet", "wide-r0-workers"]
+    assert env_of(engine(leader))["GPUSTACK_INSTANCE_ID"] == instance_id(wide["owner"], 0)
+    assert env_of(engine(workers))["GPUSTACK_INSTANCE_ID"] == instance_id(wide["owner"], 1)
+    assert instance_id(wide["owner"], 0) != instance_id(wide["owner"], 1)
+
+
 def test_worker_statefulset_of_three_nodes_picks_its_launch_by_node() -> None:
     nodes = [KubernetesNode(f"pp-{i}", "NVIDIA L4", 1, address=f"10.0.1.{i}") for i in range(1, 5)]
     inventory = Inventory.model_validate({"nodes": render.planned_capacity(nodes, "k8s")})
@@ -312,6 +332,11 @@ def test_worker_statefulset_of_three_nodes_picks_its_launch_by_node() -> None:
     assert container["command"][:2] == ["python3", "-c"]
     by_node = json.loads(env_of(container)["GPUSTACK_LAUNCH_BY_NODE"])
     assert set(by_node) == {spec["node"] for spec in result.replicas["wide/0"].launch[1:]}
+    from gpustack_pulumi.providers.model_replica import instance_id
+
+    owner = result.replicas["wide/0"].owner
+    for rank, spec in enumerate(result.replicas["wide/0"].launch[1:], start=1):
+        assert by_node[spec["node"]]["env"]["GPUSTACK_INSTANCE_ID"] == instance_id(owner, rank)
     for obj in objs.values():
         kubernetes_validate.validate(obj, VERSIONS[-1], strict=True)
 
@@ -406,3 +431,14 @@ def test_names_are_dns_labels_and_never_collide() -> None:
     assert render.dns_name(long_a) != render.dns_name(long_b) and len(render.dns_name(long_a)) <= 63
     assert render.dns_name("Chat") != render.dns_name("chat") and _DNS_LABEL.match(render.dns_name("Chat_Model.v2"))
     assert render.label_value("proj/dev/chat/r0/") != render.label_value("proj-dev-chat-r0")
+
+
+def test_a_replica_cannot_be_half_pods_half_agent_processes() -> None:
+    from gpustack_pulumi.cluster_plan import runner_of
+
+    k8s_nodes = render.planned_capacity([KubernetesNode("gpu-a", "NVIDIA L4", 1)], "k8s")
+    plain = {**k8s_nodes[0], "name": "ssh-b", "labels": {"tier": "x"}}
+    inventory = Inventory.model_validate({"nodes": [*k8s_nodes, plain]})
+    assert runner_of(inventory, ["gpu-a"]) == "kubernetes"
+    assert runner_of(inventory, ["ssh-b"]) == "agent"
+    assert "different runners (agent, kubernetes)" in runner_of(inventory, ["gpu-a", "ssh-b"])

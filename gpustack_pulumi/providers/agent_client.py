@@ -321,6 +321,12 @@ class AgentClient:
         )
         return ReservationStatus.model_validate(response.json())
 
+    def get_reservation(self, reservation_id: str) -> ReservationStatus | None:
+        response = self._request("GET", f"/v1/reservations/{reservation_id}", f"reading {reservation_id}")
+        if response.status_code == 404:
+            return None
+        return ReservationStatus.model_validate(response.json())
+
     def delete_reservation(self, reservation_id: str) -> bool:
         response = self._request("DELETE", f"/v1/reservations/{reservation_id}", f"releasing {reservation_id}")
         return response.status_code != 404

@@ -10,6 +10,10 @@
   left pending (higher priorities hold the room) is recorded with its reason and runs nothing.
 - ``read`` reports drift: the instance gone, failed, or restarted. ``delete`` stops the instances and frees the
   reservations, and finishes (saying so) when an agent is gone for good.
+- A replica the plan put on a Kubernetes pool (``runner: kubernetes``, nodes labelled ``gpustack.ai/runner``)
+  starts nothing: the pool's pods run it. ``create`` holds its memory on each node's agent with an *external*
+  reservation (the pods carry its id in ``GPUSTACK_INSTANCE_ID``), ``read`` checks the reservations are still
+  there, ``delete`` frees them.
 """
 
 from __future__ import annotations
@@ -67,11 +71,14 @@ class ModelReplicaProvider(ResourceProvider):
             placement = {"status": "pending", "reason": replica_slice.get("reason", "")}
             return CheckResult({**news, "placement": placement, "launch": []}, [])
         placement = {**replica_slice["placement"], "replica": int(news["replica"])}
-        return CheckResult({**news, "placement": placement, "launch": replica_slice.get("launch") or []}, [])
+        launch = replica_slice.get("launch") or []
+        return CheckResult({**news, "placement": placement, "launch": launch, "runner": _runner(replica_slice)}, [])
 
     # ----- diff ---------------------------------------------------------------------------------------------
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         replaces = [key for key in REPLACE_KEYS if _placement_key(olds.get(key)) != _placement_key(news.get(key))]
+        if (olds.get("runner") or "agent") != (news.get("runner") or "agent"):
+            replaces.append("runner")  # agent processes become pods or back: a different replica
         if (news.get("placement") or {}).get("status") == DECIDED_AT_UPDATE:
             replaces = []  # unknown until update; the update's check decides
         # A node's agent that moved (a new port after a restart) updates the replica in place: delete must reach
@@ -82,7 +89,7 @@ class ModelReplicaProvider(ResourceProvider):
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]):
         from pulumi.dynamic import UpdateResult
 
-        keep = {k: olds[k] for k in ("instances", "endpoint", "node", "state", "restarts") if k in olds}
+        keep = {k: olds[k] for k in ("instances", "reservations", "endpoint", "node", "state", "restarts") if k in olds}
         return UpdateResult(outs={**news, **keep})
 
     # ----- create ---------------------------------------------------------------------------------------------
@@ -94,6 +101,8 @@ class ModelReplicaProvider(ResourceProvider):
             return CreateResult(id_=instance_id(props["owner"], 0), outs=outs)
         if placement.get("status") == DECIDED_AT_UPDATE or not launch:
             raise RuntimeError("the replica has no placement: its agents were unknown when it was checked")
+        if props.get("runner") == "kubernetes":
+            return self._hold_for_kubernetes(props)
         owner, token = props["owner"], props["token"]
         agents: dict[str, str] = props["agents"]
         secrets: dict[str, str] = props.get("secrets") or {}
@@ -124,10 +133,34 @@ class ModelReplicaProvider(ResourceProvider):
                 "restarts": 0}  # fmt: skip
         return CreateResult(id_=head_id, outs=outs)
 
+    def _hold_for_kubernetes(self, props: dict[str, Any]) -> CreateResult:
+        """A replica on a Kubernetes pool: its pods (the pool's workloads) run the engines. Here its memory is
+        held on each node's agent with an external reservation (no lease to renew, the agent counts the pod's
+        device memory as the reservation's), so no other replica or stack is admitted onto it; nothing starts."""
+        owner, token, launch = props["owner"], props["token"], props["launch"]
+        agents: dict[str, str] = props["agents"]
+        pins = url_pins(props)
+        held: list[tuple[str, str]] = []
+        try:
+            for rank, spec in enumerate(launch):
+                url, iid = agents[spec["node"]], instance_id(owner, rank)
+                with AgentClient(url, token, pins.get(url)) as agent:
+                    agent.put_reservation(iid, _reservation(owner, spec, external=True))
+                held.append((url, iid))
+        except Exception:
+            _undo(held, token, pins)
+            raise
+        reservations = [{"node": spec["node"], "id": instance_id(owner, rank)} for rank, spec in enumerate(launch)]
+        outs = {**props, "instances": [], "reservations": reservations, "endpoint": None, "node": launch[0]["node"],
+                "state": "held", "restarts": 0}  # fmt: skip
+        return CreateResult(id_=instance_id(owner, 0), outs=outs)
+
     # ----- read (refresh) --------------------------------------------------------------------------------
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         instances = props.get("instances") or []
         agents: dict[str, str] = props.get("agents") or {}
+        if props.get("runner") == "kubernetes":
+            return self._read_held(id_, props)
         if not instances:
             return ReadResult(id_=id_, outs=props)
         states, restarts, now = [], 0, []
@@ -147,6 +180,21 @@ class ModelReplicaProvider(ResourceProvider):
             now.append({**known, "pid": status.pid, "port": status.port})
         state = next((s for s in states if s != "ready"), "ready")
         return ReadResult(id_=id_, outs={**props, "instances": now, "state": state, "restarts": restarts})
+
+    def _read_held(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """Drift of a Kubernetes-run replica: a reservation gone from its agent (the next update holds it again)."""
+        agents: dict[str, str] = props.get("agents") or {}
+        pins = url_pins(props)
+        for held in props.get("reservations") or []:
+            url = agents.get(held["node"])
+            try:
+                with AgentClient(url, props["token"], pins.get(url)) as agent:
+                    status = agent.get_reservation(held["id"])
+            except AgentUnreachable:
+                return ReadResult(id_=id_, outs={**props, "state": "unreachable"})
+            if status is None:
+                return ReadResult(id_="", outs={})
+        return ReadResult(id_=id_, outs={**props, "state": "held"})
 
     # ----- delete ------------------------------------------------------------------------------------------------
     def delete(self, _id: str, props: dict[str, Any]) -> None:
@@ -234,7 +282,11 @@ def read_inventory(
     return Inventory(nodes=documents)
 
 
-def _reservation(owner: str, spec: dict[str, Any]):
+def _runner(replica_slice: dict[str, Any]) -> str:
+    return str(replica_slice.get("runner") or "agent")
+
+
+def _reservation(owner: str, spec: dict[str, Any], *, external: bool = False):
     from gpustack_runtime.wire import ReservationBody
 
     return ReservationBody(
@@ -242,6 +294,7 @@ def _reservation(owner: str, spec: dict[str, Any]):
         device_indices=[int(i) for i in spec["visible_devices"]],
         memory_bytes_per_device=int(spec.get("memory_bytes_per_device") or 0),
         ttl_seconds=RESERVATION_TTL_S,
+        external=external,
     )
 
 

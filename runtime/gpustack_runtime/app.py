@@ -57,6 +57,7 @@ from gpustack_runtime.metrics import (
 from gpustack_runtime.supervisor import NoFreePortError, procfs
 from gpustack_runtime.supervisor.launch import INSTANCE_ID_PATTERN
 from gpustack_runtime.wire import (
+    INSTANCE_ID_ENV,
     AdmissionRejection,
     CapacityDocument,
     InstanceBody,
@@ -232,7 +233,7 @@ class AgentRuntime:
     def _with_external(self, snapshots: list[DeviceSnapshot], trees: dict[str, set[int]]) -> dict[str, set[int]]:
         external = [record.id for record in self.ledger.reservations() if record.external]
         return attribute_external(
-            snapshots, trees, external, lambda pid: procfs.read_environ_value(pid, procfs.INSTANCE_ID_ENV)
+            snapshots, trees, external, lambda pid: procfs.read_environ_value(pid, INSTANCE_ID_ENV)
         )
 
     async def capacity(self) -> CapacityDocument:

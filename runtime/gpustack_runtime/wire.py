@@ -185,6 +185,11 @@ class InstanceStatus(WireModel):
     message: str | None = None
 
 
+INSTANCE_ID_ENV = "GPUSTACK_INSTANCE_ID"
+"""Set by another runner (the Kubernetes pool's pods) in an engine it starts for an external reservation: the
+agent counts that engine's device memory as the reservation's, not as foreign."""
+
+
 class ReservationBody(WireModel):
     """``PUT /v1/reservations/{id}``: expires after ``ttl_seconds`` unless an instance with the same id
     confirms it. An ``external`` reservation holds memory for an engine this agent does not start (a Kubernetes

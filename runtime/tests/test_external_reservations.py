@@ -20,8 +20,8 @@ import pytest
 from api_fixtures import GIB, MIB, StaticBackend, agent_config, engine_body, gpu, live_agent, put_json
 from gpustack_runtime.capacity import attribute_external
 from gpustack_runtime.devices.base import DeviceProcess, DeviceSnapshot
-from gpustack_runtime.supervisor.procfs import INSTANCE_ID_ENV, read_environ_value
-from gpustack_runtime.wire import CapacityDocument, ReservationBody, ReservationStatus
+from gpustack_runtime.supervisor.procfs import read_environ_value
+from gpustack_runtime.wire import INSTANCE_ID_ENV, CapacityDocument, ReservationBody, ReservationStatus
 
 MARGIN = 256 * MIB
 POD_ID = "proj.stack.chat.r0-"

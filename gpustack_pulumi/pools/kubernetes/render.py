@@ -46,6 +46,7 @@ Vendor = Literal["nvidia", "ascend"]
 PART_OF = "gpustack"
 MANAGED_BY = "pulumi"
 LABEL_PREFIX = "gpustack.ai"
+INSTANCE_ID_ENV = "GPUSTACK_INSTANCE_ID"  # gpustack_runtime.wire.INSTANCE_ID_ENV: the agent reads it
 DEDICATED_TAINT = f"{LABEL_PREFIX}/dedicated"
 NVIDIA_GPU = "nvidia.com/gpu"
 ASCEND_NPU = "huawei.com/Ascend910"
@@ -544,11 +545,13 @@ def _merge_env(*groups: Iterable[Manifest]) -> list[Manifest]:
 
 def _pod_template(settings: PoolSettings, spec: Mapping[str, Any], node: KubernetesNode | None, vendor: Vendor,
                   labels: Mapping[str, str], annotations: Mapping[str, str], *, host_network: bool,
-                  affinity: Manifest) -> Manifest:  # fmt: skip
+                  affinity: Manifest, instance: str) -> Manifest:  # fmt: skip
     argv, engine_env, image = _container_for(settings, spec)
     limits, device_env = _gpu_wiring(settings, node, spec.get("visible_devices") or [], vendor)
     volumes, mounts, cache_env = _cache_and_token(settings)
-    node_env = [{"name": "GPUSTACK_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+    # The agent counts the engine's device memory as the replica's external reservation by this variable.
+    node_env = [{"name": "GPUSTACK_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": INSTANCE_ID_ENV, "value": instance}]  # fmt: skip
     container: Manifest = {
         "name": "engine",
         "image": image,
@@ -625,7 +628,8 @@ def render_replica(settings: PoolSettings, replica_slice: Mapping[str, Any],
                   f"{LABEL_PREFIX}/instance-id": label_value(instance_id(owner, 0))}  # fmt: skip
         selector = {**_engine_labels(settings, deployment), f"{LABEL_PREFIX}/replica": str(index)}
         template = _pod_template(settings, head, head_node, vendor, labels, _annotations(replica_slice, head),
-                                 host_network=False, affinity=_pin([head["node"]]))  # fmt: skip
+                                 host_network=False, affinity=_pin([head["node"]]),
+                                 instance=instance_id(owner, 0))  # fmt: skip
         return [{
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -649,7 +653,10 @@ def _render_multi_node(settings: PoolSettings, replica_slice: Mapping[str, Any],
     worker node: pinned to the worker nodes, kept apart by anti-affinity). Each worker pod runs the launch spec of
     the node it lands on (chosen by ``spec.nodeName``), so the pair needs no per-ordinal placement. Host network:
     the engines reach each other at the node addresses the plan gave them."""
+    from gpustack_pulumi.providers.model_replica import instance_id
+
     deployment, index = str(replica_slice["deployment"]), int(replica_slice["replica"])
+    owner = str(replica_slice["owner"])
     head, workers = launch[0], launch[1:]
     selector_base = {**_engine_labels(settings, deployment), f"{LABEL_PREFIX}/replica": str(index)}
     service = {
@@ -670,9 +677,11 @@ def _render_multi_node(settings: PoolSettings, replica_slice: Mapping[str, Any],
                 {"labelSelector": {"matchLabels": dict(selector)}, "topologyKey": HOSTNAME_LABEL}]}  # fmt: skip
         first = specs[0]
         template = _pod_template(settings, first, nodes.get(str(first["node"])), vendor, labels,
-                                 _annotations(replica_slice, first), host_network=True, affinity=affinity)  # fmt: skip
+                                 _annotations(replica_slice, first), host_network=True, affinity=affinity,
+                                 instance=instance_id(owner, launch.index(first)))  # fmt: skip
         if role == "worker" and len(specs) > 1:
-            _select_launch_by_node(settings, template, specs, vendor)
+            ids = {str(spec["node"]): instance_id(owner, launch.index(spec)) for spec in specs}
+            _select_launch_by_node(settings, template, specs, vendor, ids)
         objects.append({
             "apiVersion": "apps/v1",
             "kind": "StatefulSet",
@@ -697,7 +706,11 @@ _BY_NODE_LAUNCHER = (
 
 
 def _select_launch_by_node(
-    settings: PoolSettings, template: Manifest, specs: Sequence[Mapping[str, Any]], vendor: Vendor
+    settings: PoolSettings,
+    template: Manifest,
+    specs: Sequence[Mapping[str, Any]],
+    vendor: Vendor,
+    instance_ids: Mapping[str, str],
 ) -> None:
     counts = {len(spec.get("visible_devices") or []) for spec in specs}
     if settings.gpu_assignment == "device-plugin" and len(counts) > 1:
@@ -710,6 +723,7 @@ def _select_launch_by_node(
     for spec in specs:
         argv, env, _image = _container_for(settings, spec)
         plain = {item["name"]: item["value"] for item in env if "value" in item}
+        plain[INSTANCE_ID_ENV] = instance_ids[str(spec["node"])]
         if settings.gpu_assignment == "plan":
             # The runtime exposes the union, renumbered from 0 inside the container: the node's own devices
             # are their positions in it.

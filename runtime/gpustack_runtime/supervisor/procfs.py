@@ -211,11 +211,6 @@ it finds the whole engine even where the process tree and the process group do n
 (A process that execs with an emptied environment escapes it; cgroups would catch that one.)"""
 
 
-INSTANCE_ID_ENV = "GPUSTACK_INSTANCE_ID"
-"""Set by another runner (the Kubernetes pool's pods) in an engine it starts for an external reservation: the
-agent counts that engine's device memory as the reservation's, not as foreign."""
-
-
 def read_marker(pid: int) -> str | None:
     """The value of :data:`ENGINE_MARK_ENV` in ``pid``'s initial environment, None when absent or
     unreadable (the process exited, or it is another user's and we are not root)."""

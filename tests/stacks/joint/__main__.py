@@ -1,7 +1,8 @@
 """Test stack: two local agents with fake GPUs (2 × 6 GiB each) and several multi-replica llama.cpp deployments.
 
 Config: gpustack:stateDir (required), gpustack:deploy (0: only the agents; 1: the deployments; 2: also a
-high-priority deployment that needs room the others hold).
+high-priority deployment that needs room the others hold), gpustack:runner (kubernetes: the agents report the
+label a KubernetesGpuPool's agents report, so replicas are held on them for pods, never started).
 """
 
 import sys
@@ -15,12 +16,14 @@ config = pulumi.Config("gpustack")
 state = Path(config.require("stateDir"))
 deploy = config.get_int("deploy") or 0
 model = config.require("model")
+runner_labels = {"gpustack.ai/runner": config.get("runner")} if config.get("runner") else {}
 
 token = AgentToken("agent-token")
 pools = [
     LocalNodePool(
         f"pool-{node}",
-        {"agent_token": token.token, "node_name": node, "devices": "nvml", "state_dir": str(state / node)},
+        {"agent_token": token.token, "node_name": node, "devices": "nvml", "state_dir": str(state / node),
+         "labels": runner_labels},
     )
     for node in ("n1", "n2")
 ]
