@@ -39,6 +39,12 @@ class PlanningMocks(RecordingMocks):
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
         resource_id, outputs = super().new_resource(args)
+        if args.name.endswith("-agent-tls"):
+            # The AgentCertificate's real provider: a real certificate, as `up` would make.
+            from gpustack_pulumi.providers.agent_certificate import AgentCertificateProvider
+
+            made = AgentCertificateProvider().create({"names": args.inputs["names"], "rotation": 0})
+            outputs = {**outputs, **made.outs}
         if args.typ.endswith("gpustack:ClusterPlan") and args.inputs.get("planned"):
             inventory = Inventory.model_validate({"nodes": args.inputs["planned"]})
             deployments = [Deployment.model_validate(d) for d in args.inputs["deployments"]]
@@ -69,10 +75,17 @@ def test_pool_cluster_and_workloads_under_mocks(mocks) -> None:
     workloads = pool.serve(cluster)
 
     def check(values: list) -> None:
-        endpoints, _ = values
-        assert endpoints == {"gpu-1": "http://10.0.0.1:10150", "gpu-2": "http://10.0.0.2:10150"}
+        endpoints, _, fingerprints, cert_pem = values
+        assert endpoints == {"gpu-1": "https://10.0.0.1:10150", "gpu-2": "https://10.0.0.2:10150"}
+        from gpustack_runtime.tls import fingerprint_of_pem
+
+        # One certificate for the pool: every node's agent is pinned to it.
+        assert fingerprints == {"gpu-1": fingerprint_of_pem(cert_pem), "gpu-2": fingerprint_of_pem(cert_pem)}
         by_name = {r.name: r for r in recorder.resources}
-        assert {"k8s", "k8s-agents", "k8s-secrets", "k8s-workloads", "gpus", "gpus-plan"} <= set(by_name)
+        assert {"k8s", "k8s-agent-tls", "k8s-agents", "k8s-secrets", "k8s-workloads", "gpus", "gpus-plan"} <= set(
+            by_name
+        )
+        assert by_name["k8s-agent-tls"].inputs["names"] == ["10.0.0.1", "10.0.0.2", "gpu-1", "gpu-2"]
         assert by_name["k8s"].typ == "gpustack:index:KubernetesGpuPool" and not by_name["k8s"].custom
         agents = by_name["k8s-agents"]
         assert agents.typ == "kubernetes:yaml/v2:ConfigGroup"
@@ -80,10 +93,20 @@ def test_pool_cluster_and_workloads_under_mocks(mocks) -> None:
         assert kinds == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet",
                          "Service"]  # fmt: skip
         assert "s3cret" not in json.dumps(agents.inputs) and "hf_abc" not in json.dumps(agents.inputs)
+        assert "PRIVATE KEY" not in json.dumps(agents.inputs)
+        [daemonset] = [o for o in agents.inputs["objs"] if o["kind"] == "DaemonSet"]
+        template = daemonset["spec"]["template"]
+        assert template["metadata"]["annotations"] == {"gpustack.ai/tls-fingerprint": fingerprints["gpu-1"]}
+        args = template["spec"]["containers"][0]["args"]
+        assert args[args.index("--tls-cert") + 1] == "/etc/gpustack-agent/tls.crt"
+        assert args[args.index("--tls-key") + 1] == "/etc/gpustack-agent/tls.key"
         secret = by_name["k8s-secrets"]
         assert secret.typ == "kubernetes:core/v1:Secret"
         string_data = secret.inputs["stringData"]
-        assert string_data.get("value") == {"hf-token": "hf_abc", "token": "s3cret"} and len(string_data) == 2
+        values = string_data.get("value")
+        assert {k: values[k] for k in ("hf-token", "token")} == {"hf-token": "hf_abc", "token": "s3cret"}
+        assert values["tls.crt"] == cert_pem and "PRIVATE KEY" in values["tls.key"]
+        assert sorted(values) == ["hf-token", "tls.crt", "tls.key", "token"] and len(string_data) == 2
         plan = by_name["gpus-plan"]
         assert plan.inputs["planned"] == pool.planned_capacity
         objs = by_name["k8s-workloads"].inputs["objs"]
@@ -100,7 +123,7 @@ def test_pool_cluster_and_workloads_under_mocks(mocks) -> None:
         assert "gpustack:index:KubernetesGpuPool$kubernetes:yaml/v2:ConfigGroup" in urns["k8s-workloads"]
         assert "gpustack:index:KubernetesGpuPool$kubernetes:core/v1:Secret" in urns["k8s-secrets"]
 
-    return pulumi.Output.all(pool.endpoints, workloads.urn).apply(check)
+    return pulumi.Output.all(pool.endpoints, workloads.urn, pool.fingerprints, pool.certificate.cert_pem).apply(check)
 
 
 @pytest.mark.parametrize(

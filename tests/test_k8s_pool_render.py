@@ -188,7 +188,7 @@ def test_agent_rbac_is_read_only_and_bound_to_its_service_account(objects: list[
 
 def test_endpoints_are_the_agents_host_port_on_each_node() -> None:
     endpoints = render.agent_endpoints(SETTINGS, NODES)
-    assert endpoints["gpu-1"] == "http://10.0.0.1:10150" and endpoints["npu-1"] == "http://npu-1:10150"
+    assert endpoints["gpu-1"] == "https://10.0.0.1:10150" and endpoints["npu-1"] == "https://npu-1:10150"
     assert list(endpoints) == sorted(endpoints)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import pulumi
 import pulumi.dynamic
 
+from gpustack_pulumi.providers.agent_certificate import AgentCertificateProvider
 from gpustack_pulumi.providers.cluster_plan import ClusterPlanProvider
 from gpustack_pulumi.providers.model_replica import ModelReplicaProvider
 from gpustack_pulumi.providers.token import AgentTokenProvider
@@ -20,6 +21,22 @@ class AgentToken(pulumi.dynamic.Resource, module="gpustack", name="AgentToken"):
     def __init__(self, name: str, rotation: int = 0, opts: pulumi.ResourceOptions | None = None) -> None:
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["token"]))
         super().__init__(AgentTokenProvider(), name, {"rotation": rotation, "token": None}, opts)
+
+
+class AgentCertificate(pulumi.dynamic.Resource, module="gpustack", name="AgentCertificate"):
+    """A self-signed TLS certificate for agents (the key a secret in state); clients pin ``fingerprint``."""
+
+    cert_pem: pulumi.Output[str]
+    key_pem: pulumi.Output[str]
+    fingerprint: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, names: list[str], rotation: int = 0, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["key_pem"]))
+        seeds = {"cert_pem": None, "key_pem": None, "fingerprint": None}
+        super().__init__(AgentCertificateProvider(), name, {"names": sorted(names), "rotation": rotation, **seeds},
+                         opts)  # fmt: skip
 
 
 class ClusterPlan(pulumi.dynamic.Resource, module="gpustack", name="ClusterPlan"):
@@ -55,4 +72,4 @@ class ModelReplica(pulumi.dynamic.Resource, module="gpustack", name="ModelReplic
 # LocalAgent lives with its pool (gpustack_pulumi.pools.local); re-exported here, where it used to be.
 from gpustack_pulumi.pools.local.resource import LocalAgent  # noqa: E402
 
-__all__ = ["AgentToken", "ClusterPlan", "LocalAgent", "ModelReplica"]
+__all__ = ["AgentCertificate", "AgentToken", "ClusterPlan", "LocalAgent", "ModelReplica"]

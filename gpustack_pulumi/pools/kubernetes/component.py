@@ -4,8 +4,10 @@
 The component validates its arguments, renders every object with the pure functions of
 :mod:`gpustack_pulumi.pools.kubernetes.render`, and creates them:
 
-- ``{name}-secrets`` (``core.v1.Secret``): the agent token and the engines' secret values (HF token, API keys),
-  as Pulumi secrets;
+- ``{name}-agent-tls`` (``AgentCertificate``): the agents' TLS certificate, made once and kept in state (the key a
+  secret); its fingerprint is what the cluster pins for every node of the pool;
+- ``{name}-secrets`` (``core.v1.Secret``): the agent token, the agents' certificate and key, and the engines'
+  secret values (HF token, API keys), as Pulumi secrets;
 - ``{name}-agents`` (``yaml.v2.ConfigGroup``): Namespace, ServiceAccount, ClusterRole(Binding), the agent
   DaemonSet(s) and the agents' headless Service;
 - ``serve(cluster)`` → ``{name}-workloads`` (``yaml.v2.ConfigGroup``): the Deployments / StatefulSet pairs,
@@ -90,6 +92,8 @@ class KubernetesGpuPoolArgs(TypedDict):
     """Image per engine for launch specs that name none."""
     secrets: NotRequired[dict[str, pulumi.Input[str]]]
     """Values of the secret references the deployments' engine options name (API keys)."""
+    tls_rotation: NotRequired[int]
+    """Bump to replace the agents' TLS certificate (the agents roll; clients pin the new fingerprint)."""
 
 
 class KubernetesGpuPool(pulumi.ComponentResource):
@@ -100,7 +104,9 @@ class KubernetesGpuPool(pulumi.ComponentResource):
     """
 
     endpoints: pulumi.Output[dict[str, str]]
-    """Node name → agent URL (the agent's host port on the node), known once the agents' DaemonSet rolled out."""
+    """Node name → agent URL (HTTPS on the agent's host port), known once the agents' DaemonSet rolled out."""
+    fingerprints: pulumi.Output[dict[str, str]]
+    """Node name → the SHA-256 fingerprint of the agents' certificate (one ``AgentCertificate`` for the pool)."""
     planned_capacity: list[dict] | None
     """Capacity documents of the declared nodes (catalog memory totals), so the first preview places."""
     manifests: list[dict]
@@ -118,7 +124,12 @@ class KubernetesGpuPool(pulumi.ComponentResource):
         self.settings = settings
         self.nodes = nodes
         child = pulumi.ResourceOptions(parent=self)
-        values: dict[str, Any] = {"token": args["agent_token"]}
+        from gpustack_pulumi.components.resources import AgentCertificate
+
+        names = sorted({node.name for node in nodes} | {node.address for node in nodes if node.address})
+        self.certificate = AgentCertificate(f"{name}-agent-tls", names, args.get("tls_rotation", 0), opts=child)
+        values: dict[str, Any] = {"token": args["agent_token"], render.TLS_CERT_KEY: self.certificate.cert_pem,
+                                  render.TLS_KEY_KEY: self.certificate.key_pem}  # fmt: skip
         if "hf_token" in args:
             values[HF_TOKEN_REFERENCE] = args["hf_token"]
         values.update(args.get("secrets") or {})
@@ -126,7 +137,8 @@ class KubernetesGpuPool(pulumi.ComponentResource):
             lambda resolved: render.render_secret(settings, resolved)["stringData"]
         )
         secret_manifest = render.render_secret(settings, {})
-        self.agents = k8s.yaml.v2.ConfigGroup(f"{name}-agents", objs=self.manifests, resource_prefix=name, opts=child)
+        objects = self.certificate.fingerprint.apply(lambda fp: render.render_agent_objects(settings, nodes, fp))
+        self.agents = k8s.yaml.v2.ConfigGroup(f"{name}-agents", objs=objects, resource_prefix=name, opts=child)
         self.secret = k8s.core.v1.Secret(
             f"{name}-secrets",
             metadata=secret_manifest["metadata"],
@@ -137,7 +149,9 @@ class KubernetesGpuPool(pulumi.ComponentResource):
         known = render.agent_endpoints(settings, nodes)
         # The plan reads capacity from the agents: the endpoints resolve once the agents exist.
         self.endpoints = pulumi.Output.all(self.agents.resources, self.secret.id).apply(lambda _: dict(known))
-        self.register_outputs({"endpoints": self.endpoints})
+        # One certificate for the pool's agents: every node pins it.
+        self.fingerprints = self.certificate.fingerprint.apply(lambda fp: {node.name: fp for node in nodes})
+        self.register_outputs({"endpoints": self.endpoints, "fingerprints": self.fingerprints})
 
     def serve(self, cluster: Any, opts: pulumi.ResourceOptions | None = None) -> k8s.yaml.v2.ConfigGroup:
         """Create the workloads of the replicas ``cluster``'s joint plan puts on this pool's nodes (call it once,

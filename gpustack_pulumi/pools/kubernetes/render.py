@@ -62,6 +62,10 @@ DEFAULT_CACHE_HOST_PATH = "/var/lib/gpustack/hf-cache"
 CACHE_MOUNT = "/root/.cache/huggingface"
 AGENT_STATE_HOST_PATH = "/var/lib/gpustack-agent"
 TOKEN_MOUNT = "/etc/gpustack-agent"
+TLS_CERT_KEY = "tls.crt"
+TLS_KEY_KEY = "tls.key"
+"""Keys of the agents' TLS certificate and private key in the pool's Secret (an ``AgentCertificate`` made by the
+component: a DaemonSet's agent cannot report a certificate of its own back to Pulumi, so clients pin this one)."""
 NODE_LABELS_MOUNT = "/etc/gpustack-node-labels"
 _AGENT_WRAPPER = f'exec gpustack-agent "$@" --labels "$(cat {NODE_LABELS_MOUNT}/$NODE_NAME 2>/dev/null)"'
 # Startup may download and load tens of GB: up to 30 min (180 × 10 s) before liveness starts counting.
@@ -291,7 +295,8 @@ def _gpu_tolerations(vendor: Vendor) -> list[Manifest]:
     ]
 
 
-def render_agent_daemonset(settings: PoolSettings, vendor: Vendor, nodes: Sequence[KubernetesNode]) -> Manifest:
+def render_agent_daemonset(settings: PoolSettings, vendor: Vendor, nodes: Sequence[KubernetesNode],
+                           tls_fingerprint: str | None = None) -> Manifest:  # fmt: skip
     """The agent on each of the pool's ``vendor`` nodes. It sees every device of its node without taking any
     from the device plugin (``NVIDIA_VISIBLE_DEVICES=all`` with the ``utility`` capability only: NVML, no CUDA),
     uses the host PID namespace to tell which device processes are foreign, and listens on a host port."""
@@ -307,12 +312,16 @@ def render_agent_daemonset(settings: PoolSettings, vendor: Vendor, nodes: Sequen
     args = [
         "--host", "0.0.0.0", "--port", str(settings.agent_port), "--node-name", "$(NODE_NAME)",
         "--token-file", f"{TOKEN_MOUNT}/token", "--state-dir", "/var/lib/gpustack-agent",
+        "--tls-cert", f"{TOKEN_MOUNT}/{TLS_CERT_KEY}", "--tls-key", f"{TOKEN_MOUNT}/{TLS_KEY_KEY}",
         "--devices", "nvml" if vendor == "nvidia" else "ascend",
     ]  # fmt: skip
-    probe = {"httpGet": {"path": "/healthz", "port": "agent"}, "periodSeconds": 10, "timeoutSeconds": 5}
+    probe = {"httpGet": {"path": "/healthz", "port": "agent", "scheme": "HTTPS"}, "periodSeconds": 10,
+             "timeoutSeconds": 5}  # fmt: skip
     volumes: list[Manifest] = [
-        {"name": "token", "secret": {"secretName": settings.secrets, "items": [{"key": "token", "path": "token"}],
-                                     "defaultMode": 0o400}},
+        # The token and the TLS key readable by the agent (root) only: the agent refuses a token file others read.
+        {"name": "token", "secret": {"secretName": settings.secrets, "defaultMode": 0o400, "items": [
+            {"key": "token", "path": "token"}, {"key": TLS_CERT_KEY, "path": TLS_CERT_KEY},
+            {"key": TLS_KEY_KEY, "path": TLS_KEY_KEY}]}},
         {"name": "state", "hostPath": {"path": AGENT_STATE_HOST_PATH, "type": "DirectoryOrCreate"}},
     ]  # fmt: skip
     volumes.append({"name": "node-labels", "configMap": {"name": node_labels_name(settings)}})
@@ -356,7 +365,10 @@ def render_agent_daemonset(settings: PoolSettings, vendor: Vendor, nodes: Sequen
         "spec": {
             "selector": {"matchLabels": selector},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            # A new certificate (its fingerprint in the template) rolls the agents: they read it at start.
+            "template": {"metadata": {"labels": labels, **({"annotations": {
+                f"{LABEL_PREFIX}/tls-fingerprint": tls_fingerprint}} if tls_fingerprint else {})},
+                "spec": pod_spec},
         },
     }
 
@@ -377,21 +389,22 @@ def render_agent_service(settings: PoolSettings) -> Manifest:
     }  # fmt: skip
 
 
-def render_agent_objects(settings: PoolSettings, nodes: Sequence[KubernetesNode]) -> list[Manifest]:
+def render_agent_objects(settings: PoolSettings, nodes: Sequence[KubernetesNode],
+                         tls_fingerprint: str | None = None) -> list[Manifest]:  # fmt: skip
     """Everything the agents need except the Secret (its values are secrets the caller supplies)."""
     objects = [render_namespace(settings), render_service_account(settings), *render_agent_rbac(settings),
                render_node_labels(settings, nodes)]  # fmt: skip
     for vendor in ("nvidia", "ascend"):
         of_vendor = [node for node in nodes if node.vendor == vendor]
         if of_vendor or (vendor == "nvidia" and not nodes):
-            objects.append(render_agent_daemonset(settings, vendor, of_vendor))
+            objects.append(render_agent_daemonset(settings, vendor, of_vendor, tls_fingerprint))
     objects.append(render_agent_service(settings))
     return objects
 
 
 def agent_endpoints(settings: PoolSettings, nodes: Sequence[KubernetesNode]) -> dict[str, str]:
     """Node → agent URL: the agent's host port on the node's address (the node name when none is given)."""
-    return {node.name: f"http://{node.address or node.name}:{settings.agent_port}" for node in sorted(
+    return {node.name: f"https://{node.address or node.name}:{settings.agent_port}" for node in sorted(
         nodes, key=lambda n: n.name)}  # fmt: skip
 
 
