@@ -24,7 +24,10 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from gpustack_pulumi.pools.ssh.install import AgentLayout
 
 Market = Literal["on-demand", "spot", "mixed", "capacity-block"]
 
@@ -248,7 +251,13 @@ def root_volume_gib(weight_bytes: Sequence[int]) -> int:
 # ----- user data ---------------------------------------------------------------------------------------------
 
 
-def render_user_data(spec: PoolSpec, install_script: str, *, imds_url: str = "http://169.254.169.254") -> str:
+def render_user_data(
+    spec: PoolSpec,
+    install_script: str,
+    *,
+    imds_url: str = "http://169.254.169.254",
+    agent_root: str | None = None,
+) -> str:
     """The instance's boot script (bash, run once by cloud-init as root).
 
     1. IMDSv2 (token PUT, then GETs): instance id and region.
@@ -264,13 +273,24 @@ def render_user_data(spec: PoolSpec, install_script: str, *, imds_url: str = "ht
 
     ``AWS_ENDPOINT_URL`` (when set in the environment) points the AWS CLI elsewhere (tests: moto);
     ``imds_url`` is the metadata service.
+
+    ``agent_root`` (default None: the system layout, systemd runs the agent) puts everything the script writes
+    below one directory, as ``SshNodePool``'s per-host ``agent_root`` does (``AgentLayout.under``): the boot
+    log, install.sh's staging copy, venv, token, TLS directory, state and unit. The unit is not loaded there
+    (``--no-systemd``), so the script starts the agent as a detached process from the unit's ``ExecStart``
+    and waits for ``/healthz`` (pinned to the new certificate) before it publishes the fingerprint: the SSH
+    pool's own start and health-check code. For hosts without systemd and for tests, whose network-namespace
+    hosts share one filesystem.
     """
     q = shlex.quote
     packed = base64.b64encode(gzip.compress(install_script.encode(), mtime=0)).decode()
     labels = ",".join(f"{key}={value}" for key, value in sorted(node_labels(spec).items()))
+    layout = _layout(agent_root)
+    boot_log = f"{agent_root.rstrip('/')}/var/log/gpustack-boot.log" if agent_root else "/var/log/gpustack-boot.log"
     install_words = [
         "bash",
-        "/var/lib/gpustack-agent-installer/install.sh",
+        layout.install_script,
+        *([] if layout.system else [*layout.path_flags(), "--no-systemd"]),
         f"--source={spec.agent_source or f'gpustack-runtime=={spec.agent_version}'}",
         f"--python={spec.python}",
         *[f"--pip-arg={arg}" for arg in spec.pip_args],
@@ -281,11 +301,13 @@ def render_user_data(spec: PoolSpec, install_script: str, *, imds_url: str = "ht
         f"--labels={labels}",
     ]
     install = " ".join(q(word) for word in install_words)
+    log_dir = "" if layout.system else f"mkdir -p {q(boot_log.rsplit('/', 1)[0])}\n"
+    start = "" if layout.system else _detached_start(spec, layout)
     script = f"""#!/bin/bash
 # gpustack-agent boot script of pool {spec.name} (agent {spec.agent_version}); rendered by gpustack_pulumi.
 set -euo pipefail
 umask 077
-exec > >(tee -a /var/log/gpustack-boot.log) 2>&1
+{log_dir}exec > >(tee -a {q(boot_log)}) 2>&1
 IMDS={q(imds_url)}
 PREFIX={q(spec.parameter_prefix)}
 POOL={q(spec.name)}
@@ -324,13 +346,13 @@ claim_slot() {{
 SLOT=$(claim_slot) || {{ echo "gpustack-boot: every slot of $POOL (max $MAX_NODES) is held" >&2; exit 1; }}
 NODE="$POOL-$SLOT"
 aws_ ec2 create-tags --resources "$INSTANCE_ID" --tags "Key={TAG_NODE},Value=$NODE" "Key=Name,Value=$NODE"
-mkdir -p /var/lib/gpustack-agent-installer
-echo {q(packed)} | base64 -d | gunzip > /var/lib/gpustack-agent-installer/install.sh
+mkdir -p {q(layout.staging_dir)}
+echo {q(packed)} | base64 -d | gunzip > {q(layout.install_script)}
 report=$(printf '%s\\n' "$TOKEN" | {install} --node-name="$NODE" --token-stdin 2>&1) ||
     {{ echo "$report" >&2; exit 1; }}
 unset TOKEN
 echo "$report"
-FINGERPRINT=$(sed -n 's/^GPUSTACK_AGENT_FINGERPRINT=//p' <<<"$report" | tail -n 1)
+{start}FINGERPRINT=$(sed -n 's/^GPUSTACK_AGENT_FINGERPRINT=//p' <<<"$report" | tail -n 1)
 [[ $FINGERPRINT == sha256:* ]] || {{ echo "gpustack-boot: install.sh printed no fingerprint" >&2; exit 1; }}
 aws_ ssm put-parameter --name "$PREFIX/nodes/$NODE/fingerprint" --type String --overwrite --value "$FINGERPRINT" \\
     >/dev/null
@@ -341,6 +363,39 @@ echo "gpustack-boot: $NODE ($INSTANCE_ID) serves at https://0.0.0.0:{spec.agent_
     if size > USER_DATA_LIMIT_BYTES:
         raise RenderError(f"user data is {size} bytes, over EC2's {USER_DATA_LIMIT_BYTES}")
     return script
+
+
+def _layout(agent_root: str | None) -> AgentLayout:
+    # Imported here: the ssh package's __init__ imports its Pulumi component.
+    from gpustack_pulumi.pools.ssh.install import AgentLayout
+
+    return AgentLayout.under(agent_root)
+
+
+def _detached_start(spec: PoolSpec, layout: AgentLayout) -> str:
+    """Without systemd (``agent_root``): start the agent from the unit's ExecStart as a detached process and wait
+    until it answers ``/healthz`` with the certificate install.sh made, with the SSH pool's own shell code."""
+    from gpustack_pulumi.pools.ssh import install as ssh_install
+
+    q = shlex.quote
+    lines = [
+        f"PID_FILE={q(layout.pid_file)}",
+        f"LOG_FILE={q(layout.log_file)}",
+        f"ENV_FILE={q(layout.env_file)}",
+        f"UNIT_FILE={q(layout.unit_dir + '/' + ssh_install.UNIT_NAME)}",
+        f"TLS_DIR={q(layout.tls_dir)}",
+        f"PYTHON={q(spec.python)}",
+        "HEALTH_HOST=127.0.0.1",
+        f"HEALTH_PORT={spec.agent_port}",
+        f"HEALTH_URL=https://127.0.0.1:{spec.agent_port}/healthz",
+        'mkdir -p "$(dirname "$ENV_FILE")"; touch "$ENV_FILE"',
+        "changed=yes",
+        f'[[ $(tail -n 1 <<<"$report") == {q(ssh_install.NOTHING_CHANGED_LINE)} ]] && changed=no',
+        ssh_install._STOP_FUNCTION,
+        *ssh_install._process_start_lines(False),
+        ssh_install._WAIT_HEALTHY,
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # ----- EC2 and Auto Scaling ----------------------------------------------------------------------------------
