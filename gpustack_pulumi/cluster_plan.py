@@ -65,15 +65,17 @@ class ClusterPlan(BaseModel):
 
 
 def runner_of(inventory: Inventory, nodes: Iterable[str]) -> Runner | str:
-    """The runner of a replica on ``nodes``: every node's ``gpustack.ai/runner`` label (``agent`` when absent);
-    a message when they differ (one replica cannot be half Kubernetes pods, half agent processes)."""
+    """The runner of a replica on ``nodes``: ``kubernetes`` when every node's ``gpustack.ai/runner`` label says
+    so (a KubernetesGpuPool's pods run it), else ``agent`` (other pools label their own kind: ssh, aws, local);
+    a message when only some do (one replica cannot be half Kubernetes pods, half agent processes)."""
     labels = {node.name: (node.labels or {}).get(RUNNER_LABEL, "agent") for node in inventory.nodes}
-    runners = {labels.get(node, "agent") for node in nodes}
-    if runners <= {"agent"}:
-        return "agent"
-    if runners == {"kubernetes"}:
+    on_kubernetes = {labels.get(node) == "kubernetes" for node in nodes}
+    if on_kubernetes == {True}:
         return "kubernetes"
-    return f"its nodes have different runners ({', '.join(sorted(runners))}); keep a replica within one pool kind"
+    if True not in on_kubernetes:
+        return "agent"
+    kinds = sorted({labels.get(node) or "agent" for node in nodes})
+    return f"its nodes have different runners ({', '.join(kinds)}); keep a replica within Kubernetes nodes or without"
 
 
 def replica_key(deployment: str, replica: int) -> str:

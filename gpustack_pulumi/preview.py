@@ -67,9 +67,12 @@ class PreviewReport(BaseModel):
     unplaced: list[ReportUnplaced]
     failures: list[str] = Field(default_factory=list, description="Why `pulumi preview` of the stack fails.")
     plan: Plan
+    costs: dict[str, Any] | None = Field(
+        default=None, description="$/h of the stack's cloud pools (AWS) on this plan; absent without one."
+    )
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2) + "\n"
+        return self.model_dump_json(indent=2, exclude={"costs"} if self.costs is None else None) + "\n"
 
 
 class ReportDiff(BaseModel):
@@ -99,6 +102,9 @@ class StackPlanInputs(BaseModel):
     planned: list[dict] | None = Field(
         default=None, description="The capacity the pools will create (None when some pool cannot tell)."
     )
+    aws_pools: list[Any] = Field(
+        default_factory=list, exclude=True, description="PoolSpec of each AwsGpuNodePool (for $/h in the report)."
+    )
 
 
 def collect_deployments(stack_dir: Path, *, stack: str, config: dict[str, str]) -> list[Deployment]:
@@ -117,6 +123,15 @@ def collect_plan_inputs(stack_dir: Path, *, stack: str, config: dict[str, str]) 
         raise PreviewError(f"{stack_dir}: no __main__.py (a Python stack program) in this directory")
     plans: list[dict[str, Any]] = []
 
+    from gpustack_pulumi.components.cluster import GpuCluster
+
+    clusters: list[Any] = []
+    original_init = GpuCluster.__init__
+
+    def recording_init(cluster: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(cluster, *args, **kwargs)
+        clusters.append(cluster)
+
     class RecordingMocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
             if args.typ.endswith("dynamic/gpustack:ClusterPlan"):
@@ -132,6 +147,7 @@ def collect_plan_inputs(stack_dir: Path, *, stack: str, config: dict[str, str]) 
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=True, monitor=pulumi_mocks.MockMonitor(mocks))
     sys.path.insert(0, str(stack_dir))
+    GpuCluster.__init__ = recording_init  # type: ignore[method-assign]
     try:
 
         @pulumi.runtime.test
@@ -142,6 +158,7 @@ def collect_plan_inputs(stack_dir: Path, *, stack: str, config: dict[str, str]) 
     except Exception as error:  # the program's own error (bad config, bad component arguments)
         raise PreviewError(f"{program}: the stack program failed: {error}") from None
     finally:
+        GpuCluster.__init__ = original_init  # type: ignore[method-assign]
         sys.path.remove(str(stack_dir))
         pulumi.runtime.settings.reset_options()
         for key, value in saved.items():
@@ -160,7 +177,22 @@ def collect_plan_inputs(stack_dir: Path, *, stack: str, config: dict[str, str]) 
         owner_prefix=first.get("owner_prefix") or f"{project}/{stack}/",
         time_budget_s=float(first.get("time_budget_s") or 2.0),
         planned=_planned(plans),
+        aws_pools=_aws_pool_specs(clusters),
     )
+
+
+def _aws_pool_specs(clusters: list[Any]) -> list[Any]:
+    """The PoolSpec of every AwsGpuNodePool the clusters use (by its ``spec``; the class is imported only when
+    a stack has one: pulumi-aws is large)."""
+    from gpustack_pulumi.pools.aws.render import PoolSpec
+
+    specs: dict[str, Any] = {}
+    for cluster in clusters:
+        for pool in getattr(cluster, "pools", None) or []:
+            spec = getattr(pool, "spec", None)
+            if isinstance(spec, PoolSpec):
+                specs[spec.name] = spec
+    return [specs[name] for name in sorted(specs)]
 
 
 def _planned(plans: list[dict[str, Any]]) -> list[dict] | None:
@@ -331,13 +363,20 @@ def run_preview(args: argparse.Namespace) -> int:
         time_budget_s=inputs.time_budget_s,
     )
     report = build_report(args.stack, cluster_plan.plan, cluster_plan.failures)
+    cost_text = ""
+    if inputs.aws_pools:
+        from gpustack_pulumi.pools.aws.cost import cost_summary, render_cost_markdown
+
+        plan_json = cluster_plan.plan.model_dump(mode="json")
+        report = report.model_copy(update={"costs": cost_summary(inputs.aws_pools, plan_json)})
+        cost_text = "\n" + render_cost_markdown(inputs.aws_pools, plan_json)
     diff = diff_reports(previous, report) if previous else None
     if args.json:
         sys.stdout.write(report.to_json())
     elif args.markdown:
-        sys.stdout.write(render_markdown(report, diff))
+        sys.stdout.write(render_markdown(report, diff) + cost_text)
     else:
-        sys.stdout.write(render_text(report, diff))
+        sys.stdout.write(render_text(report, diff) + cost_text)
     # As under `pulumi up`: a replica left pending by higher priorities is no failure; anything else unplaced is.
     return 0 if cluster_plan.ok else 1
 

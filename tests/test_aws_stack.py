@@ -50,3 +50,25 @@ def test_quota_shortfall_fails_the_report_with_numbers(aws) -> None:  # noqa: F8
     EC2_QUOTAS["L-DB2E81BA"] = 64
     text, ok = report.build(capture, "aws", check_quotas=True)
     assert ok and "- gpu: OK (L-DB2E81BA: 12 needed, 0 in use of 64)" in text
+
+
+def test_the_main_preview_command_prints_the_same_report_with_cost() -> None:
+    """`gpustack-pulumi preview --planned` (the command CI runs on a pull request) carries the AWS section too:
+    the same Markdown as the committed report, and the figures as data in the JSON."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "gpustack_pulumi.cli", "preview", str(STACK), "--stack", "aws", "--config-file",
+            str(STACK / "Pulumi.aws.example.yaml"), "--planned"]  # fmt: skip
+    markdown = subprocess.run([*argv, "--markdown"], capture_output=True, text=True, check=False, cwd=REPO)
+    assert markdown.returncode == 0, markdown.stderr
+    assert markdown.stdout == GOLDEN.read_text()
+    as_json = subprocess.run([*argv, "--json"], capture_output=True, text=True, check=False, cwd=REPO)
+    assert as_json.returncode == 0, as_json.stderr
+    costs = json.loads(as_json.stdout)["costs"]
+    [pool] = costs["pools"]
+    assert (pool["pool"], pool["instance_type"], pool["instances"]) == ("gpu", "g5.xlarge", 3)
+    assert pool["planned_nodes_used"] == ["gpu-1", "gpu-2", "gpu-3"]
+    assert pool["price_per_instance_hour"] == 1.006 and pool["price_date"] == "2026-06-17"
+    assert costs["total_per_hour"] == round(3 * 1.006, 4)
+    assert costs["deployments"] == {"chat": round(2 * 1.006, 4), "small": 1.006}

@@ -94,6 +94,27 @@ def deployment_costs(specs: Sequence[PoolSpec], plan: Mapping[str, Any] | None) 
     return {name: round(value, 4) for name, value in sorted(costs.items())}
 
 
+def cost_summary(specs: Sequence[PoolSpec], plan: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The same figures as :func:`render_cost_markdown`, as data (the preview report's JSON ``costs``)."""
+    pools = []
+    total = 0.0
+    for spec in specs:
+        cost = pool_cost(spec, plan)
+        if cost.per_hour is not None:
+            total += cost.per_hour
+        price = cost.price
+        pools.append({
+            "pool": spec.name, "instance_type": cost.instance_type, "market": spec.market,
+            "instances": cost.instances, "min_nodes": spec.min_nodes, "max_nodes": spec.max_nodes,
+            "planned_nodes_used": nodes_used(spec, plan), "price_per_instance_hour": price.per_hour if price else None,
+            "per_hour": cost.per_hour, "price_kind": price.kind if price else None,
+            "price_source": price.source if price else None, "price_date": price.date if price else None,
+            "price_region": price.region if price else None,
+        })  # fmt: skip
+    return {"currency": "USD", "pools": pools, "deployments": deployment_costs(specs, plan),
+            "total_per_hour": round(total, 4)}  # fmt: skip
+
+
 def render_cost_markdown(specs: Sequence[PoolSpec], plan: Mapping[str, Any] | None) -> str:
     """The AWS section of the preview report: per pool the instances the plan buys and their $/h, per deployment
     its share, and the total."""
