@@ -158,3 +158,47 @@ def test_foreign_gpu_memory_counts_and_the_engines_own_does_not(
         assert (after.devices[0].memory_foreign or 0) < foreign + ENGINE_BYTES, "the engine's memory is not foreign"
         assert after.devices[0].memory_allocated == 2 * GIB
         assert agent.client.delete("/v1/instances/gpu-engine").status_code == 204
+
+
+def test_a_pods_gpu_memory_counts_as_its_external_reservation(tmp_path: Path) -> None:
+    """A process the agent did not start (a Kubernetes pod's engine) that carries GPUSTACK_INSTANCE_ID of an
+    external reservation: the real driver lists it, and the agent counts its memory as that reservation's, not as
+    foreign; once the reservation is deleted the same memory is foreign."""
+    from gpustack_runtime.wire import INSTANCE_ID_ENV
+
+    pod_id = "proj.stack.chat.r0-"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", GPU_HOLDER, str(FOREIGN_BYTES)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True, env={**os.environ, **CUDA_ENV, "CUDA_VISIBLE_DEVICES": "0", INSTANCE_ID_ENV: pod_id},
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        backend = create_backend("nvml", nvml_library_path=REAL_NVML)
+        with live_agent(tmp_path / "state", backend) as agent:  # type: ignore[arg-type]
+
+            def gpu0() -> CapacityDocument:
+                return CapacityDocument.model_validate(agent.client.get("/v1/capacity").json())
+
+            deadline = time.monotonic() + NVML_REPORT_TIMEOUT_S
+            while (gpu0().devices[0].memory_foreign or 0) < FOREIGN_BYTES:  # before the reservation: foreign
+                if time.monotonic() > deadline:
+                    pytest.fail(f"NVML does not show the pod's {FOREIGN_BYTES} bytes as foreign")
+                time.sleep(0.2)
+            foreign_before = gpu0().devices[0].memory_foreign or 0
+            body = {"owner": "proj/stack/chat/r0/", "device_indices": [0], "memory_bytes_per_device": 2 * GIB,
+                    "external": True}  # fmt: skip
+            assert agent.client.put(f"/v1/reservations/{pod_id}", json=body).status_code == 201
+            held = gpu0()
+            _report("capacity-with-pod.json", {"pod_pid": holder.pid, "capacity": held.model_dump()})
+            assert (held.devices[0].memory_foreign or 0) <= foreign_before - FOREIGN_BYTES
+            assert held.devices[0].memory_allocated == 2 * GIB
+            assert agent.client.delete(f"/v1/reservations/{pod_id}").status_code == 204
+            assert (gpu0().devices[0].memory_foreign or 0) >= FOREIGN_BYTES
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
