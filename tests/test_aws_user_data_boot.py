@@ -56,6 +56,15 @@ BOOT_TIMEOUT_S = 300
 VENV_BIN = Path(sys.executable).parent
 """The test venv's bin: its `aws` (the dev extra's awscli) is the CLI the boot script runs."""
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+SYSTEM_PATHS = (
+    "/var/log/gpustack-boot.log",
+    "/var/lib/gpustack-agent-installer",
+    "/opt/gpustack-agent",
+    "/etc/gpustack-agent",
+    "/var/lib/gpustack-agent",
+    "/etc/systemd/system/gpustack-agent.service",
+)
+"""Where the boot script and install.sh write on a real instance: a test boot must write none of them."""
 
 
 def a10g(index: int) -> dict[str, Any]:
@@ -107,6 +116,7 @@ class Lab:
     spec: render.PoolSpec
     boots: list[Boot] = field(default_factory=list)
     instances: list[str] = field(default_factory=list)
+    system_paths_before: set[str] = field(default_factory=lambda: {p for p in SYSTEM_PATHS if Path(p).exists()})
     shutdown: Any = None
     """Stops the servers, forgets this module's moto records and removes the hosts (the fixture's exit stack)."""
 
@@ -156,6 +166,9 @@ class Lab:
         boot = Boot(host, instance_id, user_data, result, time.monotonic() - started)
         self.boots.append(boot)
         return boot
+
+    def new_system_paths(self) -> set[str]:
+        return {path for path in SYSTEM_PATHS if Path(path).exists()} - self.system_paths_before
 
     def parameter(self, name: str, decrypt: bool = False) -> str:
         return self.ssm.get_parameter(Name=name, WithDecryption=decrypt)["Parameter"]["Value"]
@@ -272,6 +285,37 @@ def capacity(boot: Boot, token: str, fingerprint: str) -> dict[str, Any]:
         return client.capacity().model_dump(mode="json")
 
 
+def test_agent_root_keeps_every_path_under_it_and_the_default_is_the_system_layout() -> None:
+    """What makes the boots below hermetic, checked on the text: with ``agent_root`` every system path the
+    script names is below it and install.sh gets the root's paths and --no-systemd; without it, the script is
+    the instance's (system paths, systemd runs the agent, no detached start)."""
+    spec = render.PoolSpec(
+        name=POOL, region=REGION, instances=(render.instance_choice(INSTANCE_TYPE),), subnet_ids=("subnet-1",),
+        vpc_id="vpc-1",
+    )  # fmt: skip
+    install_sh = (RUNTIME_DIR / "install" / "install.sh").read_text()
+    root = "/srv/test-host"
+    rooted = render.render_user_data(spec, install_sh, agent_root=root)
+    default = render.render_user_data(spec, install_sh)
+    for text in (rooted, default):
+        subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+        assert len(text.encode()) <= render.USER_DATA_LIMIT_BYTES
+    # A system path not preceded by a directory name: one outside the root.
+    system_path = re.compile(r"(?<![\w.-])/(?:var|etc|opt|run)/[\w./-]+")
+    assert set(system_path.findall(rooted)) == set()
+    assert {"/var/log/gpustack-boot.log", "/var/lib/gpustack-agent-installer/install.sh"} <= set(
+        system_path.findall(default)
+    )
+    assert f"bash {root}/var/lib/gpustack-agent-installer/install.sh --prefix={root}/opt/gpustack-agent" in rooted
+    for flag in ("--prefix", "--config-dir", "--state-dir", "--unit-dir"):
+        assert f" {flag}={root}/" in rooted
+    assert " --no-systemd " in rooted and "setsid $exec_start" in rooted
+    assert f"exec > >(tee -a {root}/var/log/gpustack-boot.log) 2>&1" in rooted
+    assert "exec > >(tee -a /var/log/gpustack-boot.log) 2>&1" in default
+    assert "bash /var/lib/gpustack-agent-installer/install.sh --source=" in default
+    assert "--no-systemd" not in default and "setsid" not in default and root not in default
+
+
 def test_the_servers_listen_only_where_the_hosts_reach_them(lab: Lab) -> None:
     """moto and the metadata service are bound to the first host's veth end only, not to every address."""
     for url in (lab.moto_url, lab.imds.url):
@@ -325,6 +369,8 @@ def test_user_data_brings_a_namespace_host_to_a_serving_agent(lab: Lab) -> None:
     assert cmdline[cmdline.index(b"--node-name") + 1] == node.encode()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", AGENT_PORT), timeout=2):
         pass
+    # Everything the boot wrote is under the host's own directory.
+    assert lab.new_system_paths() == set()
 
 
 def test_the_ssm_token_is_the_agents_and_is_never_written_out(lab: Lab) -> None:
@@ -435,3 +481,4 @@ def test_teardown_leaves_no_process_no_namespace_and_no_server(lab: Lab) -> None
     for pid in agents:
         assert not _running(pid), pid
     assert not any(_listening(lab.server_address, port) for port in ports)
+    assert lab.new_system_paths() == set()
