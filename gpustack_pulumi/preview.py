@@ -330,6 +330,13 @@ def add_preview_parser(subparsers: Any) -> None:
     parser.add_argument("--previous", type=Path, help="a previous report (--json output): sticky placement + diff")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for pull-request comments")
+    parser.add_argument(
+        "--aws-prices",
+        choices=("catalog", "live"),
+        default="catalog",
+        help="$/h of AWS pools: the package's price catalog (offline, default) or the AWS Price List API "
+        "(live On-Demand rates; needs AWS credentials)",
+    )
 
 
 def run_preview(args: argparse.Namespace) -> int:
@@ -368,8 +375,15 @@ def run_preview(args: argparse.Namespace) -> int:
         from gpustack_pulumi.pools.aws.cost import cost_summary, render_cost_markdown
 
         plan_json = cluster_plan.plan.model_dump(mode="json")
-        report = report.model_copy(update={"costs": cost_summary(inputs.aws_pools, plan_json)})
-        cost_text = "\n" + render_cost_markdown(inputs.aws_pools, plan_json)
+        live: dict[str, Any] = {}
+        if args.aws_prices == "live":
+            from gpustack_pulumi.pools.aws.pricing import live_prices
+
+            live, notes = live_prices(inputs.aws_pools)
+            for note in notes:
+                print(f"gpustack-pulumi preview: warning: {note}", file=sys.stderr)
+        report = report.model_copy(update={"costs": cost_summary(inputs.aws_pools, plan_json, live)})
+        cost_text = "\n" + render_cost_markdown(inputs.aws_pools, plan_json, live)
     diff = diff_reports(previous, report) if previous else None
     if args.json:
         sys.stdout.write(report.to_json())

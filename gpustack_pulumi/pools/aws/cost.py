@@ -38,12 +38,15 @@ def _prices() -> dict[str, Any]:
     return yaml.safe_load(read_packaged_text("aws_prices.yaml"))
 
 
-def price_of(spec: PoolSpec) -> Price | None:
-    """The pool's hourly price per instance: its own ``price_per_hour``, else the catalog's (capacity-block rate
-    for a capacity-block pool, else on-demand, which also bounds spot), else None."""
+def price_of(spec: PoolSpec, live: Mapping[str, Price] | None = None) -> Price | None:
+    """The pool's hourly price per instance: its own ``price_per_hour``, else a live On-Demand price (``live``,
+    by pool name; not for capacity-block pools, whose rate is the block's), else the catalog's (capacity-block
+    rate for a capacity-block pool, else on-demand, which also bounds spot), else None."""
     instance_type = spec.primary.instance_type
     if spec.price_per_hour is not None:
         return Price(instance_type, spec.price_per_hour, "given", spec.region, "pool argument price_per_hour", None)
+    if live and spec.name in live and spec.market != "capacity-block":
+        return live[spec.name]
     data = _prices()
     entry = (data.get("prices") or {}).get(instance_type)
     if not entry:
@@ -68,16 +71,19 @@ class PoolCost:
         return None if self.price is None else round(self.instances * self.price.per_hour, 4)
 
 
-def pool_cost(spec: PoolSpec, plan: Mapping[str, Any] | None) -> PoolCost:
-    return PoolCost(spec.name, spec.primary.instance_type, desired_from_plan(spec, plan), spec.market, price_of(spec))
+def pool_cost(spec: PoolSpec, plan: Mapping[str, Any] | None, live: Mapping[str, Price] | None = None) -> PoolCost:
+    return PoolCost(spec.name, spec.primary.instance_type, desired_from_plan(spec, plan), spec.market,
+                    price_of(spec, live))  # fmt: skip
 
 
-def deployment_costs(specs: Sequence[PoolSpec], plan: Mapping[str, Any] | None) -> dict[str, float]:
+def deployment_costs(
+    specs: Sequence[PoolSpec], plan: Mapping[str, Any] | None, live: Mapping[str, Price] | None = None
+) -> dict[str, float]:
     """$/h per deployment: for each replica placement on a pool node, (GPUs it uses / GPUs of the node) × the
     node's price. Deployments on nodes without a price are left out."""
     by_node: dict[str, tuple[float, int]] = {}
     for spec in specs:
-        price = price_of(spec)
+        price = price_of(spec, live)
         if price is None:
             continue
         for node in nodes_used(spec, plan):
@@ -94,12 +100,14 @@ def deployment_costs(specs: Sequence[PoolSpec], plan: Mapping[str, Any] | None) 
     return {name: round(value, 4) for name, value in sorted(costs.items())}
 
 
-def cost_summary(specs: Sequence[PoolSpec], plan: Mapping[str, Any] | None) -> dict[str, Any]:
+def cost_summary(
+    specs: Sequence[PoolSpec], plan: Mapping[str, Any] | None, live: Mapping[str, Price] | None = None
+) -> dict[str, Any]:
     """The same figures as :func:`render_cost_markdown`, as data (the preview report's JSON ``costs``)."""
     pools = []
     total = 0.0
     for spec in specs:
-        cost = pool_cost(spec, plan)
+        cost = pool_cost(spec, plan, live)
         if cost.per_hour is not None:
             total += cost.per_hour
         price = cost.price
@@ -111,11 +119,13 @@ def cost_summary(specs: Sequence[PoolSpec], plan: Mapping[str, Any] | None) -> d
             "price_source": price.source if price else None, "price_date": price.date if price else None,
             "price_region": price.region if price else None,
         })  # fmt: skip
-    return {"currency": "USD", "pools": pools, "deployments": deployment_costs(specs, plan),
+    return {"currency": "USD", "pools": pools, "deployments": deployment_costs(specs, plan, live),
             "total_per_hour": round(total, 4)}  # fmt: skip
 
 
-def render_cost_markdown(specs: Sequence[PoolSpec], plan: Mapping[str, Any] | None) -> str:
+def render_cost_markdown(
+    specs: Sequence[PoolSpec], plan: Mapping[str, Any] | None, live: Mapping[str, Price] | None = None
+) -> str:
     """The AWS section of the preview report: per pool the instances the plan buys and their $/h, per deployment
     its share, and the total."""
     lines = [
@@ -127,7 +137,7 @@ def render_cost_markdown(specs: Sequence[PoolSpec], plan: Mapping[str, Any] | No
     total = 0.0
     unpriced = []
     for spec in specs:
-        cost = pool_cost(spec, plan)
+        cost = pool_cost(spec, plan, live)
         nodes = ", ".join(nodes_used(spec, plan)) or "—"
         each = f"{cost.price.per_hour:.3f}" if cost.price else "no price"
         hourly = f"{cost.per_hour:.2f}" if cost.per_hour is not None else "—"
@@ -140,12 +150,12 @@ def render_cost_markdown(specs: Sequence[PoolSpec], plan: Mapping[str, Any] | No
             f"{spec.max_nodes}) | {nodes} | {each} | {hourly} |"
         )
     lines += ["", f"Total: **${total:.2f}/h**" + (f" (no price for {', '.join(unpriced)})" if unpriced else "")]
-    per_deployment = deployment_costs(specs, plan)
+    per_deployment = deployment_costs(specs, plan, live)
     if per_deployment:
         lines += ["", "| deployment | $/h |", "|---|---:|"]
         lines += [f"| {name} | {value:.2f} |" for name, value in per_deployment.items()]
     sources = sorted(
-        {(p.kind, p.source, p.date, p.region) for p in (price_of(s) for s in specs) if p is not None}, key=str
+        {(p.kind, p.source, p.date, p.region) for p in (price_of(s, live) for s in specs) if p is not None}, key=str
     )
     if sources:
         lines += [""] + [
