@@ -73,14 +73,21 @@ repeat_replaces() {
     done
 }
 
-# Prints the module paths that the go.mod file $1 replaces with local paths.
+# Prints the module paths that the go.mod file $1 both requires and replaces with local paths (the sibling
+# modules of one repository; a local replace of a module it does not require, e.g. etcd's
+# `go.etcd.io/etcd => ./FORBIDDEN_DEPENDENCY`, is a guard, not a dependency).
 local_replaced() {
     awk '
-        /^replace[ \t]*\(/ { block = 1; next }
-        block && /^\)/ { block = 0; next }
-        block { print; next }
-        /^replace[ \t]/ { sub(/^replace[ \t]+/, ""); print }
-    ' "$1" | awk '$2 == "=>" && ($3 ~ /^\.\.?\//) { print $1 }'
+        /^require[ \t]*\(/ { req = 1; next }
+        req && /^\)/ { req = 0; next }
+        req { required[$1] = 1; next }
+        /^require[ \t]/ { required[$2] = 1; next }
+        /^replace[ \t]*\(/ { rep = 1; next }
+        rep && /^\)/ { rep = 0; next }
+        rep && $2 == "=>" && $3 ~ /^\.\.?\// { replaced[$1] = 1; next }
+        /^replace[ \t]/ && $3 == "=>" && $4 ~ /^\.\.?\// { replaced[$2] = 1 }
+        END { for (m in replaced) if (m in required) print m }
+    ' "$1" | sort
 }
 
 # --- kube-apiserver -------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import ipaddress
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -180,8 +181,9 @@ class KubeApiServer:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An httpx client for the API server: trusts its CA, authenticates as system:masters."""
-        return httpx.Client(base_url=self.url, verify=str(self.pki.ca),
-                            cert=(str(self.pki.admin_cert), str(self.pki.admin_key)), timeout=60, **kwargs)  # fmt: skip
+        context = ssl.create_default_context(cafile=str(self.pki.ca))
+        context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        return httpx.Client(base_url=self.url, verify=context, timeout=60, **kwargs)
 
 
 def _wait(check: str, process: subprocess.Popen[bytes], log: Path, probe: Callable[[], bool],
