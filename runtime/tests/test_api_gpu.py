@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -80,15 +81,15 @@ def _report(name: str, document: object) -> None:
         (Path(directory) / name).write_text(json.dumps(document, indent=2))
 
 
-@pytest.fixture
-def foreign_holder() -> Iterator[subprocess.Popen[str]]:
-    """A process outside the agent holding FOREIGN_BYTES on GPU 0."""
+@contextmanager
+def gpu_holder(nbytes: int, **env: str) -> Iterator[subprocess.Popen[str]]:
+    """A process outside the agent holding ``nbytes`` on GPU 0 until the block ends."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", GPU_HOLDER, str(FOREIGN_BYTES)],
+        [sys.executable, "-c", GPU_HOLDER, str(nbytes)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, **CUDA_ENV, "CUDA_VISIBLE_DEVICES": "0"},
+        env={**os.environ, **CUDA_ENV, "CUDA_VISIBLE_DEVICES": "0", **env},
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
@@ -101,6 +102,13 @@ def foreign_holder() -> Iterator[subprocess.Popen[str]]:
         except subprocess.TimeoutExpired:
             holder.kill()
             holder.wait()
+
+
+@pytest.fixture
+def foreign_holder() -> Iterator[subprocess.Popen[str]]:
+    """A process outside the agent holding FOREIGN_BYTES on GPU 0."""
+    with gpu_holder(FOREIGN_BYTES) as holder:
+        yield holder
 
 
 def test_foreign_gpu_memory_counts_and_the_engines_own_does_not(
@@ -167,12 +175,7 @@ def test_a_pods_gpu_memory_counts_as_its_external_reservation(tmp_path: Path) ->
     from gpustack_runtime.wire import INSTANCE_ID_ENV
 
     pod_id = "proj.stack.chat.r0-"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", GPU_HOLDER, str(FOREIGN_BYTES)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True, env={**os.environ, **CUDA_ENV, "CUDA_VISIBLE_DEVICES": "0", INSTANCE_ID_ENV: pod_id},
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+    with gpu_holder(FOREIGN_BYTES, **{INSTANCE_ID_ENV: pod_id}) as holder:
         backend = create_backend("nvml", nvml_library_path=REAL_NVML)
         with live_agent(tmp_path / "state", backend) as agent:  # type: ignore[arg-type]
 
@@ -194,11 +197,3 @@ def test_a_pods_gpu_memory_counts_as_its_external_reservation(tmp_path: Path) ->
             assert held.devices[0].memory_allocated == 2 * GIB
             assert agent.client.delete(f"/v1/reservations/{pod_id}").status_code == 204
             assert (gpu0().devices[0].memory_foreign or 0) >= FOREIGN_BYTES
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        try:
-            holder.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            holder.kill()
-            holder.wait()
