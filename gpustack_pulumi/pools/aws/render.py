@@ -391,9 +391,9 @@ def _detached_start(spec: PoolSpec, layout: AgentLayout) -> str:
         'mkdir -p "$(dirname "$ENV_FILE")"; touch "$ENV_FILE"',
         "changed=yes",
         f'[[ $(tail -n 1 <<<"$report") == {q(ssh_install.NOTHING_CHANGED_LINE)} ]] && changed=no',
-        ssh_install._STOP_FUNCTION,
-        *ssh_install._process_start_lines(False),
-        ssh_install._WAIT_HEALTHY,
+        ssh_install.STOP_FUNCTION,
+        *ssh_install.process_start_lines(False),
+        ssh_install.WAIT_HEALTHY,
     ]
     return "\n".join(lines) + "\n"
 

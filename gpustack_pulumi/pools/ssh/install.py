@@ -241,13 +241,13 @@ def render_install_command(spec: AgentInstallSpec) -> str:
         'if [[ ! -f $ENV_FILE ]] || [[ $(cat "$ENV_FILE"; echo x) != "${wanted_env}x" ]]; then',
         '    printf "%s" "$wanted_env" >"$ENV_FILE"; changed=yes; echo "gpustack-agent: environment written"',
         "fi",
-        _STOP_FUNCTION,
+        STOP_FUNCTION,
     ]
     if spec.runtime == "container":
         lines += _container_start_lines(spec)
     else:
-        lines += _process_start_lines(layout.system)
-    lines.append(_WAIT_HEALTHY)
+        lines += process_start_lines(layout.system)
+    lines.append(WAIT_HEALTHY)
     if spec.runtime == "container":
         # install.sh prints this line for the process runtime; the container made its certificate itself.
         lines.append('echo "GPUSTACK_AGENT_FINGERPRINT=$(cat "$TLS_DIR/fingerprint")"')
@@ -273,7 +273,7 @@ def render_uninstall_command(spec: AgentInstallSpec) -> str:
     lines = [
         "set -euo pipefail",
         f"PID_FILE={q(layout.pid_file)}",
-        _STOP_FUNCTION,
+        STOP_FUNCTION,
         "stop_agent",
     ]
     if spec.runtime == "container":
@@ -292,7 +292,7 @@ def render_uninstall_command(spec: AgentInstallSpec) -> str:
 
 # A pid counts only if that process is the agent (its command line names the agent program): a recycled pid
 # of another process is never signalled.
-_STOP_FUNCTION = f"""\
+STOP_FUNCTION = f"""\
 agent_pid() {{
     [[ -f $PID_FILE ]] || return 1
     local pid; pid=$(cat "$PID_FILE")
@@ -311,7 +311,7 @@ stop_agent() {{
 }}"""
 
 
-def _process_start_lines(system_layout: bool) -> list[str]:
+def process_start_lines(system_layout: bool) -> list[str]:
     start_detached = [
         "    stop_agent",
         # The unit's ExecStart is the one command line of the agent: install.sh renders it from the flags.
@@ -416,7 +416,7 @@ def _container_start_lines(spec: AgentInstallSpec) -> list[str]:
     ]
 
 
-_WAIT_HEALTHY = f"""\
+WAIT_HEALTHY = f"""\
 "$PYTHON" - "$HEALTH_HOST" "$HEALTH_PORT" "$TLS_DIR/fingerprint" {AGENT_HEALTH_TIMEOUT_S} <<'EOF' || \
 {{ echo "the agent did not answer $HEALTH_URL; last log lines:" >&2; tail -n 20 "$LOG_FILE" >&2 2>/dev/null; exit 1; }}
 # GET /healthz over TLS, trusting only the certificate whose SHA-256 is in the TLS directory's fingerprint file.
