@@ -57,8 +57,10 @@ def find_kube_bin() -> Path | None:
 def missing_reason() -> str | None:
     """Why the API server cannot run here (a skip reason), or None when it can."""
     if find_kube_bin() is None:
-        return ("kube-apiserver and etcd not found ($GPUSTACK_KUBE_BIN, PATH, or the scripts/kube-apiserver.sh "
-                "cache); build them with `bash scripts/kube-apiserver.sh` (needs Go; .ci/run does it)")
+        return (
+            "kube-apiserver and etcd not found ($GPUSTACK_KUBE_BIN, PATH, or the scripts/kube-apiserver.sh "
+            "cache); build them with `bash scripts/kube-apiserver.sh` (needs Go; .ci/run does it)"
+        )
     return None
 
 
@@ -88,9 +90,17 @@ def _certificate(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x5
     )
     if ca:
         builder = builder.add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
     if sans:
@@ -141,9 +151,17 @@ def make_pki(directory: Path) -> Pki:
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(directory / "sa.key", sa_key)
     (directory / "sa.pub").write_bytes(
-        sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return Pki(directory / "ca.crt", directory / "apiserver.crt", directory / "apiserver.key",
-               directory / "admin.crt", directory / "admin.key", directory / "sa.key", directory / "sa.pub")
+        sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return Pki(
+        directory / "ca.crt",
+        directory / "apiserver.crt",
+        directory / "apiserver.key",
+        directory / "admin.crt",
+        directory / "admin.key",
+        directory / "sa.key",
+        directory / "sa.pub",
+    )
 
 
 # ----- processes -----------------------------------------------------------------------------------------------
@@ -186,8 +204,7 @@ class KubeApiServer:
         return httpx.Client(base_url=self.url, verify=context, timeout=60, **kwargs)
 
 
-def _wait(check: str, process: subprocess.Popen[bytes], log: Path, probe: Callable[[], bool],
-          deadline: float) -> None:
+def _wait(check: str, process: subprocess.Popen[bytes], log: Path, probe: Callable[[], bool], deadline: float) -> None:
     last = ""
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -227,8 +244,13 @@ def kube_apiserver(extra_args: list[str] | None = None) -> Iterator[KubeApiServe
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 ))  # fmt: skip
             deadline = time.monotonic() + START_TIMEOUT
-            _wait("etcd", processes[0], etcd_log,
-                  lambda: httpx.get(f"{etcd_url}/health", timeout=2).json().get("health") == "true", deadline)
+            _wait(
+                "etcd",
+                processes[0],
+                etcd_log,
+                lambda: httpx.get(f"{etcd_url}/health", timeout=2).json().get("health") == "true",
+                deadline,
+            )
 
             port = free_port()
             api_log = root / "kube-apiserver.log"
@@ -254,8 +276,13 @@ def kube_apiserver(extra_args: list[str] | None = None) -> Iterator[KubeApiServe
                 ))  # fmt: skip
             server = KubeApiServer(f"https://127.0.0.1:{port}", pki, "")
             with server.client() as http:
-                _wait("kube-apiserver", processes[1], api_log,
-                      lambda: http.get("/readyz", timeout=5).status_code == 200, deadline)
+                _wait(
+                    "kube-apiserver",
+                    processes[1],
+                    api_log,
+                    lambda: http.get("/readyz", timeout=5).status_code == 200,
+                    deadline,
+                )
                 version = http.get("/version").json()["gitVersion"]
             yield KubeApiServer(server.url, pki, version)
         finally:

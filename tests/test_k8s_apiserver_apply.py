@@ -52,12 +52,23 @@ SETTINGS = PoolSettings(
 )
 DEPLOYMENTS = [
     Deployment(name="chat", model="Qwen/Qwen3-8B", replicas=2, max_model_len=32768, node_selector={"tier": "shared"}),
-    Deployment(name="small", model="Qwen/Qwen3-0.6B", replicas=1, max_model_len=8192,
-               node_selector={"tier": "shared"}, engine_options={"api_key_secret": "api-key"}),
+    Deployment(
+        name="small",
+        model="Qwen/Qwen3-0.6B",
+        replicas=1,
+        max_model_len=8192,
+        node_selector={"tier": "shared"},
+        engine_options={"api_key_secret": "api-key"},
+    ),
     Deployment(name="wide", model="Qwen/Qwen3-32B", replicas=1, max_model_len=32768, node_selector={"tier": "pp"}),
     Deployment(name="npu", model="Qwen/Qwen3-8B", replicas=1, max_model_len=8192, gpu_selector=["Ascend-910B3"]),
-    Deployment(name="slice", model="Qwen/Qwen3-0.6B", replicas=1, max_model_len=4096,
-               gpu_selector=["NVIDIA A100-SXM4-80GB MIG 1g.10gb"]),
+    Deployment(
+        name="slice",
+        model="Qwen/Qwen3-0.6B",
+        replicas=1,
+        max_model_len=4096,
+        gpu_selector=["NVIDIA A100-SXM4-80GB MIG 1g.10gb"],
+    ),
 ]
 # A second pool in its own namespace with the device plugin assigning GPUs (whole GPUs and MIG slices).
 DP_SETTINGS = PoolSettings(pool="dp", namespace="gpustack-dp", agent_image="ghcr.io/acme/gpustack-runtime",
@@ -68,8 +79,9 @@ DP_NODES = [
 ]
 DP_DEPLOYMENTS = [
     Deployment(name="big", model="Qwen/Qwen3-32B", max_model_len=32768, gpu_selector=["L40S"]),
-    Deployment(name="slice", model="Qwen/Qwen3-0.6B", max_model_len=4096,
-               gpu_selector=["NVIDIA A100-SXM4-80GB MIG 1g.10gb"]),
+    Deployment(
+        name="slice", model="Qwen/Qwen3-0.6B", max_model_len=4096, gpu_selector=["NVIDIA A100-SXM4-80GB MIG 1g.10gb"]
+    ),
 ]
 
 
@@ -214,8 +226,9 @@ def test_key_fields_survive_the_round_trip(objects: list[dict[str, Any]], applie
         assert live["spec"]["selector"] == obj["spec"]["selector"]
         rendered_pod, live_pod = pod_spec(obj), pod_spec(live)
         for field in ("nodeSelector", "affinity", "tolerations", "volumes"):
-            assert live_pod.get(field) == rendered_pod.get(field) or not differences(rendered_pod.get(field),
-                                                                                     live_pod.get(field)), field
+            assert live_pod.get(field) == rendered_pod.get(field) or not differences(
+                rendered_pod.get(field), live_pod.get(field)
+            ), field
         for rendered_c, live_c in zip(rendered_pod["containers"], live_pod["containers"], strict=True):
             limits = rendered_c.get("resources", {}).get("limits", {})
             assert live_c.get("resources", {}).get("limits", {}) == limits
