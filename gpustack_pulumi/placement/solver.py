@@ -335,6 +335,7 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     # The primary solve counts replicas in units of the lowest tier (tier weights are multiples of ``base``):
     # small coefficients keep CP-SAT's bounds tight; values are scaled back by ``base`` for the result.
     unit_tier = _tier_weights(tasks, 1)
+    weights = [unit_tier[group.tasks[0].prepared.deployment.priority] for group in groups]
     primary = sum(
         unit_tier[group.tasks[0].prepared.deployment.priority] * placed_vars[gi] for gi, group in enumerate(groups)
     )
@@ -346,9 +347,8 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
         - node_weight * sum(new_nodes)
         - sum(rank_terms)
     )
-    heuristic_value = _value(
-        heuristic, tier, state, strategy, (latency_weight, gpu_spread_weight, spread_weight, device_weight, node_weight)
-    )
+    objective_weights = (latency_weight, gpu_spread_weight, spread_weight, device_weight, node_weight)
+    heuristic_value = _value(heuristic, tier, state, strategy, objective_weights)
     base_weight = min(tier.values()) if tier else 1
 
     # Lexicographic in two solves: first the placed replicas alone (their optimum is usually proven fast),
@@ -368,12 +368,29 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
         solver.parameters.optimize_with_max_hs = max_hs
         return solver.Solve(model)
 
+    # The hint: the heuristic's plan, or where better a packing of the smallest replicas (on generated
+    # oversubscribed clusters it often is: tight packings that CP-SAT's search alone took seconds to find).
+    hint = _hint_assignment(state, heuristic, groups, weights)
     _hint_from(
-        model, heuristic, groups, extract, placed_vars, device_used, node_used, excess_of, gpu_excess_of, buckets, pools
+        model,
+        hint,
+        groups,
+        extract,
+        placed_vars,
+        device_used,
+        node_used,
+        excess_of,
+        gpu_excess_of,
+        buckets,
+        pools,
     )
     model.Maximize(primary)
     status = run(PRIMARY_WALL_SHARE, DETERMINISTIC_SHARE_PRIMARY, max_hs=True)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        # nothing found in time (a loaded machine): the hint is feasible, and may be better than the heuristic
+        hint_value = _value(hint, tier, state, strategy, objective_weights)
+        if hint_value > heuristic_value:
+            return ExactResult(hint, False, False, hint_value, None, base_weight)
         return ExactResult(heuristic, False, False, heuristic_value, None, base_weight)
     primary_optimal = status == cp_model.OPTIMAL
     primary_units = round(solver.ObjectiveValue())
@@ -436,6 +453,160 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     return ExactResult(assignments, True, optimal, exact_value, primary_bound, base_weight, primary_optimal)
 
 
+def _model_option(group: _Group, candidate: Candidate) -> _Option | None:
+    """The model's option that ``candidate`` is an instance of, if any (the heuristic may take a larger TP
+    than the model offers, or split a replica over nodes where the model does not)."""
+    for option in group.options:
+        if (option.class_id, option.engine, option.tp, option.pp) != (
+            candidate.class_id,
+            candidate.engine,
+            candidate.tp,
+            candidate.pp,
+        ):
+            continue
+        eligible = dict(option.nodes)
+        if all(node in eligible and set(gids) <= set(eligible[node]) for node, gids in candidate.node_gids):
+            return option
+    return None
+
+
+def _hint_assignment(
+    state: ClusterState,
+    heuristic: list[tuple[ReplicaTask, ScoredCandidate | None]],
+    groups: list[_Group],
+    weight: list[int],
+) -> list[tuple[ReplicaTask, ScoredCandidate | None]]:
+    """A feasible point of the model to start the search from, the better (placed replicas by priority) of:
+    the heuristic's assignment, less the replicas the model cannot express, with unplaced replicas fitted into
+    what room is left; and a packing of the most valuable, smallest replicas (as many as best fit decreasing
+    packs)."""
+    group_of = {id(task): gi for gi, group in enumerate(groups) for task in group.tasks}
+    room = {g: _units_down(free) for g, free in enumerate(state.free)}
+    host_room = {node: _units_down(free) for node, free in state.host_free.items()}
+    out: list[tuple[ReplicaTask, ScoredCandidate | None]] = []
+    for task, chosen in heuristic:
+        option = None if chosen is None else _model_option(groups[group_of[id(task)]], chosen.candidate)
+        if option is None:
+            out.append((task, None))
+            continue
+        _take(option, chosen.candidate.node_gids, room, host_room)
+        out.append((task, chosen))
+    unplaced = [i for i, (_, chosen) in enumerate(out) if chosen is None]
+    _place(state, out, sorted(unplaced, key=lambda i: _size(state, groups[group_of[id(out[i][0])]])), groups,
+           group_of, room, host_room)  # fmt: skip
+    packed = _pack(state, [task for task, _ in heuristic], groups, group_of, weight)
+
+    def value(assignments: list[tuple[ReplicaTask, ScoredCandidate | None]]) -> int:
+        return sum(weight[group_of[id(task)]] for task, chosen in assignments if chosen is not None)
+
+    return packed if value(packed) > value(out) else out
+
+
+def _take(option: _Option, node_gids: list[tuple[int, list[int]]], room: dict, host_room: dict) -> None:
+    for node, gids in node_gids:
+        if option.class_id is None:
+            host_room[node] = host_room.get(node, 0) - _units_up(option.claim)
+        for g in gids:
+            room[g] -= _units_up(option.claim)
+
+
+def _size(state: ClusterState, group: _Group) -> float:
+    """A replica's smallest share of the devices it can go to (ranks × claim over the largest free memory)."""
+    sizes = []
+    for option in group.options:
+        if option.class_id is None:
+            largest = max((_units_down(state.host_free.get(node)) for node, _ in option.nodes), default=0)
+        else:
+            largest = max((_units_down(state.free[g]) for _, gids in option.nodes for g in gids), default=0)
+        sizes.append(option.tp * option.pp * _units_up(option.claim) / max(1, largest))
+    return min(sizes, default=float("inf"))
+
+
+def _pack(
+    state: ClusterState,
+    tasks: list[ReplicaTask],
+    groups: list[_Group],
+    group_of: dict[int, int],
+    weight: list[int],
+) -> list[tuple[ReplicaTask, ScoredCandidate | None]]:
+    """The most replicas best fit decreasing packs, taking them by priority, then smallest first: the largest
+    ``k`` (binary search) whose ``k`` first replicas it packs all of, then whatever else fits after them."""
+    size = [_size(state, group) for group in groups]
+    ranked = sorted(range(len(tasks)), key=lambda i: (-weight[group_of[id(tasks[i])]], size[group_of[id(tasks[i])]]))
+
+    def attempt(k: int) -> tuple[bool, list, dict, dict]:
+        out: list[tuple[ReplicaTask, ScoredCandidate | None]] = [(task, None) for task in tasks]
+        room = {g: _units_down(free) for g, free in enumerate(state.free)}
+        host_room = {node: _units_down(free) for node, free in state.host_free.items()}
+        chosen = sorted(ranked[:k], key=lambda i: -size[group_of[id(tasks[i])]])
+        complete = _place(state, out, chosen, groups, group_of, room, host_room) == len(chosen)
+        return complete, out, room, host_room
+
+    low, high = 0, len(tasks)
+    best = attempt(0)
+    while low < high:
+        middle = (low + high + 1) // 2
+        result = attempt(middle)
+        if result[0]:
+            low, best = middle, result
+        else:
+            high = middle - 1
+    _, out, room, host_room = best
+    _place(state, out, ranked[low:], groups, group_of, room, host_room)
+    return out
+
+
+def _place(
+    state: ClusterState,
+    assignments: list[tuple[ReplicaTask, ScoredCandidate | None]],
+    order: list[int],
+    groups: list[_Group],
+    group_of: dict[int, int],
+    room: dict[int, int],
+    host_room: dict[int, int],
+) -> int:
+    """Place ``assignments[i]`` for ``i`` in ``order`` (in place), each where it leaves the least room (single
+    node options only). Returns how many were placed."""
+    placed = 0
+    for i in order:
+        task = assignments[i][0]
+        best: tuple[int, _Option, list[tuple[int, list[int]]]] | None = None
+        for option in groups[group_of[id(task)]].options:
+            if option.pp != 1:
+                continue
+            claim = _units_up(option.claim)
+            for node, gids in option.nodes:
+                if option.class_id is None:
+                    left = host_room.get(node, 0) - claim
+                    if left >= 0 and (best is None or left < best[0]):
+                        best = (left, option, [(node, [])])
+                    continue
+                for members in _rank_pools(state, gids, option.tp):
+                    fitting = sorted((g for g in members if room[g] >= claim), key=lambda g: room[g])
+                    if len(fitting) >= option.tp:
+                        chosen_gids = fitting[: option.tp]
+                        left = sum(room[g] - claim for g in chosen_gids)
+                        if best is None or left < best[0]:
+                            best = (left, option, [(node, sorted(chosen_gids))])
+        if best is None:
+            continue
+        _, option, node_gids = best
+        _take(option, node_gids, room, host_room)
+        candidate = Candidate(
+            option.class_id,
+            option.engine,
+            option.tp,
+            option.pp,
+            option.claim,
+            option.fraction,
+            node_gids,
+            option.detail,
+        )
+        assignments[i] = (task, ScoredCandidate(candidate, 0, ()))
+        placed += 1
+    return placed
+
+
 def _objective_value(model, values: list[int]) -> int:
     """The model's objective for a full assignment, as CP-SAT reports it (maximisation stored negated)."""
     objective = model.Proto().objective
@@ -464,7 +635,7 @@ def _hint_from(
     for task, chosen in heuristic:
         if chosen is not None:
             c = chosen.candidate
-            chosen_by_key.setdefault((group_of[id(task)], c.class_id, c.tp, c.pp), []).append(c.node_gids)
+            chosen_by_key.setdefault((group_of[id(task)], c.class_id, c.engine, c.tp, c.pp), []).append(c.node_gids)
     placed = [0] * len(groups)
     ei_of = {id(c): ei for ei, (_, _, c, _, _) in enumerate(extract)}
     z_counts: dict[tuple[int, int], int] = {}
@@ -472,7 +643,7 @@ def _hint_from(
     node_stages: dict[int, int] = {}
     group_node: dict[tuple[int, int], int] = {}
     for gi, option, c, ys, zs in extract:
-        key = (gi, option.class_id, option.tp, option.pp)
+        key = (gi, option.class_id, option.engine, option.tp, option.pp)
         chosen = chosen_by_key.pop(key, [])
         if not all(node in ys and all(g in zs for g in gids) for ng in chosen for node, gids in ng):
             chosen = []
