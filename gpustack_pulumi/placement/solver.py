@@ -370,7 +370,7 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
 
     # The hint: the heuristic's plan, or where better a packing of the smallest replicas (on generated
     # oversubscribed clusters it often is: tight packings that CP-SAT's search alone took seconds to find).
-    hint = _hint_assignment(state, heuristic, groups, weights)
+    hint, hint_units = _hint_assignment(state, heuristic, groups, weights)
     _hint_from(
         model,
         hint,
@@ -386,16 +386,24 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     )
     model.Maximize(primary)
     status = run(PRIMARY_WALL_SHARE, DETERMINISTIC_SHARE_PRIMARY, max_hs=True)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+    primary_optimal = status == cp_model.OPTIMAL
+    primary_bound = round(solver.BestObjectiveBound()) * base
+    if not found or round(solver.ObjectiveValue()) < hint_units:
+        # The max-hitting-set search does not always start from the hint: the hint itself then stands
+        # (all variables fixed to it, a solve of a few milliseconds).
+        solver.parameters.fix_variables_to_their_hinted_value = True
+        status = run(PRIMARY_WALL_SHARE, 0.01, max_hs=False)
+        solver.parameters.fix_variables_to_their_hinted_value = False
+        found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+    if not found:
         # nothing found in time (a loaded machine): the hint is feasible, and may be better than the heuristic
         hint_value = _value(hint, tier, state, strategy, objective_weights)
-        if hint_value > heuristic_value:
-            return ExactResult(hint, False, False, hint_value, None, base_weight)
-        return ExactResult(heuristic, False, False, heuristic_value, None, base_weight)
-    primary_optimal = status == cp_model.OPTIMAL
+        if hint_value > heuristic_value and status != cp_model.INFEASIBLE:
+            return ExactResult(hint, False, False, hint_value, primary_bound, base_weight)
+        return ExactResult(heuristic, False, False, heuristic_value, primary_bound, base_weight)
     primary_units = round(solver.ObjectiveValue())
     primary_value = primary_units * base
-    primary_bound = round(solver.BestObjectiveBound()) * base
     values = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(model.Proto().variables))]
     model.Add(primary >= primary_units)
     model.ClearHints()
@@ -475,11 +483,11 @@ def _hint_assignment(
     heuristic: list[tuple[ReplicaTask, ScoredCandidate | None]],
     groups: list[_Group],
     weight: list[int],
-) -> list[tuple[ReplicaTask, ScoredCandidate | None]]:
+) -> tuple[list[tuple[ReplicaTask, ScoredCandidate | None]], int]:
     """A feasible point of the model to start the search from, the better (placed replicas by priority) of:
     the heuristic's assignment, less the replicas the model cannot express, with unplaced replicas fitted into
     what room is left; and a packing of the most valuable, smallest replicas (as many as best fit decreasing
-    packs)."""
+    packs); with its placed-replicas objective."""
     group_of = {id(task): gi for gi, group in enumerate(groups) for task in group.tasks}
     room = {g: _units_down(free) for g, free in enumerate(state.free)}
     host_room = {node: _units_down(free) for node, free in state.host_free.items()}
@@ -499,7 +507,7 @@ def _hint_assignment(
     def value(assignments: list[tuple[ReplicaTask, ScoredCandidate | None]]) -> int:
         return sum(weight[group_of[id(task)]] for task, chosen in assignments if chosen is not None)
 
-    return packed if value(packed) > value(out) else out
+    return max((out, value(out)), (packed, value(packed)), key=lambda pair: pair[1])
 
 
 def _take(option: _Option, node_gids: list[tuple[int, list[int]]], room: dict, host_room: dict) -> None:
