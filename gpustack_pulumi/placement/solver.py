@@ -463,9 +463,10 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     return ExactResult(assignments, True, optimal, exact_value, primary_bound, base_weight, primary_optimal)
 
 
-def _model_option(group: _Group, candidate: Candidate) -> _Option | None:
+def _model_option(state: ClusterState, group: _Group, candidate: Candidate) -> _Option | None:
     """The model's option that ``candidate`` is an instance of, if any (the heuristic may take a larger TP
-    than the model offers, or split a replica over nodes where the model does not)."""
+    than the model offers, or split a replica over nodes where the model does not); its ranks on a node must
+    stay within one of the model's rank pools."""
     for option in group.options:
         if (option.class_id, option.engine, option.tp, option.pp) != (
             candidate.class_id,
@@ -475,7 +476,11 @@ def _model_option(group: _Group, candidate: Candidate) -> _Option | None:
         ):
             continue
         eligible = dict(option.nodes)
-        if all(node in eligible and set(gids) <= set(eligible[node]) for node, gids in candidate.node_gids):
+        if all(
+            node in eligible
+            and any(set(gids) <= set(members) for members in _rank_pools(state, eligible[node], option.tp))
+            for node, gids in candidate.node_gids
+        ):
             return option
     return None
 
@@ -495,7 +500,7 @@ def _hint_assignment(
     host_room = {node: _units_down(free) for node, free in state.host_free.items()}
     out: list[tuple[ReplicaTask, ScoredCandidate | None]] = []
     for task, chosen in heuristic:
-        option = None if chosen is None else _model_option(groups[group_of[id(task)]], chosen.candidate)
+        option = None if chosen is None else _model_option(state, groups[group_of[id(task)]], chosen.candidate)
         if option is None:
             out.append((task, None))
             continue
