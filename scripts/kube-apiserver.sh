@@ -49,32 +49,9 @@ ROOT="$CACHE/kube-$VERSION"
 BIN="$ROOT/bin"
 mkdir -p "$BIN"
 
-GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-if [ ! -x "$GO" ] && ! command -v "$GO" >/dev/null 2>&1; then
-    log "no Go toolchain (set GO=/path/to/go); cannot build kube-apiserver and etcd"
-    exit 1
-fi
-export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOFLAGS="-mod=mod" GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
-export CGO_ENABLED=0
-
-# Prints `replace` lines for the non-local replace directives of the go.mod file $1 (single or block form).
-repeat_replaces() {
-    awk '
-        /^replace[ \t]*\(/ { block = 1; next }
-        block && /^\)/ { block = 0; next }
-        block { print; next }
-        /^replace[ \t]/ { sub(/^replace[ \t]+/, ""); print }
-    ' "$1" | while read -r line; do
-        [ -n "$line" ] || continue
-        case "$line" in //*) continue ;; esac
-        target="$(echo "${line#*=>}" | sed 's/^ *//')"
-        case "$target" in
-            ./*|../*|/*) continue ;;
-        esac
-        log "repeating replace $line"
-        echo "replace $line"
-    done
-}
+# shellcheck source=scripts/go-modules.sh
+source "$(dirname "$0")/go-modules.sh"
+use_go_toolchain "kube-apiserver and etcd"
 
 # Prints the module paths that the go.mod file $1 both requires and replaces with local paths (the sibling
 # modules of one repository; a local replace of a module it does not require, e.g. etcd's

@@ -48,33 +48,11 @@ BIN="$ROOT/bin"
 MOD="$ROOT/module"
 mkdir -p "$BIN" "$MOD"
 
-GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-if [ ! -x "$GO" ] && ! command -v "$GO" >/dev/null 2>&1; then
-    log "no Go toolchain (set GO=/path/to/go); cannot build the Pulumi CLI"
-    exit 1
-fi
-export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOFLAGS="-mod=mod" GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
-export CGO_ENABLED=0
+# shellcheck source=scripts/go-modules.sh
+source "$(dirname "$0")/go-modules.sh"
+use_go_toolchain "the Pulumi CLI"
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
-
-# Prints `replace` lines for the non-local replace directives of the go.mod file $1 (single or block form).
-repeat_replaces() {
-    awk '
-        /^replace[ \t]*\(/ { block = 1; next }
-        block && /^\)/ { block = 0; next }
-        block { print; next }
-        /^replace[ \t]/ { sub(/^replace[ \t]+/, ""); print }
-    ' "$1" | while read -r line; do
-        [ -n "$line" ] || continue
-        target="$(echo "${line#*=>}" | sed 's/^ *//')"
-        case "$target" in
-            ./*|../*|/*) continue ;;
-        esac
-        log "repeating replace $line"
-        echo "replace $line"
-    done
-}
 
 # --- the CLI ------------------------------------------------------------------------------------------------
 if [ ! -x "$BIN/pulumi" ]; then

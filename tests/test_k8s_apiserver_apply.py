@@ -22,54 +22,16 @@ from typing import Any
 
 import httpx
 import pytest
-from gpustack_runtime.wire import Inventory
+from k8s_sample_cluster import DEPLOYMENTS, NODES, SETTINGS, plan_on_pool
 from kube_support import KubeApiServer, kube_apiserver, missing_reason
 
-from gpustack_pulumi.cluster_plan import plan_cluster
 from gpustack_pulumi.placement.models import Deployment
 from gpustack_pulumi.pools.kubernetes import render
-from gpustack_pulumi.pools.kubernetes.render import HfTokenRef, KubernetesNode, ModelCache, PoolSettings
+from gpustack_pulumi.pools.kubernetes.render import KubernetesNode, PoolSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
 
 FIELD_MANAGER = "gpustack-pulumi"
-NODES = [
-    KubernetesNode("gpu-1", "NVIDIA L40S", 2, address="10.0.0.1", labels={"zone": "a", "tier": "shared"}),
-    KubernetesNode("gpu-2", "L40S", 2, address="10.0.0.2", labels={"tier": "shared"}),
-    KubernetesNode("pp-1", "NVIDIA L40S", 1, address="10.0.1.1", labels={"tier": "pp"}),
-    KubernetesNode("pp-2", "NVIDIA L40S", 1, address="10.0.1.2", labels={"tier": "pp"}),
-    KubernetesNode("npu-1", "Ascend-910B3", 8, vendor="ascend"),
-    KubernetesNode("mig-1", "A100-80GB-SXM", 7, mig_profile="1g.10gb"),
-]
-SETTINGS = PoolSettings(
-    pool="k8s",
-    namespace="gpustack",
-    agent_image="ghcr.io/acme/gpustack-runtime",
-    agent_version="0.1.0",
-    hf_token=HfTokenRef("hf-token", "token"),
-    model_cache=ModelCache(pvc="models"),
-    secret_name="k8s-secrets",
-)
-DEPLOYMENTS = [
-    Deployment(name="chat", model="Qwen/Qwen3-8B", replicas=2, max_model_len=32768, node_selector={"tier": "shared"}),
-    Deployment(
-        name="small",
-        model="Qwen/Qwen3-0.6B",
-        replicas=1,
-        max_model_len=8192,
-        node_selector={"tier": "shared"},
-        engine_options={"api_key_secret": "api-key"},
-    ),
-    Deployment(name="wide", model="Qwen/Qwen3-32B", replicas=1, max_model_len=32768, node_selector={"tier": "pp"}),
-    Deployment(name="npu", model="Qwen/Qwen3-8B", replicas=1, max_model_len=8192, gpu_selector=["Ascend-910B3"]),
-    Deployment(
-        name="slice",
-        model="Qwen/Qwen3-0.6B",
-        replicas=1,
-        max_model_len=4096,
-        gpu_selector=["NVIDIA A100-SXM4-80GB MIG 1g.10gb"],
-    ),
-]
 # A second pool in its own namespace with the device plugin assigning GPUs (whole GPUs and MIG slices).
 DP_SETTINGS = PoolSettings(pool="dp", namespace="gpustack-dp", agent_image="ghcr.io/acme/gpustack-runtime",
                            agent_version="0.1.0", gpu_assignment="device-plugin")  # fmt: skip
@@ -89,11 +51,7 @@ def pool_objects(
     settings: PoolSettings, nodes: list[KubernetesNode], deployments: list[Deployment], secrets: dict[str, str]
 ) -> list[dict[str, Any]]:
     """What KubernetesGpuPool creates: the agent objects, the Secret, the workloads of the plan on its nodes."""
-    inventory = Inventory.model_validate({"nodes": render.planned_capacity(nodes, settings.pool)})
-    addresses = {node.name: node.address or node.name for node in nodes}
-    result = plan_cluster(inventory, deployments, owner_prefix="proj/dev/", node_addresses=addresses)
-    assert result.ok, result.failures
-    plan = result.model_dump(mode="json")
+    plan = plan_on_pool(settings.pool, nodes, deployments)
     return [*render.render_agent_objects(settings, nodes), render.render_secret(settings, secrets),
             *render.render_workloads(settings, plan, nodes)]  # fmt: skip
 

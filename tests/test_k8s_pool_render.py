@@ -13,12 +13,13 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from gpustack_runtime.wire import CapacityDocument, Inventory
+from k8s_sample_cluster import DEPLOYMENTS, NODES, SETTINGS, plan_on_pool
 
 from gpustack_pulumi.catalog import gpu
 from gpustack_pulumi.cluster_plan import plan_cluster
 from gpustack_pulumi.placement.models import Deployment
 from gpustack_pulumi.pools.kubernetes import render
-from gpustack_pulumi.pools.kubernetes.render import HfTokenRef, KubernetesNode, ModelCache, PoolSettings, RenderError
+from gpustack_pulumi.pools.kubernetes.render import KubernetesNode, PoolSettings, RenderError
 
 FIRST_SUPPORTED_MINOR = 29
 
@@ -37,53 +38,12 @@ def supported_versions() -> list[str]:
 
 
 VERSIONS = supported_versions()
-NODES = [
-    KubernetesNode("gpu-1", "NVIDIA L40S", 2, address="10.0.0.1", labels={"zone": "a", "tier": "shared"}),
-    KubernetesNode("gpu-2", "L40S", 2, address="10.0.0.2", labels={"tier": "shared"}),
-    KubernetesNode("pp-1", "NVIDIA L40S", 1, address="10.0.1.1", labels={"tier": "pp"}),
-    KubernetesNode("pp-2", "NVIDIA L40S", 1, address="10.0.1.2", labels={"tier": "pp"}),
-    KubernetesNode("npu-1", "Ascend-910B3", 8, vendor="ascend"),
-    KubernetesNode("mig-1", "A100-80GB-SXM", 7, mig_profile="1g.10gb"),
-]
-SETTINGS = PoolSettings(
-    pool="k8s",
-    namespace="gpustack",
-    agent_image="ghcr.io/acme/gpustack-runtime",
-    agent_version="0.1.0",
-    hf_token=HfTokenRef("hf-token", "token"),
-    model_cache=ModelCache(pvc="models"),
-    secret_name="k8s-secrets",
-)
-DEPLOYMENTS = [
-    Deployment(name="chat", model="Qwen/Qwen3-8B", replicas=2, max_model_len=32768, node_selector={"tier": "shared"}),
-    Deployment(
-        name="small",
-        model="Qwen/Qwen3-0.6B",
-        replicas=1,
-        max_model_len=8192,
-        node_selector={"tier": "shared"},
-        engine_options={"api_key_secret": "api-key"},
-    ),
-    Deployment(name="wide", model="Qwen/Qwen3-32B", replicas=1, max_model_len=32768, node_selector={"tier": "pp"}),
-    Deployment(name="npu", model="Qwen/Qwen3-8B", replicas=1, max_model_len=8192, gpu_selector=["Ascend-910B3"]),
-    Deployment(
-        name="slice",
-        model="Qwen/Qwen3-0.6B",
-        replicas=1,
-        max_model_len=4096,
-        gpu_selector=["NVIDIA A100-SXM4-80GB MIG 1g.10gb"],
-    ),
-]
 
 
 @pytest.fixture(scope="module")
 def plan() -> dict[str, Any]:
     """The cluster plan (as the ClusterPlan resource outputs it) of DEPLOYMENTS on the pool's planned capacity."""
-    inventory = Inventory.model_validate({"nodes": render.planned_capacity(NODES, "k8s")})
-    addresses = {node.name: node.address or node.name for node in NODES}
-    result = plan_cluster(inventory, DEPLOYMENTS, owner_prefix="proj/dev/", node_addresses=addresses)
-    assert result.ok, result.failures
-    return result.model_dump(mode="json")
+    return plan_on_pool("k8s", NODES, DEPLOYMENTS)
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,12 @@ class _Option:
     detail: str
     nodes: list[tuple[int, list[int]]]  # eligible (node, devices with room for one rank)
 
+    def candidate(self, node_gids: list[tuple[int, list[int]]]) -> Candidate:
+        """This option placed on the given (node, devices) ranks, as the heuristic's candidates read."""
+        return Candidate(
+            self.class_id, self.engine, self.tp, self.pp, self.claim, self.fraction, node_gids, self.detail
+        )
+
 
 def _options(state: ClusterState, task: ReplicaTask, index: int) -> list[_Option]:
     prepared = task.prepared
@@ -447,17 +453,7 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
         ):
             task = group_tasks[next_task[gi]]
             next_task[gi] += 1
-            candidate = Candidate(
-                option.class_id,
-                option.engine,
-                option.tp,
-                option.pp,
-                option.claim,
-                option.fraction,
-                node_gids,
-                option.detail,
-            )
-            assignments.append((task, ScoredCandidate(candidate, 0, ())))
+            assignments.append((task, ScoredCandidate(option.candidate(node_gids), 0, ())))
     for gi, group in enumerate(groups):
         assignments.extend((task, None) for task in group.tasks[next_task[gi] :])
     return ExactResult(assignments, True, optimal, exact_value, primary_bound, base_weight, primary_optimal)
@@ -607,17 +603,7 @@ def _place(
             continue
         _, option, node_gids = best
         _take(option, node_gids, room, host_room)
-        candidate = Candidate(
-            option.class_id,
-            option.engine,
-            option.tp,
-            option.pp,
-            option.claim,
-            option.fraction,
-            node_gids,
-            option.detail,
-        )
-        assignments[i] = (task, ScoredCandidate(candidate, 0, ()))
+        assignments[i] = (task, ScoredCandidate(option.candidate(node_gids), 0, ()))
         placed += 1
     return placed
 
