@@ -4,7 +4,9 @@ For each case: ``plan()`` with the default time budget (2 s) versus a long exact
 proof status), and the heuristic alone. Cases are generated like ``placement_bench.py``'s section 2, with more
 replicas than fit (oversubscribed), from a fixed seed.
 
-    .venv/bin/python benchmarks/exact_optimum_bench.py [--cases 12] [--reference-budget 30]
+    .venv/bin/python benchmarks/exact_optimum_bench.py [--cases 12] [--reference-budget 30] [--large]
+
+``--large`` generates clusters of 40–64 GPUs (more nodes of each kind, 30–70 deployments) instead of 4–40.
 """
 
 from __future__ import annotations
@@ -25,16 +27,21 @@ from gpustack_pulumi.placement import plan
 from gpustack_pulumi.placement.planner import DEFAULT_TIME_BUDGET_S, Planner
 
 
-def cases(count: int, seed: int = 7) -> list[tuple]:
+def cases(count: int, seed: int = 7, *, large: bool = False) -> list[tuple]:
     rng = random.Random(seed)
     out = []
+    low, high = (40, 64) if large else (4, 64)
     while len(out) < count:
-        layout = [("H100", rng.randint(0, 2), 8), ("L40S", rng.randint(1, 4), 4), ("L4", rng.randint(0, 8), 1)]
+        if large:
+            layout = [("H100", rng.randint(2, 4), 8), ("L40S", rng.randint(2, 6), 4), ("L4", rng.randint(0, 8), 1)]
+        else:
+            layout = [("H100", rng.randint(0, 2), 8), ("L40S", rng.randint(1, 4), 4), ("L4", rng.randint(0, 8), 1)]
         inventory = make_inventory([entry for entry in layout if entry[1]])
         gpus = sum(len(n.devices) for n in inventory.nodes)
-        if not 4 <= gpus <= 64:
+        if not low <= gpus <= high:
             continue
-        deployments = make_deployments(rng.randint(8, 30), MIXED_MODELS[:6], 1000 + len(out), max_replicas=4,
+        count_range = (30, 70) if large else (8, 30)
+        deployments = make_deployments(rng.randint(*count_range), MIXED_MODELS[:6], 1000 + len(out), max_replicas=4,
                                        selector_share=0, sglang_share=0, priority_share=0)  # fmt: skip
         out.append((inventory, deployments, gpus))
     return out
@@ -44,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=12)
     parser.add_argument("--reference-budget", type=float, default=30.0)
+    parser.add_argument("--large", action="store_true", help="clusters of 40-64 GPUs")
     args = parser.parse_args(argv)
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
           f"load {os.getloadavg()[0]:.2f}")  # fmt: skip
@@ -51,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     print("case | GPUs | wanted | heuristic | plan() default (proof) | s | reference (proof) | at optimum")
     hits = 0
     oversubscribed = 0
-    for i, (inventory, deployments, gpus) in enumerate(cases(args.cases)):
+    for i, (inventory, deployments, gpus) in enumerate(cases(args.cases, large=args.large)):
         wanted = sum(d.replicas for d in deployments)
         heuristic = plan(inventory, deployments, exact=False).summary.placed
         started = time.perf_counter()
