@@ -12,7 +12,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from exact_optimum_bench import cases
 from placement_bench import make_inventory
-from placement_upper_bound import DeviceType, Item, Relaxation, capture, config_lp_bound, upper_bound
+from placement_upper_bound import (
+    DeviceType,
+    Item,
+    Relaxation,
+    capture,
+    check_in_product,
+    config_lp_bound,
+    prove_at_most,
+    upper_bound,
+)
 from test_placement_exact_optimum import PROVEN
 
 from gpustack_pulumi.placement.models import Deployment
@@ -69,3 +78,30 @@ def test_hand_made_cluster_of_two_gpus() -> None:
     bound = config_lp_bound(relaxation)
     assert bound.value == pytest.approx(2 * per_device)
     assert bound.replicas == 2 * per_device
+
+
+def test_branch_and_price_proves_a_small_optimum(generated: list[tuple]) -> None:
+    inventory, deployments, _ = generated[3]
+    relaxation, _, _ = capture(inventory, deployments, time_budget_s=None)
+    proof = prove_at_most(relaxation, PROVEN[3][2], time_limit_s=10)
+    assert proof.proven
+    # one fewer than the optimum: a placement of more exists, and the product's own objects accept it
+    proof = prove_at_most(relaxation, PROVEN[3][2] - 1, time_limit_s=10)
+    assert not proof.proven and proof.witness is not None
+    assert len(proof.witness) >= PROVEN[3][2] and check_in_product(relaxation, proof.witness)
+
+
+def test_the_product_check_rejects_an_overfull_device(generated: list[tuple]) -> None:
+    inventory, deployments, _ = generated[3]
+    relaxation, _, _ = capture(inventory, deployments, time_budget_s=None)
+    # a single-rank replica of which one fits a device but two do not, of a deployment with two replicas or more
+    i, device = next(
+        (i, members[0])
+        for t, members in enumerate(relaxation.members)
+        for i in relaxation.types[t].items
+        if relaxation.items[i].tp == 1
+        and relaxation.replicas[relaxation.items[i].group] >= 2
+        and 2 * relaxation.items[i].claim > relaxation.types[t].capacity
+    )
+    assert check_in_product(relaxation, [(i, [device])])
+    assert not check_in_product(relaxation, [(i, [device]), (i, [device])])
