@@ -5,7 +5,10 @@ Objective, strictly in this order (integer weights, so CP-SAT optimises it exact
 2. fewest mode=latency replicas on CPU-only nodes; 3. fewest extra replicas of one deployment on one device,
 then 4. on one node (availability: every deployment under spread, those without ``pack_replicas`` under
 binpack); 5. fewest GPUs used, 6. fewest nodes used, 7. fewest ranks.
-Two solves: (1) alone first, then the rest with (1) held at its best value.
+Two stages: (1) alone first, then the rest with (1) held at its best value. Stage (1) starts with HiGHS on the
+same placed-replicas model with interchangeable deployments merged (``packing_mip.py``): its LP bound proves most
+hints optimal at the root, and on tight packings of 40–64 GPUs it finds replicas CP-SAT's search does not; only
+where HiGHS proves nothing does CP-SAT's own placed-replicas solve (max-hitting-set search) run after it.
 
 Variables per deployment and option (device class × smallest TP with room, multi-node TP × PP, or CPU):
 a count ``c`` of replicas; per node ``y`` (stages there) and per device ``z`` (ranks there) with
@@ -15,7 +18,9 @@ of the heuristic's plan and a best-fit-decreasing packing of the smallest replic
 CP-SAT's search alone took seconds to find); the hint stands if the search ends below it, and the heuristic
 is the fallback: the result is never worse than either. Determinism: one worker,
 a fixed seed, and a deterministic work limit derived from the budget alone; the wall clock (what is left of
-the budget) is only the hard stop behind it.
+the budget) is only the hard stop behind it. HiGHS has no deterministic work limit: its branch-and-bound node
+limit (from the budget) is the intended stop, but on large tight problems its root (cuts, sub-MIP heuristics)
+can run into the wall clock, and there the result depends on the machine's speed and load.
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ from gpustack_pulumi.placement.cluster import ClusterState
 from gpustack_pulumi.placement.demand import CLAIM_GRANULARITY_BYTES
 from gpustack_pulumi.placement.heuristic import Placer, ReplicaTask
 from gpustack_pulumi.placement.models import Strategy
+from gpustack_pulumi.placement.packing_mip import (
+    NODES_PER_BUDGET_SECOND,
+    KindSolution,
+    PackingKind,
+    PackingOption,
+    highs_available,
+    solve_packing,
+)
 from gpustack_pulumi.placement.scorers import Candidate, ScoredCandidate, ScorePipeline, spreads_replicas
 
 # Time kept back from the budget for model building and extraction, so the whole call stays inside it.
@@ -44,6 +57,9 @@ DETERMINISTIC_SHARE_SECONDARY = 0.15
 DETERMINISTIC_SHARE_PER_SOLVE = DETERMINISTIC_SHARE_PRIMARY  # the larger of the two (planner's docs name it)
 # Wall-clock share of what is left of the budget for the placed-replicas solve (the second gets all the rest).
 PRIMARY_WALL_SHARE = 0.7
+# Share of what is left after the CP-SAT placed-replicas solve that HiGHS gets when that solve proved nothing
+# (packing_mip.py); the second CP-SAT solve gets the rest.
+MIP_WALL_SHARE = 0.85
 
 # Memory is modelled in MiB: claims and free memory are whole MiB already (demand.CLAIM_GRANULARITY_BYTES),
 # so this is exact. Byte-sized coefficients (~10^11) slow CP-SAT's propagation by orders of magnitude.
@@ -379,84 +395,195 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     # The hint: the heuristic's plan, or where better a packing of the smallest replicas (on generated
     # oversubscribed clusters it often is: tight packings that CP-SAT's search alone took seconds to find).
     hint, hint_units = _hint_assignment(state, heuristic, groups, weights)
-    _hint_from(
-        model,
-        hint,
-        groups,
-        extract,
-        placed_vars,
-        device_used,
-        node_used,
-        excess_of,
-        gpu_excess_of,
-        buckets,
-        pools,
-    )
+    # Then HiGHS on the placed-replicas model from the hint (packing_mip.py): on most problems its LP proves
+    # the hint optimal at the root, and on tight packings of 40-64 GPUs it finds the replicas CP-SAT's search
+    # missed. Only where it proves nothing does CP-SAT's own placed-replicas solve run.
+    remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
+    packing = _packing_stage(state, groups, weights, hint, remaining * MIP_WALL_SHARE, time_budget_s)
+    if packing is not None and packing[0] > hint_units:
+        hint_units, hint = packing[0], packing[3]
+    _hint_from(model, hint, groups, extract, placed_vars, device_used, node_used, excess_of, gpu_excess_of, buckets,
+               pools)  # fmt: skip
     model.Maximize(primary)
-    status = run(PRIMARY_WALL_SHARE, DETERMINISTIC_SHARE_PRIMARY, max_hs=True)
-    found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
-    primary_optimal = status == cp_model.OPTIMAL
-    primary_bound = round(solver.BestObjectiveBound()) * base
-    if not found or round(solver.ObjectiveValue()) < hint_units:
-        # The max-hitting-set search does not always start from the hint: the hint itself then stands
-        # (all variables fixed to it, a solve of a few milliseconds).
-        solver.parameters.fix_variables_to_their_hinted_value = True
-        status = run(PRIMARY_WALL_SHARE, 0.01, max_hs=False)
-        solver.parameters.fix_variables_to_their_hinted_value = False
+    values: list[int] | None = None
+    if packing is not None and packing[2]:
+        primary_units, primary_optimal, primary_bound = hint_units, True, packing[1] * base
+    else:
+        status = run(PRIMARY_WALL_SHARE, DETERMINISTIC_SHARE_PRIMARY, max_hs=True)
         found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
-    if not found:
-        # nothing found in time (a loaded machine): the hint is feasible, and may be better than the heuristic
-        hint_value = _value(hint, tier, state, strategy, objective_weights)
-        if hint_value > heuristic_value and status != cp_model.INFEASIBLE:
-            return ExactResult(hint, False, False, hint_value, primary_bound, base_weight)
-        return ExactResult(heuristic, False, False, heuristic_value, primary_bound, base_weight)
-    primary_units = round(solver.ObjectiveValue())
+        primary_optimal = status == cp_model.OPTIMAL
+        # CP-SAT's bound means something only where it found a solution; HiGHS's holds in any case
+        bounds = [round(solver.BestObjectiveBound()) * base] if found else []
+        if packing is not None:
+            bounds.append(packing[1] * base)
+        primary_bound = min(bounds) if bounds else None
+        if not found or round(solver.ObjectiveValue()) < hint_units:
+            # The max-hitting-set search does not always start from the hint: the hint itself then stands
+            # (all variables fixed to it, a solve of a few milliseconds).
+            solver.parameters.fix_variables_to_their_hinted_value = True
+            status = run(PRIMARY_WALL_SHARE, 0.01, max_hs=False)
+            solver.parameters.fix_variables_to_their_hinted_value = False
+            found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+        if not found:
+            # nothing found in time (a loaded machine): the hint is feasible, and may be better than the heuristic
+            hint_value = _value(hint, tier, state, strategy, objective_weights)
+            if hint_value > heuristic_value and status != cp_model.INFEASIBLE:
+                return ExactResult(hint, False, False, hint_value, primary_bound, base_weight)
+            return ExactResult(heuristic, False, False, heuristic_value, primary_bound, base_weight)
+        primary_units = round(solver.ObjectiveValue())
+        primary_optimal = primary_optimal or (primary_bound is not None and primary_units * base >= primary_bound)
+        values = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(model.Proto().variables))]
+
+    def assignments_from(value_of) -> list[tuple[ReplicaTask, ScoredCandidate | None]]:
+        assignments: list[tuple[ReplicaTask, ScoredCandidate | None]] = []
+        next_task = {gi: 0 for gi in range(len(groups))}
+        for ei, (gi, option, c, ys, zs) in enumerate(extract):
+            count = value_of(c)
+            if not count:
+                continue
+            group_tasks = groups[gi].tasks
+            node_pools = {
+                node: [(value_of(pool), members) for pool, members in pools.get((ei, node), [])] for node in ys
+            }
+            for node_gids in _decompose(
+                cluster,
+                option,
+                count,
+                {n: value_of(y) for n, y in ys.items()},
+                node_pools,
+                {g: value_of(z) for g, z in zs.items()},
+            ):
+                task = group_tasks[next_task[gi]]
+                next_task[gi] += 1
+                assignments.append((task, ScoredCandidate(option.candidate(node_gids), 0, ())))
+        for gi, group in enumerate(groups):
+            assignments.extend((task, None) for task in group.tasks[next_task[gi] :])
+        return assignments
+
     primary_value = primary_units * base
-    values = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(model.Proto().variables))]
     model.Add(primary >= primary_units)
-    model.ClearHints()
-    for i, value in enumerate(values):
-        model.AddHint(model.GetIntVarFromProtoIndex(i), value)
+    if values is not None:  # CP-SAT's solution is the second solve's hint (else the hint stays)
+        model.ClearHints()
+        for i, value in enumerate(values):
+            model.AddHint(model.GetIntVarFromProtoIndex(i), value)
     model.Maximize(secondary)
     status = run(1.0, DETERMINISTIC_SHARE_SECONDARY, max_hs=False)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        secondary_value = round(solver.ObjectiveValue())
-        solved = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(values))]
-    else:
+        solved = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(model.Proto().variables))]
+        exact_value = primary_value + round(solver.ObjectiveValue())
+        assignments = assignments_from(lambda var: solved[var.Index()])
+    elif values is not None:
         # The second solve found nothing within its work limit (CP-SAT does not always take the hint whole):
         # the first solve's solution is feasible and places as many replicas, so it stands.
-        secondary_value = _objective_value(model, values)
-        solved = values
-    exact_value = primary_value + secondary_value
+        exact_value = primary_value + _objective_value(model, values)
+        assignments = assignments_from(lambda var: values[var.Index()])
+    else:  # the hint (HiGHS's plan where it placed more) is feasible and places as many
+        assignments = hint
+        exact_value = _value(hint, tier, state, strategy, objective_weights)
     optimal = primary_optimal and status == cp_model.OPTIMAL
     if exact_value < heuristic_value:
         return ExactResult(heuristic, False, False, heuristic_value, primary_bound, base_weight, primary_optimal)
+    return ExactResult(assignments, True, optimal, exact_value, primary_bound, base_weight, primary_optimal)
 
-    def value_of(var) -> int:
-        return solved[var.Index()]
 
+def _packing_stage(
+    state: ClusterState,
+    groups: list[_Group],
+    weights: list[int],
+    start: list[tuple[ReplicaTask, ScoredCandidate | None]],
+    time_limit_s: float,
+    time_budget_s: float,
+) -> tuple[int, int, bool, list[tuple[ReplicaTask, ScoredCandidate | None]]] | None:
+    """HiGHS on the placed-replicas model from ``start``: (value, bound, proven, its plan) or None."""
+    if time_limit_s <= 0.05 or not highs_available():
+        return None
+    signature: dict[tuple, int] = {}
+    kinds: list[PackingKind] = []
+    members: list[list[int]] = []
+    kind_of: dict[int, int] = {}
+    for gi, group in enumerate(groups):
+        key = (
+            weights[gi],
+            tuple(
+                (o.class_id, o.tp, o.pp, _units_up(o.claim), tuple((n, tuple(gids)) for n, gids in o.nodes))
+                for o in group.options
+            ),
+        )
+        if key not in signature:
+            signature[key] = len(kinds)
+            options = [
+                PackingOption(
+                    o.class_id,
+                    o.tp,
+                    o.pp,
+                    _units_up(o.claim),
+                    [
+                        (node, _rank_pools(state, gids, o.tp) if o.class_id is not None else [])
+                        for node, gids in o.nodes
+                    ],
+                )
+                for o in group.options
+            ]
+            kinds.append(PackingKind(0, weights[gi], options))
+            members.append([])
+        ki = signature[key]
+        kinds[ki].replicas += len(group.tasks)
+        members[ki].append(gi)
+        kind_of[gi] = ki
+    group_of = {id(task): gi for gi, group in enumerate(groups) for task in group.tasks}
+    initial: dict[tuple[int, int], KindSolution] = {}
+    for task, chosen in start:
+        if chosen is None:
+            continue
+        gi = group_of[id(task)]
+        option = _model_option(state, groups[gi], chosen.candidate)
+        if option is None:
+            return None  # not a point of the model (cannot happen for CP-SAT's or the hint's plans)
+        oi = groups[gi].options.index(option)
+        solution = initial.setdefault((kind_of[gi], oi), KindSolution())
+        solution.count += 1
+        pools_here = dict(kinds[kind_of[gi]].options[oi].nodes)
+        for node, gids in chosen.candidate.node_gids:
+            solution.stages[node] = solution.stages.get(node, 0) + 1
+            for g in gids:
+                solution.ranks[g] = solution.ranks.get(g, 0) + 1
+            counted = solution.pools.setdefault(node, [(0, members_) for members_ in pools_here.get(node, [])])
+            for i, (count, members_) in enumerate(counted):
+                if set(gids) <= set(members_):
+                    counted[i] = (count + 1, members_)
+                    break
+    result = solve_packing(
+        kinds,
+        {g: _units_down(free) for g, free in enumerate(state.free)},
+        {node: _units_down(free) for node, free in state.host_free.items()},
+        initial,
+        time_limit_s,
+        max(1, round(NODES_PER_BUDGET_SECOND * time_budget_s)),
+    )
+    if result is None:
+        return None
+    # Deal each kind's replicas to its deployments in turn (the second solve spreads them further).
     assignments: list[tuple[ReplicaTask, ScoredCandidate | None]] = []
     next_task = {gi: 0 for gi in range(len(groups))}
-    for ei, (gi, option, c, ys, zs) in enumerate(extract):
-        count = value_of(c)
-        if not count:
-            continue
-        group_tasks = groups[gi].tasks
-        node_pools = {node: [(value_of(pool), members) for pool, members in pools.get((ei, node), [])] for node in ys}
+    for (ki, oi), solution in sorted(result.solutions.items()):
+        option = groups[members[ki][0]].options[oi]
+        turn = 0
         for node_gids in _decompose(
-            cluster,
-            option,
-            count,
-            {n: value_of(y) for n, y in ys.items()},
-            node_pools,
-            {g: value_of(z) for g, z in zs.items()},
+            state.cluster, option, solution.count, solution.stages, solution.pools, solution.ranks
         ):
-            task = group_tasks[next_task[gi]]
+            while next_task[members[ki][turn % len(members[ki])]] >= len(
+                groups[members[ki][turn % len(members[ki])]].tasks
+            ):
+                turn += 1
+            gi = members[ki][turn % len(members[ki])]
+            turn += 1
+            assignments.append(
+                (groups[gi].tasks[next_task[gi]], ScoredCandidate(groups[gi].options[oi].candidate(node_gids), 0, ()))
+            )
             next_task[gi] += 1
-            assignments.append((task, ScoredCandidate(option.candidate(node_gids), 0, ())))
     for gi, group in enumerate(groups):
         assignments.extend((task, None) for task in group.tasks[next_task[gi] :])
-    return ExactResult(assignments, True, optimal, exact_value, primary_bound, base_weight, primary_optimal)
+    return result.value, result.bound, result.optimal, assignments
 
 
 def _model_option(state: ClusterState, group: _Group, candidate: Candidate) -> _Option | None:

@@ -1,0 +1,155 @@
+"""The exact solver's MIP stage (``placement/packing_mip.py``, HiGHS): the placed replicas it adds where CP-SAT's
+search stalls, its model (rank pools, pipeline stages, CPU hosts, merged deployments) checked on the solutions it
+returns, and the process around it (no banner on standard output, the solver without HiGHS)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from exact_optimum_bench import cases
+from placement_helpers import assert_capacity_respected
+
+from gpustack_pulumi.placement import solver as solver_module
+from gpustack_pulumi.placement.packing_mip import (
+    KindSolution,
+    PackingKind,
+    PackingOption,
+    highs_available,
+    solve_packing,
+)
+from gpustack_pulumi.placement.planner import DEFAULT_TIME_BUDGET_S, Planner
+
+pytestmark = pytest.mark.skipif(not highs_available(), reason="highspy is a dependency; not importable here")
+
+
+def _check(kinds: list[PackingKind], devices: dict[int, int], hosts: dict[int, int], result) -> None:
+    """Every constraint of the model, re-checked on the returned solution (not trusted from HiGHS)."""
+    load = dict.fromkeys(devices, 0)
+    host_load = dict.fromkeys(hosts, 0)
+    per_kind: dict[int, int] = {}
+    value = 0
+    for (ki, oi), solution in result.solutions.items():
+        kind, option = kinds[ki], kinds[ki].options[oi]
+        per_kind[ki] = per_kind.get(ki, 0) + solution.count
+        value += kind.weight * solution.count
+        assert sum(solution.stages.values()) == option.pp * solution.count
+        if option.class_id is None:
+            for node, replicas in solution.stages.items():
+                host_load[node] += replicas * option.claim_units
+            continue
+        eligible = dict(option.nodes)
+        for node, stages in solution.stages.items():
+            if option.pp > 1:
+                assert stages <= solution.count  # one stage of a replica per node
+            pools = solution.pools.get(node, [])
+            assert sum(count for count, _ in pools) == stages
+            for count, members in pools:
+                assert members in eligible[node]
+                ranks = [solution.ranks.get(g, 0) for g in members]
+                assert sum(ranks) == option.tp * count  # a replica's ranks stay in one pool
+                assert all(r <= count for r in ranks)  # one rank of a replica per device
+        for g, ranks in solution.ranks.items():
+            load[g] += ranks * option.claim_units
+    assert all(load[g] <= devices[g] for g in devices)
+    assert all(host_load[n] <= hosts[n] for n in hosts)
+    assert all(per_kind.get(ki, 0) <= kind.replicas for ki, kind in enumerate(kinds))
+    assert value == result.value <= result.bound
+
+
+def test_tensor_parallel_pools_pipeline_stages_and_cpu_hosts() -> None:
+    # node 0: devices 0-3 in two NVLink pairs; node 1: devices 4-5 (one pool); node 2: a CPU host
+    devices = {0: 100, 1: 100, 2: 100, 3: 100, 4: 100, 5: 100}
+    hosts = {2: 250}
+    kinds = [
+        # TP=2 within a pair: at most 2 per pair by memory (60 each), 4 wanted
+        PackingKind(4, 1, [PackingOption(0, 2, 1, 60, [(0, [[0, 1], [2, 3]]), (1, [[4, 5]])])]),
+        # TP=2 × PP=2 over two nodes, or a CPU host
+        PackingKind(
+            2,
+            1,
+            [
+                PackingOption(0, 2, 2, 30, [(0, [[0, 1], [2, 3]]), (1, [[4, 5]])]),
+                PackingOption(None, 1, 1, 120, [(2, [])]),
+            ],
+        ),
+        # TP=1 fillers
+        PackingKind(6, 1, [PackingOption(0, 1, 1, 35, [(0, [[0, 1, 2, 3]]), (1, [[4, 5]])])]),
+    ]
+    result = solve_packing(kinds, devices, hosts, None, 10.0, 10_000)
+    assert result is not None and result.optimal
+    _check(kinds, devices, hosts, result)
+    # A device holds one 60 rank, so three pools hold three TP=2 replicas (the fourth has no pool left); they
+    # leave 40 on every device, one 35 filler each (6); both pipeline replicas fit on the CPU host
+    # (2 × 120 ≤ 250). The optimum: 3 + 2 + 6 = 11 of 12.
+    assert result.value == result.bound == 11
+
+
+def test_a_start_that_is_already_optimal_is_proven_and_kept() -> None:
+    devices = {0: 10, 1: 10}
+    kinds = [PackingKind(4, 1, [PackingOption(0, 1, 1, 5, [(0, [[0, 1]])])])]
+    start = {(0, 0): KindSolution(4, {0: 4}, {0: [(4, [0, 1])]}, {0: 2, 1: 2})}
+    result = solve_packing(kinds, devices, {}, start, 5.0, 100)
+    assert result is not None and result.optimal and result.value == 4
+    _check(kinds, devices, {}, result)
+
+
+def test_priority_weights_decide_what_is_left_out() -> None:
+    # room for one of the two; the weighted one wins
+    devices = {0: 10}
+    kinds = [
+        PackingKind(1, 1, [PackingOption(0, 1, 1, 6, [(0, [[0]])])]),
+        PackingKind(1, 2, [PackingOption(0, 1, 1, 8, [(0, [[0]])])]),
+    ]
+    result = solve_packing(kinds, devices, {}, None, 5.0, 100)
+    assert result is not None and result.value == 2
+    assert set(result.solutions) == {(1, 0)}
+
+
+def test_the_mip_stage_reaches_the_optimum_cp_sat_missed_on_a_42_gpu_cluster() -> None:
+    # benchmarks/exact_optimum_bench.py --large, case 7: 42 GPUs, 140 replicas wanted. CP-SAT alone (and a 60 s
+    # run of it) placed 123; the configuration-LP bound (benchmarks/placement_upper_bound.py) is 124.0.
+    inventory, deployments, gpus = cases(8, large=True)[7]
+    assert (gpus, sum(d.replicas for d in deployments)) == (42, 140)
+    planner = Planner(inventory)
+    result = planner.plan(deployments, exact=True, time_budget_s=DEFAULT_TIME_BUDGET_S)
+    assert result.summary.method == "exact"
+    assert result.summary.placed == 124
+    exact = planner.last_exact
+    assert exact is not None and exact.placed_optimal and exact.bound // exact.base_weight == 124
+    assert_capacity_respected(result, inventory)
+    # the merged deployments were dealt back: no deployment has more replicas placed than it asked for
+    placed: dict[str, int] = {}
+    for replica in result.replicas:
+        placed[replica.deployment] = placed.get(replica.deployment, 0) + 1
+    assert all(placed.get(d.name, 0) <= d.replicas for d in deployments)
+
+
+def test_without_highs_the_exact_solver_runs_on_cp_sat_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(solver_module, "highs_available", lambda: False)
+    inventory, deployments, _ = cases(12)[1]
+    planner = Planner(inventory)
+    result = planner.plan(deployments, exact=True, time_budget_s=DEFAULT_TIME_BUDGET_S)
+    assert result.summary.placed == 22  # the proven optimum (tests/test_placement_exact_optimum.py)
+    assert planner.last_exact is not None and planner.last_exact.placed_optimal
+
+
+def test_highs_banner_never_reaches_standard_output() -> None:
+    # HiGHS prints its banner on the C-level stdout at its first construction in a process, whatever the
+    # options; `gpustack-pulumi plan --json` writes its document there.
+    script = (
+        "import json\n"
+        "from gpustack_pulumi.placement.packing_mip import PackingKind, PackingOption, solve_packing\n"
+        "kinds = [PackingKind(2, 1, [PackingOption(0, 1, 1, 5, [(0, [[0]])])])]\n"
+        "result = solve_packing(kinds, {0: 10}, {}, None, 5.0, 100)\n"
+        "print(json.dumps({'value': result.value}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(done.stdout) == {"value": 2}
+    assert "HiGHS" not in done.stdout
