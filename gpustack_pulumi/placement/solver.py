@@ -45,7 +45,7 @@ from gpustack_pulumi.placement.packing_mip import (
 from gpustack_pulumi.placement.scorers import Candidate, ScoredCandidate, ScorePipeline, spreads_replicas
 
 # Time kept back from the budget for model building and extraction, so the whole call stays inside it.
-SOLVE_MARGIN_FRACTION = 0.2
+SOLVE_MARGIN_FRACTION = 0.1
 
 # CP-SAT deterministic time each solve may do, as a share of the budget (about a second of work per unit on
 # this project's 2-core reference machine). The placed-replicas solve decides what the plan is worth, so it
