@@ -131,6 +131,19 @@ def test_the_mip_stage_reaches_the_optimum_cp_sat_missed_on_a_42_gpu_cluster() -
     assert all(placed.get(d.name, 0) <= d.replicas for d in deployments)
 
 
+def test_the_56_gpu_case_reaches_its_lp_bound() -> None:
+    # --large case 5: CP-SAT (also in 60 s) placed 158; the configuration-LP bound is 160 (160.37). The MIP
+    # stage proves 160 in about 1.2 s of HiGHS on the 2-core reference VM, so the default budget (2 s) only
+    # just holds it there (BENCHMARKS.md); a larger budget here keeps the test independent of the machine.
+    inventory, deployments, gpus = cases(8, large=True)[5]
+    assert (gpus, sum(d.replicas for d in deployments)) == (56, 180)
+    planner = Planner(inventory)
+    result = planner.plan(deployments, exact=True, time_budget_s=8.0)
+    assert result.summary.placed == 160
+    assert planner.last_exact is not None and planner.last_exact.placed_optimal
+    assert_capacity_respected(result, inventory)
+
+
 def test_without_highs_the_exact_solver_runs_on_cp_sat_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(solver_module, "highs_available", lambda: False)
     inventory, deployments, _ = cases(12)[1]

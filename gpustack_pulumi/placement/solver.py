@@ -54,12 +54,19 @@ SOLVE_MARGIN_FRACTION = 0.1
 # needed up to 4 units to find some); the GPUs/nodes solve starts from a feasible hint and gets the rest.
 DETERMINISTIC_SHARE_PRIMARY = 0.4
 DETERMINISTIC_SHARE_SECONDARY = 0.15
+# Where HiGHS settled the placed count, CP-SAT's own placed-replicas solve does not run, and part of its work
+# goes to the second solve (whose start, the dealt hint, is then further from its optimum than CP-SAT's was).
+DETERMINISTIC_SHARE_SETTLED_BONUS = 0.1
 DETERMINISTIC_SHARE_PER_SOLVE = DETERMINISTIC_SHARE_PRIMARY  # the larger of the two (planner's docs name it)
 # Wall-clock share of what is left of the budget for the placed-replicas solve (the second gets all the rest).
 PRIMARY_WALL_SHARE = 0.7
 # Share of what is left after the CP-SAT placed-replicas solve that HiGHS gets when that solve proved nothing
 # (packing_mip.py); the second CP-SAT solve gets the rest.
 MIP_WALL_SHARE = 0.85
+# What must be left of the budget after HiGHS for CP-SAT's placed-replicas solve to run (less, and it could not
+# even load the model and the hint of a 64-GPU problem: measured 0.1-0.15 s for nothing), and for the second solve.
+CP_SAT_MIN_SHARE = 0.15
+SECONDARY_MIN_SHARE = 0.05
 
 # Memory is modelled in MiB: claims and free memory are whole MiB already (demand.CLAIM_GRANULARITY_BYTES),
 # so this is exact. Byte-sized coefficients (~10^11) slow CP-SAT's propagation by orders of magnitude.
@@ -399,15 +406,26 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     # the hint optimal at the root, and on tight packings of 40-64 GPUs it finds the replicas CP-SAT's search
     # missed. Only where it proves nothing does CP-SAT's own placed-replicas solve run.
     remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
-    packing = _packing_stage(state, groups, weights, hint, remaining * MIP_WALL_SHARE, time_budget_s)
+    kinds = _kinds(state, groups, weights)
+    packing = _packing_stage(state, groups, kinds, hint, remaining * MIP_WALL_SHARE, time_budget_s)
     if packing is not None and packing[0] > hint_units:
         hint_units, hint = packing[0], packing[3]
+    else:  # the same slots dealt for availability: a better start for the second solve
+        slots = _slots(state, groups, kinds, hint)
+        dealt = _deal(state, groups, kinds, slots) if slots is not None else hint
+        if _value(dealt, tier, state, strategy, objective_weights) > _value(
+            hint, tier, state, strategy, objective_weights
+        ):
+            hint = dealt
     _hint_from(model, hint, groups, extract, placed_vars, device_used, node_used, excess_of, gpu_excess_of, buckets,
                pools)  # fmt: skip
     model.Maximize(primary)
     values: list[int] | None = None
-    if packing is not None and packing[2]:
-        primary_units, primary_optimal, primary_bound = hint_units, True, packing[1] * base
+    remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
+    if packing is not None and (packing[2] or remaining < CP_SAT_MIN_SHARE * time_budget_s):
+        # HiGHS proved it, or used the time on a hard one: its plan (or the hint, if no worse) stands
+        primary_units, primary_bound = hint_units, packing[1] * base
+        primary_optimal = packing[2] or hint_units * base >= primary_bound
     else:
         status = run(PRIMARY_WALL_SHARE, DETERMINISTIC_SHARE_PRIMARY, max_hs=True)
         found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
@@ -467,7 +485,12 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
         for i, value in enumerate(values):
             model.AddHint(model.GetIntVarFromProtoIndex(i), value)
     model.Maximize(secondary)
-    status = run(1.0, DETERMINISTIC_SHARE_SECONDARY, max_hs=False)
+    remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
+    status = cp_model.UNKNOWN  # no time left: the first stage's plan stands
+    if remaining >= SECONDARY_MIN_SHARE * time_budget_s:
+        # where HiGHS settled the count, the work CP-SAT's placed-replicas solve would have done goes here
+        share = DETERMINISTIC_SHARE_SECONDARY + (DETERMINISTIC_SHARE_SETTLED_BONUS if values is None else 0.0)
+        status = run(1.0, share, max_hs=False)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         solved = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(model.Proto().variables))]
         exact_value = primary_value + round(solver.ObjectiveValue())
@@ -479,28 +502,35 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
         assignments = assignments_from(lambda var: values[var.Index()])
     else:  # the hint (HiGHS's plan where it placed more) is feasible and places as many
         assignments = hint
-        exact_value = _value(hint, tier, state, strategy, objective_weights)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        # The second solve improved nothing: the interchangeable deployments' replicas are at least dealt out
+        # so that they share few GPUs and nodes (free: the same slots, so the same count, GPUs and nodes).
+        slots = _slots(state, groups, kinds, assignments)
+        dealt = _deal(state, groups, kinds, slots) if slots is not None else assignments
+        if _value(dealt, tier, state, strategy, objective_weights) >= _value(
+            assignments, tier, state, strategy, objective_weights
+        ):
+            assignments = dealt
+        exact_value = _value(assignments, tier, state, strategy, objective_weights)
     optimal = primary_optimal and status == cp_model.OPTIMAL
     if exact_value < heuristic_value:
         return ExactResult(heuristic, False, False, heuristic_value, primary_bound, base_weight, primary_optimal)
     return ExactResult(assignments, True, optimal, exact_value, primary_bound, base_weight, primary_optimal)
 
 
-def _packing_stage(
-    state: ClusterState,
-    groups: list[_Group],
-    weights: list[int],
-    start: list[tuple[ReplicaTask, ScoredCandidate | None]],
-    time_limit_s: float,
-    time_budget_s: float,
-) -> tuple[int, int, bool, list[tuple[ReplicaTask, ScoredCandidate | None]]] | None:
-    """HiGHS on the placed-replicas model from ``start``: (value, bound, proven, its plan) or None."""
-    if time_limit_s <= 0.05 or not highs_available():
-        return None
+@dataclass
+class _Kinds:
+    """Deployments interchangeable for the placed-replicas objective: same priority, same options (device class,
+    TP × PP, claim, eligible devices), in the order of ``groups``."""
+
+    kinds: list[PackingKind]
+    members: list[list[int]]  # kind -> its groups
+    kind_of: dict[int, int]  # group -> its kind
+
+
+def _kinds(state: ClusterState, groups: list[_Group], weights: list[int]) -> _Kinds:
     signature: dict[tuple, int] = {}
-    kinds: list[PackingKind] = []
-    members: list[list[int]] = []
-    kind_of: dict[int, int] = {}
+    out = _Kinds([], [], {})
     for gi, group in enumerate(groups):
         key = (
             weights[gi],
@@ -510,7 +540,7 @@ def _packing_stage(
             ),
         )
         if key not in signature:
-            signature[key] = len(kinds)
+            signature[key] = len(out.kinds)
             options = [
                 PackingOption(
                     o.class_id,
@@ -524,26 +554,35 @@ def _packing_stage(
                 )
                 for o in group.options
             ]
-            kinds.append(PackingKind(0, weights[gi], options))
-            members.append([])
+            out.kinds.append(PackingKind(0, weights[gi], options))
+            out.members.append([])
         ki = signature[key]
-        kinds[ki].replicas += len(group.tasks)
-        members[ki].append(gi)
-        kind_of[gi] = ki
-    group_of = {id(task): gi for gi, group in enumerate(groups) for task in group.tasks}
+        out.kinds[ki].replicas += len(group.tasks)
+        out.members[ki].append(gi)
+        out.kind_of[gi] = ki
+    return out
+
+
+def _packing_stage(
+    state: ClusterState,
+    groups: list[_Group],
+    kinds: _Kinds,
+    start: list[tuple[ReplicaTask, ScoredCandidate | None]],
+    time_limit_s: float,
+    time_budget_s: float,
+) -> tuple[int, int, bool, list[tuple[ReplicaTask, ScoredCandidate | None]]] | None:
+    """HiGHS on the placed-replicas model from ``start``: (value, bound, proven, its plan) or None."""
+    if time_limit_s <= 0.05 or not highs_available():
+        return None
     initial: dict[tuple[int, int], KindSolution] = {}
-    for task, chosen in start:
-        if chosen is None:
-            continue
-        gi = group_of[id(task)]
-        option = _model_option(state, groups[gi], chosen.candidate)
-        if option is None:
-            return None  # not a point of the model (cannot happen for CP-SAT's or the hint's plans)
-        oi = groups[gi].options.index(option)
-        solution = initial.setdefault((kind_of[gi], oi), KindSolution())
+    start_slots = _slots(state, groups, kinds, start)
+    if start_slots is None:
+        return None
+    for ki, oi, node_gids in start_slots:
+        solution = initial.setdefault((ki, oi), KindSolution())
         solution.count += 1
-        pools_here = dict(kinds[kind_of[gi]].options[oi].nodes)
-        for node, gids in chosen.candidate.node_gids:
+        pools_here = dict(kinds.kinds[ki].options[oi].nodes)
+        for node, gids in node_gids:
             solution.stages[node] = solution.stages.get(node, 0) + 1
             for g in gids:
                 solution.ranks[g] = solution.ranks.get(g, 0) + 1
@@ -553,7 +592,7 @@ def _packing_stage(
                     counted[i] = (count + 1, members_)
                     break
     result = solve_packing(
-        kinds,
+        kinds.kinds,
         {g: _units_down(free) for g, free in enumerate(state.free)},
         {node: _units_down(free) for node, free in state.host_free.items()},
         initial,
@@ -562,28 +601,75 @@ def _packing_stage(
     )
     if result is None:
         return None
-    # Deal each kind's replicas to its deployments in turn (the second solve spreads them further).
-    assignments: list[tuple[ReplicaTask, ScoredCandidate | None]] = []
-    next_task = {gi: 0 for gi in range(len(groups))}
+    slots: list[tuple[int, int, list[tuple[int, list[int]]]]] = []
     for (ki, oi), solution in sorted(result.solutions.items()):
-        option = groups[members[ki][0]].options[oi]
-        turn = 0
+        option = groups[kinds.members[ki][0]].options[oi]
         for node_gids in _decompose(
             state.cluster, option, solution.count, solution.stages, solution.pools, solution.ranks
         ):
-            while next_task[members[ki][turn % len(members[ki])]] >= len(
-                groups[members[ki][turn % len(members[ki])]].tasks
-            ):
-                turn += 1
-            gi = members[ki][turn % len(members[ki])]
-            turn += 1
-            assignments.append(
-                (groups[gi].tasks[next_task[gi]], ScoredCandidate(groups[gi].options[oi].candidate(node_gids), 0, ()))
+            slots.append((ki, oi, node_gids))
+    return result.value, result.bound, result.optimal, _deal(state, groups, kinds, slots)
+
+
+def _slots(
+    state: ClusterState,
+    groups: list[_Group],
+    kinds: _Kinds,
+    assignments: list[tuple[ReplicaTask, ScoredCandidate | None]],
+) -> list[tuple[int, int, list[tuple[int, list[int]]]]] | None:
+    """The placed replicas of a plan of the model as (kind, option index, node_gids); None if one is not a
+    point of the model (the plans the solver makes always are)."""
+    group_of = {id(task): gi for gi, group in enumerate(groups) for task in group.tasks}
+    out = []
+    for task, chosen in assignments:
+        if chosen is None:
+            continue
+        gi = group_of[id(task)]
+        option = _model_option(state, groups[gi], chosen.candidate)
+        if option is None:
+            return None
+        out.append((kinds.kind_of[gi], groups[gi].options.index(option), chosen.candidate.node_gids))
+    return out
+
+
+def _deal(
+    state: ClusterState,
+    groups: list[_Group],
+    kinds: _Kinds,
+    slots: list[tuple[int, int, list[tuple[int, list[int]]]]],
+) -> list[tuple[ReplicaTask, ScoredCandidate | None]]:
+    """Deal each kind's placed replicas to its deployments. They are interchangeable for the count, not for
+    availability: each goes to the deployment with the fewest replicas on its GPUs, then on its nodes (counting
+    replicas placed earlier), then with the most still to place."""
+    assignments: list[tuple[ReplicaTask, ScoredCandidate | None]] = []
+    next_task = {gi: 0 for gi in range(len(groups))}
+    on_gpu = {gi: dict(state.dep_gpus.get(group.tasks[0].prepared.name, {})) for gi, group in enumerate(groups)}
+    on_node = {gi: dict(state.dep_nodes.get(group.tasks[0].prepared.name, {})) for gi, group in enumerate(groups)}
+    for ki, oi, node_gids in slots:
+        gids = [g for _, found in node_gids for g in found]
+        nodes = [node for node, _ in node_gids]
+        _, gi = min(
+            (
+                (
+                    sum(on_gpu[member].get(g, 0) for g in gids),
+                    sum(on_node[member].get(n, 0) for n in nodes),
+                    next_task[member] - len(groups[member].tasks),
+                ),
+                member,
             )
-            next_task[gi] += 1
+            for member in kinds.members[ki]
+            if next_task[member] < len(groups[member].tasks)
+        )
+        for g in gids:
+            on_gpu[gi][g] = on_gpu[gi].get(g, 0) + 1
+        for n in nodes:
+            on_node[gi][n] = on_node[gi].get(n, 0) + 1
+        candidate = groups[gi].options[oi].candidate(node_gids)
+        assignments.append((groups[gi].tasks[next_task[gi]], ScoredCandidate(candidate, 0, ())))
+        next_task[gi] += 1
     for gi, group in enumerate(groups):
         assignments.extend((task, None) for task in group.tasks[next_task[gi] :])
-    return result.value, result.bound, result.optimal, assignments
+    return assignments
 
 
 def _model_option(state: ClusterState, group: _Group, candidate: Candidate) -> _Option | None:
