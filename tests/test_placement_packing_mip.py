@@ -166,3 +166,34 @@ def test_highs_banner_never_reaches_standard_output() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(done.stdout) == {"value": 2}
     assert "HiGHS" not in done.stdout
+
+
+def test_interchangeable_replicas_are_dealt_to_distinct_gpus() -> None:
+    # Two deployments of one kind, two replicas each, four slots: two on GPU 0, two on GPU 1 (node 0): each
+    # deployment gets one replica per GPU. Then slots on GPUs 0, 1, 2, 2 where "a" already has a replica on
+    # GPU 0 (an earlier plan): "a" gets GPUs 1 and 2, "b" GPUs 0 and 2.
+    from types import SimpleNamespace
+
+    def task(name: str) -> SimpleNamespace:
+        return SimpleNamespace(prepared=SimpleNamespace(name=name))
+
+    option = solver_module._Option(0, 0, "vllm", 1, 1, 1 << 30, 0.5, "detail", [(0, [0, 1, 2])])
+    groups = [
+        solver_module._Group([task("a"), task("a")], [option]),
+        solver_module._Group([task("b"), task("b")], [option]),
+    ]
+    kinds = solver_module._Kinds([PackingKind(4, 1, [])], [[0, 1]], {0: 0, 1: 0})
+    slots = [(0, 0, [(0, [0])]), (0, 0, [(0, [0])]), (0, 0, [(0, [1])]), (0, 0, [(0, [1])])]
+
+    def gpus_of(state, slots) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for task_, chosen in solver_module._deal(state, groups, kinds, slots):
+            assert chosen is not None
+            out.setdefault(task_.prepared.name, []).extend(g for _, gids in chosen.candidate.node_gids for g in gids)
+        return out
+
+    fresh = gpus_of(SimpleNamespace(dep_gpus={}, dep_nodes={}), slots)
+    assert sorted(fresh["a"]) == [0, 1] and sorted(fresh["b"]) == [0, 1]
+    slots = [(0, 0, [(0, [0])]), (0, 0, [(0, [1])]), (0, 0, [(0, [2])]), (0, 0, [(0, [2])])]
+    earlier = gpus_of(SimpleNamespace(dep_gpus={"a": {0: 1}}, dep_nodes={"a": {0: 1}}), slots)
+    assert sorted(earlier["a"]) == [1, 2] and sorted(earlier["b"]) == [0, 2]
