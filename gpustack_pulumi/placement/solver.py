@@ -54,9 +54,6 @@ SOLVE_MARGIN_FRACTION = 0.1
 # needed up to 4 units to find some); the GPUs/nodes solve starts from a feasible hint and gets the rest.
 DETERMINISTIC_SHARE_PRIMARY = 0.4
 DETERMINISTIC_SHARE_SECONDARY = 0.15
-# Where HiGHS settled the placed count, CP-SAT's own placed-replicas solve does not run, and part of its work
-# goes to the second solve (whose start, the dealt hint, is then further from its optimum than CP-SAT's was).
-DETERMINISTIC_SHARE_SETTLED_BONUS = 0.1
 DETERMINISTIC_SHARE_PER_SOLVE = DETERMINISTIC_SHARE_PRIMARY  # the larger of the two (planner's docs name it)
 # Wall-clock share of what is left of the budget for the placed-replicas solve (the second gets all the rest).
 PRIMARY_WALL_SHARE = 0.7
@@ -488,9 +485,7 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
     status = cp_model.UNKNOWN  # no time left: the first stage's plan stands
     if remaining >= SECONDARY_MIN_SHARE * time_budget_s:
-        # where HiGHS settled the count, the work CP-SAT's placed-replicas solve would have done goes here
-        share = DETERMINISTIC_SHARE_SECONDARY + (DETERMINISTIC_SHARE_SETTLED_BONUS if values is None else 0.0)
-        status = run(1.0, share, max_hs=False)
+        status = run(1.0, DETERMINISTIC_SHARE_SECONDARY, max_hs=False)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         solved = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(model.Proto().variables))]
         exact_value = primary_value + round(solver.ObjectiveValue())
