@@ -91,12 +91,45 @@ def test_tensor_parallel_pools_pipeline_stages_and_cpu_hosts() -> None:
     assert result.value == result.bound == 11
 
 
-def test_a_start_that_is_already_optimal_is_proven_and_kept() -> None:
-    devices = {0: 10, 1: 10}
-    kinds = [PackingKind(4, 1, [PackingOption(0, 1, 1, 5, [(0, [[0, 1]])])])]
-    start = {(0, 0): KindSolution(4, {0: 4}, {0: [(4, [0, 1])]}, {0: 2, 1: 2})}
+def test_the_start_reaches_highs_as_a_feasible_point_of_its_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The start is what makes HiGHS search only above the hint; a start it rejects (or never gets) costs the
+    # large cases their improvement silently, so the vector handed over is checked against the model's own rows.
+    import highspy
+    import numpy as np
+
+    seen: dict[str, object] = {}
+    pass_model, set_solution = highspy.Highs.passModel, highspy.Highs.setSolution
+
+    def spy_model(self, lp):
+        seen["lp"] = lp
+        return pass_model(self, lp)
+
+    def spy_solution(self, solution):
+        seen["x"] = np.array(solution.col_value)
+        return set_solution(self, solution)
+
+    monkeypatch.setattr(highspy.Highs, "passModel", spy_model)
+    monkeypatch.setattr(highspy.Highs, "setSolution", spy_solution)
+    devices = {0: 100, 1: 100, 2: 100, 3: 100}
+    kinds = [
+        PackingKind(2, 1, [PackingOption(0, 2, 1, 60, [(0, [[0, 1], [2, 3]])])]),
+        PackingKind(3, 1, [PackingOption(0, 1, 1, 30, [(0, [[0, 1, 2, 3]])])]),
+    ]
+    start = {
+        (0, 0): KindSolution(1, {0: 1}, {0: [(1, [0, 1]), (0, [2, 3])]}, {0: 1, 1: 1, 2: 0, 3: 0}),
+        (1, 0): KindSolution(3, {0: 3}, {0: [(3, [0, 1, 2, 3])]}, {0: 1, 1: 1, 2: 1, 3: 0}),
+    }
     result = solve_packing(kinds, devices, {}, start, 5.0, 100)
-    assert result is not None and result.optimal and result.value == 4
+    lp, x = seen["lp"], seen["x"]
+    assert float(np.dot(lp.col_cost_, x)) == 4  # the start's value: 1 + 3 replicas
+    assert np.all(x >= lp.col_lower_) and np.all(x <= lp.col_upper_)
+    matrix = lp.a_matrix_
+    for row in range(lp.num_row_):
+        span = range(matrix.start_[row], matrix.start_[row + 1])
+        activity = sum(matrix.value_[k] * x[matrix.index_[k]] for k in span)
+        assert lp.row_lower_[row] - 1e-9 <= activity <= lp.row_upper_[row] + 1e-9, row
+    # from there: both TP=2 replicas (one per pair) and the three fillers (40 left on each device) = 5
+    assert result is not None and result.optimal and result.value == 5
     _check(kinds, devices, {}, result)
 
 
@@ -146,6 +179,11 @@ def test_the_56_gpu_case_reaches_its_lp_bound() -> None:
 
 def test_without_highs_the_exact_solver_runs_on_cp_sat_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(solver_module, "highs_available", lambda: False)
+
+    def not_called(*args, **kwargs):
+        raise AssertionError("HiGHS ran although highspy is unavailable")
+
+    monkeypatch.setattr(solver_module, "solve_packing", not_called)
     inventory, deployments, _ = cases(12)[1]
     planner = Planner(inventory)
     result = planner.plan(deployments, exact=True, time_budget_s=DEFAULT_TIME_BUDGET_S)

@@ -406,11 +406,10 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
     kinds = _kinds(state, groups, weights)
     packing = _packing_stage(state, groups, kinds, hint, remaining * MIP_WALL_SHARE, time_budget_s)
-    if packing is not None and packing[0] > hint_units:
-        hint_units, hint = packing[0], packing[3]
+    if packing is not None and packing.units > hint_units:
+        hint_units, hint = packing.units, packing.assignments
     else:  # the same slots dealt for availability: a better start for the second solve
-        slots = _slots(state, groups, kinds, hint)
-        dealt = _deal(state, groups, kinds, slots) if slots is not None else hint
+        dealt = _redeal(state, groups, kinds, hint)
         if _value(dealt, tier, state, strategy, objective_weights) > _value(
             hint, tier, state, strategy, objective_weights
         ):
@@ -420,10 +419,10 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     model.Maximize(primary)
     values: list[int] | None = None
     remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
-    if packing is not None and (packing[2] or remaining < CP_SAT_MIN_SHARE * time_budget_s):
+    if packing is not None and (packing.optimal or remaining < CP_SAT_MIN_SHARE * time_budget_s):
         # HiGHS proved it, or used the time on a hard one: its plan (or the hint, if no worse) stands
-        primary_units, primary_bound = hint_units, packing[1] * base
-        primary_optimal = packing[2] or hint_units * base >= primary_bound
+        primary_units, primary_bound = hint_units, packing.bound * base
+        primary_optimal = packing.optimal or hint_units * base >= primary_bound
     else:
         status = run(PRIMARY_WALL_SHARE, DETERMINISTIC_SHARE_PRIMARY, max_hs=True)
         found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
@@ -431,7 +430,7 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
         # CP-SAT's bound means something only where it found a solution; HiGHS's holds in any case
         bounds = [round(solver.BestObjectiveBound()) * base] if found else []
         if packing is not None:
-            bounds.append(packing[1] * base)
+            bounds.append(packing.bound * base)
         primary_bound = min(bounds) if bounds else None
         if not found or round(solver.ObjectiveValue()) < hint_units:
             # The max-hitting-set search does not always start from the hint: the hint itself then stands
@@ -491,18 +490,13 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
         solved = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(model.Proto().variables))]
         exact_value = primary_value + round(solver.ObjectiveValue())
         assignments = assignments_from(lambda var: solved[var.Index()])
-    elif values is not None:
+    else:
         # The second solve found nothing within its work limit (CP-SAT does not always take the hint whole):
-        # the first solve's solution is feasible and places as many replicas, so it stands.
-        exact_value = primary_value + _objective_value(model, values)
-        assignments = assignments_from(lambda var: values[var.Index()])
-    else:  # the hint (HiGHS's plan where it placed more) is feasible and places as many
-        assignments = hint
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        # The second solve improved nothing: the interchangeable deployments' replicas are at least dealt out
-        # so that they share few GPUs and nodes (free: the same slots, so the same count, GPUs and nodes).
-        slots = _slots(state, groups, kinds, assignments)
-        dealt = _deal(state, groups, kinds, slots) if slots is not None else assignments
+        # the first stage's plan (CP-SAT's solution, or the hint) is feasible and places as many, so it stands,
+        # with the interchangeable deployments' replicas at least dealt out so that they share few GPUs and
+        # nodes (free: the same slots, so the same count, GPUs and nodes).
+        assignments = assignments_from(lambda var: values[var.Index()]) if values is not None else hint
+        dealt = _redeal(state, groups, kinds, assignments)
         if _value(dealt, tier, state, strategy, objective_weights) >= _value(
             assignments, tier, state, strategy, objective_weights
         ):
@@ -559,6 +553,17 @@ def _kinds(state: ClusterState, groups: list[_Group], weights: list[int]) -> _Ki
     return out
 
 
+@dataclass
+class _Packed:
+    """What the MIP stage found: placed replicas (in units of the lowest priority), its proven bound, whether
+    that is proven optimal, and its plan (the kinds' replicas dealt to their deployments)."""
+
+    units: int
+    bound: int
+    optimal: bool
+    assignments: list[tuple[ReplicaTask, ScoredCandidate | None]]
+
+
 def _packing_stage(
     state: ClusterState,
     groups: list[_Group],
@@ -566,8 +571,8 @@ def _packing_stage(
     start: list[tuple[ReplicaTask, ScoredCandidate | None]],
     time_limit_s: float,
     time_budget_s: float,
-) -> tuple[int, int, bool, list[tuple[ReplicaTask, ScoredCandidate | None]]] | None:
-    """HiGHS on the placed-replicas model from ``start``: (value, bound, proven, its plan) or None."""
+) -> _Packed | None:
+    """HiGHS on the placed-replicas model from ``start`` (a plan of the model), or None without HiGHS."""
     if time_limit_s <= 0.05 or not highs_available():
         return None
     initial: dict[tuple[int, int], KindSolution] = {}
@@ -604,7 +609,7 @@ def _packing_stage(
             state.cluster, option, solution.count, solution.stages, solution.pools, solution.ranks
         ):
             slots.append((ki, oi, node_gids))
-    return result.value, result.bound, result.optimal, _deal(state, groups, kinds, slots)
+    return _Packed(result.value, result.bound, result.optimal, _deal(state, groups, kinds, slots))
 
 
 def _slots(
@@ -626,6 +631,18 @@ def _slots(
             return None
         out.append((kinds.kind_of[gi], groups[gi].options.index(option), chosen.candidate.node_gids))
     return out
+
+
+def _redeal(
+    state: ClusterState,
+    groups: list[_Group],
+    kinds: _Kinds,
+    assignments: list[tuple[ReplicaTask, ScoredCandidate | None]],
+) -> list[tuple[ReplicaTask, ScoredCandidate | None]]:
+    """The same placed slots dealt again to the kinds' deployments (``assignments`` itself if a replica is not
+    a point of the model)."""
+    slots = _slots(state, groups, kinds, assignments)
+    return assignments if slots is None else _deal(state, groups, kinds, slots)
 
 
 def _deal(
@@ -815,13 +832,6 @@ def _place(
         assignments[i] = (task, ScoredCandidate(option.candidate(node_gids), 0, ()))
         placed += 1
     return placed
-
-
-def _objective_value(model, values: list[int]) -> int:
-    """The model's objective for a full assignment, as CP-SAT reports it (maximisation stored negated)."""
-    objective = model.Proto().objective
-    raw = sum(c * values[v] for v, c in zip(objective.vars, objective.coeffs, strict=True)) + objective.offset
-    return round(raw * (objective.scaling_factor or 1))
 
 
 def _hint_from(
