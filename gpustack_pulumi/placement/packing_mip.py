@@ -264,13 +264,10 @@ def solve_packing(
         rank_counts = {g: int(values[z]) for g, z in ranks.items()}
         option = kinds[ki].options[oi]
         if option.class_id is not None and option.tp == 1 and option.pp == 1:
-            node_ranks = {
-                node: sum(rank_counts[g] for members in found for g in members) for node, found in option.nodes
-            }
-            solutions[(ki, oi)] = KindSolution(
-                count, node_ranks, {node: [(n, option_members(option, node))] for node, n in node_ranks.items()},
-                rank_counts,
-            )  # fmt: skip
+            devices = {node: [g for members in found for g in members] for node, found in option.nodes}
+            node_ranks = {node: sum(rank_counts[g] for g in gids) for node, gids in devices.items()}
+            pools_used = {node: [(node_ranks[node], gids)] for node, gids in devices.items()}
+            solutions[(ki, oi)] = KindSolution(count, node_ranks, pools_used, rank_counts)
         else:
             solutions[(ki, oi)] = KindSolution(
                 count,
@@ -281,11 +278,6 @@ def solve_packing(
     optimal = highs.getModelStatus() == highspy.HighsModelStatus.kOptimal
     bound = value if optimal else int(np.floor(info.mip_dual_bound + 1e-6))
     return PackingResult(solutions, value, max(value, bound), optimal)
-
-
-def option_members(option: PackingOption, node: int) -> list[int]:
-    """All the option's devices on ``node`` (a TP=1 replica's one pool)."""
-    return [g for n, found in option.nodes if n == node for members in found for g in members]
 
 
 def _start_values(

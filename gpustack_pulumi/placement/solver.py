@@ -486,6 +486,11 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     status = cp_model.UNKNOWN  # no time left: the first stage's plan stands
     if remaining >= SECONDARY_MIN_SHARE * time_budget_s:
         status = run(1.0, DETERMINISTIC_SHARE_SECONDARY, max_hs=False)
+        work = solver.ResponseProto().deterministic_time
+        if status == cp_model.FEASIBLE and work < 0.99 * solver.parameters.max_deterministic_time:
+            # Stopped by the wall clock, not by its work limit: where it stopped depends on the machine's load,
+            # so its solution is dropped and the first stage's plan stands (the same plan on every run).
+            status = cp_model.UNKNOWN
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         solved = [solver.Value(model.GetIntVarFromProtoIndex(i)) for i in range(len(model.Proto().variables))]
         exact_value = primary_value + round(solver.ObjectiveValue())
