@@ -141,9 +141,12 @@ def solve_packing(
     start: dict[tuple[int, int], KindSolution] | None,
     time_limit_s: float,
     node_limit: int,
+    value_bound: int | None = None,
 ) -> PackingResult | None:
     """Maximise Σ weight · placed replicas over ``kinds`` on devices with ``device_units`` MiB free (and CPU
-    nodes with ``host_units``), from the feasible ``start``; None without HiGHS or without a solution."""
+    nodes with ``host_units``), from the feasible ``start``; None without HiGHS or without a solution.
+    ``value_bound``, a proven upper bound of the value (the configuration LP's), is added as a row: HiGHS's own
+    LP bound is weaker, and with it HiGHS stops as soon as it reaches that bound."""
     try:
         import highspy
     except ImportError:
@@ -154,6 +157,7 @@ def solve_packing(
     load: dict[int, dict[int, float]] = {}
     host_load: dict[int, dict[int, float]] = {}
     where: dict[tuple[int, int], _Where] = {}
+    objective_terms: dict[int, float] = {}
     for ki, kind in enumerate(kinds):
         weight = float(kind.weight)
         kind_terms: dict[int, float] = {}
@@ -215,6 +219,7 @@ def solve_packing(
             where[(ki, oi)] = (count_terms, c, stages, pools, ranks)
             kind_terms.update(count_terms)
         rows.add(kind_terms, -inf, float(kind.replicas))
+        objective_terms.update({column: weight for column in kind_terms})
     for g, terms in load.items():
         rows.add(terms, -inf, float(device_units[g]))
     for node, terms in host_load.items():
@@ -243,6 +248,8 @@ def solve_packing(
     highs.setOptionValue("mip_abs_gap", 0.5)  # integer objective: a gap below one replica is closed
     highs.setOptionValue("time_limit", max(0.01, time_limit_s))
     highs.setOptionValue("mip_max_nodes", max(1, node_limit))
+    if value_bound is not None:
+        highs.setOptionValue("objective_target", float(value_bound) - 0.5)
     highs.passModel(lp)
     if start:
         solution = highspy.HighsSolution()

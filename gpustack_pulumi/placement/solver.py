@@ -34,11 +34,13 @@ from gpustack_pulumi.placement.cluster import ClusterState
 from gpustack_pulumi.placement.demand import CLAIM_GRANULARITY_BYTES
 from gpustack_pulumi.placement.heuristic import Placer, ReplicaTask
 from gpustack_pulumi.placement.models import Strategy
+from gpustack_pulumi.placement.packing_config import solve_config
 from gpustack_pulumi.placement.packing_mip import (
     NODES_PER_BUDGET_SECOND,
     KindSolution,
     PackingKind,
     PackingOption,
+    PackingResult,
     highs_available,
     solve_packing,
 )
@@ -61,6 +63,10 @@ PRIMARY_WALL_SHARE = 0.7
 # stops earlier where it proves the count, which it does at the root on most problems. On the 56-GPU benchmark
 # case it needs ~1.2 s of the 2 s budget on the reference VM, which 0.85 did not always leave it.
 MIP_WALL_SHARE = 0.95
+# Of that, the most the configuration stage may take (packing_config.py): its LP takes 0.01-0.2 s on the
+# benchmark's clusters; the rest of the share goes to enumerating placements at its bound (0.45 s on the 41-GPU
+# case where only that found the optimum), and what it leaves goes to the compact MIP.
+CONFIG_WALL_SHARE = 0.5
 # What must be left of the budget after HiGHS for CP-SAT's placed-replicas solve to run (less, and it could not
 # even load the model and the hint of a 64-GPU problem: measured 0.1-0.15 s for nothing), and for the second solve.
 CP_SAT_MIN_SHARE = 0.15
@@ -597,16 +603,37 @@ def _packing_stage(
                 if set(gids) <= set(members_):
                     counted[i] = (count + 1, members_)
                     break
-    result = solve_packing(
-        kinds.kinds,
-        {g: _units_down(free) for g, free in enumerate(state.free)},
-        {node: _units_down(free) for node, free in state.host_free.items()},
-        initial,
-        time_limit_s,
-        max(1, round(NODES_PER_BUDGET_SECOND * time_budget_s)),
-    )
-    if result is None:
-        return None
+    device_units = {g: _units_down(free) for g, free in enumerate(state.free)}
+    host_units = {node: _units_down(free) for node, free in state.host_free.items()}
+    start_units = sum(kinds.kinds[ki].weight for ki, _, _ in start_slots)
+    deadline = time.perf_counter() + time_limit_s
+    # First the configuration LP (packing_config.py): its bound proves most starts optimal at once, and where
+    # it does not, the placements near it are enumerated; then the compact MIP, given that bound.
+    config = solve_config(kinds.kinds, device_units, host_units, initial, start_units, time_limit_s * CONFIG_WALL_SHARE)
+    best = initial
+    if config is not None and config.solutions is not None:
+        best = config.solutions
+    if config is not None and config.optimal:
+        result = PackingResult(best, config.value, config.value, True)
+    else:
+        result = solve_packing(
+            kinds.kinds,
+            device_units,
+            host_units,
+            best,
+            deadline - time.perf_counter(),
+            max(1, round(NODES_PER_BUDGET_SECOND * time_budget_s)),
+            None if config is None else config.bound,
+        )
+        if config is not None:
+            if result is None or result.value < config.value:
+                result = PackingResult(best, config.value, config.bound, False)
+            bound = min(result.bound, config.bound)
+            result = PackingResult(result.solutions, result.value, bound, result.optimal or result.value >= bound)
+        if result is None:
+            return None
+    if result.solutions is initial:  # the start stands
+        return _Packed(result.value, result.bound, result.optimal, _deal(state, groups, kinds, start_slots))
     slots: list[tuple[int, int, list[tuple[int, list[int]]]]] = []
     for (ki, oi), solution in sorted(result.solutions.items()):
         option = groups[kinds.members[ki][0]].options[oi]

@@ -1,0 +1,549 @@
+"""Placed replicas by configurations: the configuration LP's bound, and the optimum by enumerating the
+configurations near it.
+
+The compact MIP (``packing_mip.py``) counts ranks per device; its LP relaxation splits replicas over devices, so
+on tight oversubscribed packings of 40–64 GPUs its bound stays a replica or two above the optimum and HiGHS can
+spend the whole budget without finding or proving it. The configuration (Gilmore–Gomory) LP is much tighter:
+devices with the same free MiB and the same eligible options form a *type*, a *pattern* is what one device of a
+type holds (ranks per option, within its MiB), and the LP chooses how many devices of each type use each pattern.
+On every generated case of ``benchmarks/exact_optimum_bench.py`` its bound, rounded down, is the optimum.
+
+Column generation solves it (HiGHS's simplex for the master, an exact bounded knapsack per type for pricing).
+For any duals ``π ≥ 0`` of the rank rows, ``D(π) = Σ_kind replicas·max(0, max_option weight − TP·π) +
+Σ_type devices·knapsack(π)`` bounds every placement from above (weak duality), and a placement worth ``target``
+uses only columns whose reduced cost is at most ``gap = D(π) − target`` (its value is ``D(π)`` minus the reduced
+costs of what it uses). Where the gap is small, the patterns within it are few: they are enumerated exactly and a
+MIP over them, with the devices of each node's rank pools put back (a TP replica's ranks on distinct devices of
+one pool), finds a placement worth ``target`` or proves there is none. Either way the result is proven.
+
+Pipeline-parallel options (a replica's stages on several nodes) are not modelled here: with one, this stage
+returns None and the compact MIP stands alone. Pure: no I/O; HiGHS (highspy) optional.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gpustack_pulumi.placement.packing_mip import KindSolution, PackingKind, _quiet_highs
+
+# A column improves the master LP only if its reduced cost exceeds this (duals are floats).
+PRICING_TOLERANCE = 1e-7
+# Slack added to the dual bound before rounding it down to whole replicas (float error of the duals).
+BOUND_SLACK = 1e-6
+# More enumerated patterns than this and the stage gives up (the MIP over them would not fit the budget).
+MAX_PATTERNS = 3000
+
+
+@dataclass
+class _Item:
+    """One option of one kind, as rank items on devices."""
+
+    kind: int
+    option: int
+    weight: int
+    replicas: int
+    claim: int
+    tp: int
+    host: bool  # a CPU option: its "devices" are nodes' host memory
+    pools: list[tuple[int, list[int]]]  # (node, devices a replica's ranks stay within) for TP > 1
+
+
+@dataclass
+class _Type:
+    capacity: int
+    items: list[int]  # item indices eligible on it
+    devices: list[int]  # device keys
+    bounds: list[int] = field(default_factory=list)  # per item: ranks one device can hold
+
+
+def _device_key_of_host(node: int) -> int:
+    return -(node + 1)  # host memory of CPU node ``node``; GPU devices keep their own (≥ 0) ids
+
+
+class _Knapsack:
+    """Bounded knapsack over one type's MiB: ``best[i][c]`` is the most value items ``i..`` give in ``c`` MiB."""
+
+    def __init__(self, capacity: int, claims: list[int], bounds: list[int], values: list[float]) -> None:
+        self.capacity = capacity
+        self.claims = claims
+        self.bounds = bounds
+        self.values = values
+        n = len(claims)
+        best = [np.zeros(capacity + 1)]
+        for i in reversed(range(n)):
+            after = best[-1]
+            here = after.copy()
+            if values[i] > 0:
+                for j in range(1, bounds[i] + 1):
+                    shift = j * claims[i]
+                    if shift > capacity:
+                        break
+                    np.maximum(here[shift:], after[: capacity + 1 - shift] + j * values[i], out=here[shift:])
+            best.append(here)
+        best.reverse()
+        self.best = best  # best[i]: items i.. ; best[n] = 0
+
+    @property
+    def value(self) -> float:
+        return float(self.best[0][self.capacity])
+
+    def argmax(self) -> list[int]:
+        counts = []
+        room = self.capacity
+        for i in range(len(self.claims)):
+            target = self.best[i][room]
+            chosen = 0
+            if self.values[i] > 0:
+                for j in range(min(self.bounds[i], room // self.claims[i]), 0, -1):
+                    rest = room - j * self.claims[i]
+                    if abs(self.best[i + 1][rest] + j * self.values[i] - target) <= 1e-9 * max(1.0, abs(target)):
+                        chosen = j
+                        break
+            counts.append(chosen)
+            room -= chosen * self.claims[i]
+        return counts
+
+    def near(self, floor: float, limit: int) -> list[list[int]] | None:
+        """Every pattern worth at least ``floor`` (items with value 0 left out), or None past ``limit``."""
+        found: list[list[int]] = []
+        n = len(self.claims)
+        counts = [0] * n
+
+        def visit(i: int, room: int, value: float) -> bool:
+            if i == n:
+                found.append(counts.copy())
+                return len(found) <= limit
+            if value + self.best[i][room] < floor - 1e-9:
+                return True
+            top = 0 if self.values[i] <= 0 else min(self.bounds[i], room // self.claims[i])
+            for j in range(top, -1, -1):
+                counts[i] = j
+                if not visit(i + 1, room - j * self.claims[i], value + j * self.values[i]):
+                    return False
+            counts[i] = 0
+            return True
+
+        return found if visit(0, self.capacity, 0.0) else None
+
+
+def _items_and_types(
+    kinds: list[PackingKind], device_units: dict[int, int], host_units: dict[int, int]
+) -> tuple[list[_Item], list[_Type], dict[int, int]] | None:
+    """The rank items, device types, each device's capacity and node; None where a pipeline option exists."""
+    items: list[_Item] = []
+    eligible: dict[int, list[int]] = {}  # device key -> items
+    capacity: dict[int, int] = {}
+    node_of: dict[int, int] = {}
+    for ki, kind in enumerate(kinds):
+        for oi, option in enumerate(kind.options):
+            if option.pp > 1:
+                return None
+            host = option.class_id is None
+            index = len(items)
+            pools = [(node, members) for node, found in option.nodes for members in found] if option.tp > 1 else []
+            items.append(_Item(ki, oi, kind.weight, kind.replicas, max(1, option.claim_units), option.tp, host, pools))
+            for node, found in option.nodes:
+                keys = [_device_key_of_host(node)] if host else sorted({g for members in found for g in members})
+                for key in keys:
+                    eligible.setdefault(key, []).append(index)
+                    capacity[key] = host_units.get(node, 0) if host else device_units[key]
+                    node_of[key] = node
+    types: dict[tuple, _Type] = {}
+    for key in sorted(eligible):
+        fitting = [i for i in eligible[key] if items[i].claim <= capacity[key]]
+        if not fitting:
+            continue
+        signature = (capacity[key], tuple(fitting))
+        if signature not in types:
+            bounds = [min(items[i].replicas, capacity[key] // items[i].claim) for i in fitting]
+            types[signature] = _Type(capacity[key], fitting, [], bounds)
+        types[signature].devices.append(key)
+    return items, list(types.values()), node_of
+
+
+@dataclass
+class _Master:
+    """The configuration LP: columns x_i (replicas of item i), then λ (devices of a type using a pattern)."""
+
+    items: list[_Item]
+    types: list[_Type]
+    kinds: int
+    highs: object
+    patterns: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)  # (type, counts per type item)
+    known: set[tuple[int, tuple[int, ...]]] = field(default_factory=set)
+
+    # rows: kinds 0..K-1, then items K..K+I-1 (TP·x_i − supply ≤ 0), then types
+    def item_row(self, i: int) -> int:
+        return self.kinds + i
+
+    def type_row(self, t: int) -> int:
+        return self.kinds + len(self.items) + t
+
+    def add(self, t: int, counts: tuple[int, ...]) -> bool:
+        if (t, counts) in self.known or not any(counts):
+            return False
+        self.known.add((t, counts))
+        self.patterns.append((t, counts))
+        rows = [self.type_row(t)] + [self.item_row(i) for i, a in zip(self.types[t].items, counts, strict=True) if a]
+        values = [1.0] + [-float(a) for a in counts if a]
+        self.highs.addCol(0.0, 0.0, float(len(self.types[t].devices)), len(rows), np.array(rows, dtype=np.int32),
+                          np.array(values))  # fmt: skip
+        return True
+
+
+def _duals(master: _Master) -> tuple[np.ndarray, float]:
+    """π ≥ 0 of the item rows (the master minimises −value, so a binding ≤ row has a dual ≤ 0) and the LP value."""
+    solution = master.highs.getSolution()
+    row_dual = np.array(solution.row_dual)
+    pi = np.maximum(0.0, -row_dual[master.kinds : master.kinds + len(master.items)])
+    return pi, -master.highs.getInfo().objective_function_value
+
+
+def _certificate(
+    items: list[_Item], types: list[_Type], kinds: int, pi: np.ndarray
+) -> tuple[float, list[_Knapsack], list[float]]:
+    """D(π) and, for it, each type's knapsack and each kind's dual."""
+    sigma = [0.0] * kinds
+    for i, item in enumerate(items):
+        sigma[item.kind] = max(sigma[item.kind], item.weight - item.tp * pi[i])
+    replicas = {item.kind: item.replicas for item in items}
+    knapsacks = [
+        _Knapsack(t.capacity, [items[i].claim for i in t.items], t.bounds, [float(pi[i]) for i in t.items])
+        for t in types
+    ]
+    value = sum(replicas[k] * sigma[k] for k in replicas) + sum(
+        len(t.devices) * sack.value for t, sack in zip(types, knapsacks, strict=True)
+    )
+    return value, knapsacks, sigma
+
+
+@dataclass
+class ConfigResult:
+    """What the configuration stage found: a placement worth more than the start (or None), and the bound."""
+
+    solutions: dict[tuple[int, int], KindSolution] | None
+    value: int  # of ``solutions``, else of the start
+    bound: int  # proven upper bound of the value (the configuration LP's dual bound, or the MIP's proof)
+    optimal: bool
+    iterations: int = 0
+    patterns: int = 0
+
+
+def _start_patterns(
+    items: list[_Item], types: list[_Type], start: dict[tuple[int, int], KindSolution] | None
+) -> list[tuple[int, tuple[int, ...]]]:
+    """Each device's pattern in the start, and per type and item the pattern holding as many of it as fit."""
+    index = {(item.kind, item.option): i for i, item in enumerate(items)}
+    held: dict[int, dict[int, int]] = {}  # device key -> item -> ranks
+    for key, solution in (start or {}).items():
+        i = index.get(key)
+        if i is None:
+            continue
+        if items[i].host:
+            for node, count in solution.stages.items():
+                if count:
+                    held.setdefault(_device_key_of_host(node), {})[i] = count
+        else:
+            for g, count in solution.ranks.items():
+                if count:
+                    held.setdefault(g, {})[i] = count
+    out = []
+    for t, dtype in enumerate(types):
+        position = {i: n for n, i in enumerate(dtype.items)}
+        for key in dtype.devices:
+            if key in held:
+                counts = [0] * len(dtype.items)
+                for i, count in held[key].items():
+                    counts[position[i]] = count
+                out.append((t, tuple(counts)))
+        for n in range(len(dtype.items)):
+            counts = [0] * len(dtype.items)
+            counts[n] = dtype.bounds[n]
+            out.append((t, tuple(counts)))
+    return out
+
+
+def solve_config(
+    kinds: list[PackingKind],
+    device_units: dict[int, int],
+    host_units: dict[int, int],
+    start: dict[tuple[int, int], KindSolution] | None,
+    start_value: int,
+    time_limit_s: float,
+) -> ConfigResult | None:
+    """The configuration stage on the placed-replicas model (see the module's docs); None where it does not
+    apply (pipeline options, no HiGHS) or ran out of time before its LP bound."""
+    try:
+        import highspy
+    except ImportError:
+        return None
+    deadline = time.perf_counter() + time_limit_s
+    built = _items_and_types(kinds, device_units, host_units)
+    if built is None or not built[1]:
+        return None
+    items, types, node_of = built
+    n_kinds = len(kinds)
+    inf = highspy.kHighsInf
+    highs = _quiet_highs(highspy)
+    highs.setOptionValue("threads", 1)
+    highs.setOptionValue("random_seed", 0)
+    for kind in kinds:
+        highs.addRow(-inf, float(kind.replicas), 0, np.array([], dtype=np.int32), np.array([]))
+    for _ in items:
+        highs.addRow(-inf, 0.0, 0, np.array([], dtype=np.int32), np.array([]))
+    for dtype in types:
+        highs.addRow(-inf, float(len(dtype.devices)), 0, np.array([], dtype=np.int32), np.array([]))
+    master = _Master(items, types, n_kinds, highs)
+    for i, item in enumerate(items):
+        rows = np.array([item.kind, master.item_row(i)], dtype=np.int32)
+        highs.addCol(-float(item.weight), 0.0, float(item.replicas), 2, rows, np.array([1.0, float(item.tp)]))
+    for t, counts in _start_patterns(items, types, start):
+        master.add(t, counts)
+
+    best_bound = math.inf
+    best_pi: np.ndarray | None = None
+    iterations = 0
+    while True:
+        if time.perf_counter() > deadline:
+            break
+        highs.run()
+        iterations += 1
+        pi, _ = _duals(master)
+        value, knapsacks, _ = _certificate(items, types, n_kinds, pi)
+        if value < best_bound:
+            best_bound, best_pi = value, pi
+        if math.floor(best_bound + BOUND_SLACK) <= start_value:
+            break  # the start is proven optimal
+        row_dual = np.array(highs.getSolution().row_dual)
+        added = False
+        for t, sack in enumerate(knapsacks):
+            mu = max(0.0, -row_dual[master.type_row(t)])
+            if sack.value - mu > PRICING_TOLERANCE:
+                added |= master.add(t, tuple(sack.argmax()))
+        if not added:
+            break
+    if best_pi is None:
+        return None
+    # Look for a placement at the bound first (the smallest gap, so the fewest patterns); where the MIP proves
+    # there is none, the bound drops by one replica and the next target has a larger gap.
+    bound = math.floor(best_bound + BOUND_SLACK)
+    patterns = 0
+    while bound > start_value and time.perf_counter() < deadline:
+        found = _enumerated_mip(items, types, n_kinds, node_of, best_pi, best_bound, bound, deadline)
+        if found is None:
+            break
+        solutions, value, proven, patterns = found
+        if solutions is not None:
+            return ConfigResult(solutions, value, bound, value >= bound, iterations, patterns)
+        if not proven:
+            break
+        bound -= 1
+    return ConfigResult(None, start_value, max(bound, start_value), bound <= start_value, iterations, patterns)
+
+
+def _enumerated_mip(
+    items: list[_Item],
+    types: list[_Type],
+    n_kinds: int,
+    node_of: dict[int, int],
+    pi: np.ndarray,
+    dual_bound: float,
+    target: int,
+    deadline: float,
+) -> tuple[dict[tuple[int, int], KindSolution] | None, int, bool, int] | None:
+    """A placement worth at least ``target`` from the patterns within ``gap = dual_bound − target`` of the
+    knapsack optimum, with each node's rank pools put back. Returns (solutions or None if there is none, value,
+    proven, patterns enumerated), or None where the patterns are too many or time ran out."""
+    import highspy
+
+    gap = dual_bound - target + BOUND_SLACK
+    _, knapsacks, sigma = _certificate(items, types, n_kinds, pi)
+    reduced_x = [sigma[item.kind] + item.tp * pi[i] - item.weight for i, item in enumerate(items)]
+    allowed = [d <= gap for d in reduced_x]
+    # An item whose dual is 0 adds nothing to a pattern's value, so the enumeration below leaves it out, and a
+    # placement could still use it: the enumeration would not be complete. Not handled: give up.
+    if any(allowed[i] and pi[i] <= 0 for i in range(len(items))):
+        return None
+    enumerated: list[list[tuple[tuple[int, ...], float]]] = []  # per type: (counts, reduced cost)
+    total = 0
+    for dtype, sack in zip(types, knapsacks, strict=True):
+        masked = _Knapsack.__new__(_Knapsack)
+        masked.__dict__.update(sack.__dict__)
+        masked.bounds = [b if allowed[i] else 0 for i, b in zip(dtype.items, dtype.bounds, strict=True)]
+        found = masked.near(sack.value - gap, MAX_PATTERNS - total)
+        if found is None or time.perf_counter() > deadline:
+            return None
+        total += len(found)
+        enumerated.append(
+            [(tuple(c), sack.value - sum(a * pi[i] for i, a in zip(dtype.items, c, strict=True))) for c in found]
+        )
+    inf = highspy.kHighsInf
+    cost: list[float] = []
+    upper: list[float] = []
+    integer: list[int] = []
+    rows: list[tuple[float, float, dict[int, float]]] = []
+
+    def column(cap: float, objective: float = 0.0) -> int:
+        cost.append(objective)
+        upper.append(cap)
+        integer.append(1)
+        return len(cost) - 1
+
+    x = [
+        column(min(item.replicas, math.floor(gap / reduced_x[i]) if reduced_x[i] > 0 else item.replicas), item.weight)
+        if allowed[i]
+        else column(0.0)
+        for i, item in enumerate(items)
+    ]
+    supply: dict[int, dict[int, float]] = {i: {} for i in range(len(items))}  # TP 1: x_i = Σ a λ
+    pool_supply: dict[tuple[int, int], dict[int, float]] = {}  # (item, pool): Σ a λ = TP · w
+    pool_column: dict[tuple[int, int], int] = {}
+    cells_out: list[tuple[int, list[int], list[tuple[int, tuple[int, ...]]]]] = []  # (type, devices, [(λ, counts)])
+    for t, dtype in enumerate(types):
+        cells: dict[tuple, list[int]] = {}
+        for key in dtype.devices:
+            memberships = tuple(
+                (i, p)
+                for i in dtype.items
+                if items[i].tp > 1
+                for p, (_, members) in enumerate(items[i].pools)
+                if key in members
+            )
+            # devices only TP 1 items use are interchangeable across nodes; TP > 1 ranks need their node's pools
+            cells.setdefault((node_of[key] if memberships else None, memberships), []).append(key)
+        for (_, memberships), devices in cells.items():
+            pool_of = dict(memberships)
+            chosen = []
+            row: dict[int, float] = {}
+            for counts, reduced in enumerated[t]:
+                cap = len(devices) if reduced <= 0 else min(len(devices), math.floor(gap / reduced))
+                if cap <= 0:
+                    continue
+                lam = column(float(cap))
+                row[lam] = 1.0
+                chosen.append((lam, counts))
+                for i, a in zip(dtype.items, counts, strict=True):
+                    if not a:
+                        continue
+                    if items[i].tp == 1:
+                        supply[i][lam] = supply[i].get(lam, 0.0) + a
+                        continue
+                    key = (i, pool_of[i])
+                    if key not in pool_column:
+                        pool_column[key] = column(float(items[i].replicas))
+                    pool_supply.setdefault(key, {})[lam] = float(a)
+                    if a >= 2:  # a device holds ranks of a replicas, so at least a replicas in this pool
+                        used = column(1.0)
+                        rows.append((-inf, 0.0, {lam: 1.0, used: -float(len(devices))}))
+                        rows.append((-inf, 0.0, {used: float(a), pool_column[key]: -1.0}))
+            rows.append((len(devices), len(devices), row))
+            cells_out.append((t, devices, chosen))
+    for i, item in enumerate(items):
+        if item.tp == 1:
+            rows.append((0.0, 0.0, {x[i]: 1.0, **{lam: -a for lam, a in supply[i].items()}}))
+        else:
+            pools = {key: col for key, col in pool_column.items() if key[0] == i}
+            rows.append((0.0, 0.0, {x[i]: 1.0, **{col: -1.0 for col in pools.values()}}))
+    for key, terms in pool_supply.items():
+        rows.append((0.0, 0.0, {**terms, pool_column[key]: -float(items[key[0]].tp)}))
+    for k in range(n_kinds):
+        terms = {x[i]: 1.0 for i, item in enumerate(items) if item.kind == k}
+        rows.append((-inf, float(max(item.replicas for item in items if item.kind == k)), terms))
+    rows.append((float(target), inf, {x[i]: float(item.weight) for i, item in enumerate(items)}))
+
+    lp = highspy.HighsLp()
+    lp.num_col_ = len(cost)
+    lp.num_row_ = len(rows)
+    lp.col_cost_ = np.array(cost, dtype=float)
+    lp.col_lower_ = np.zeros(len(cost))
+    lp.col_upper_ = np.array(upper, dtype=float)
+    lp.row_lower_ = np.array([r[0] for r in rows], dtype=float)
+    lp.row_upper_ = np.array([r[1] for r in rows], dtype=float)
+    starts, index, values = [0], [], []
+    for _, _, terms in rows:
+        for col, coefficient in terms.items():
+            index.append(col)
+            values.append(coefficient)
+        starts.append(len(index))
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+    lp.a_matrix_.start_ = np.array(starts, dtype=np.int32)
+    lp.a_matrix_.index_ = np.array(index, dtype=np.int32)
+    lp.a_matrix_.value_ = np.array(values, dtype=float)
+    lp.sense_ = highspy.ObjSense.kMaximize
+    lp.integrality_ = [highspy.HighsVarType.kInteger] * len(cost)
+    highs = _quiet_highs(highspy)
+    highs.setOptionValue("threads", 1)
+    highs.setOptionValue("random_seed", 0)
+    highs.setOptionValue("mip_rel_gap", 0.0)
+    highs.setOptionValue("mip_abs_gap", 0.5)
+    highs.setOptionValue("time_limit", max(0.01, deadline - time.perf_counter()))
+    highs.passModel(lp)
+    highs.run()
+    status = highs.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return None, target - 1, True, total
+    if highs.getInfo().primal_solution_status != 2:
+        return None
+    solved = np.rint(highs.getSolution().col_value).astype(int)
+    proven = status == highspy.HighsModelStatus.kOptimal
+    value = sum(item.weight * int(solved[x[i]]) for i, item in enumerate(items))
+    return _decode(items, types, node_of, cells_out, pool_column, solved), value, proven, total
+
+
+def _decode(
+    items: list[_Item],
+    types: list[_Type],
+    node_of: dict[int, int],
+    cells: list[tuple[int, list[int], list[tuple[int, tuple[int, ...]]]]],
+    pool_column: dict[tuple[int, int], int],
+    solved: np.ndarray,
+) -> dict[tuple[int, int], KindSolution]:
+    """The MIP's patterns given to devices (a cell's devices are interchangeable), as the compact MIP's
+    solutions: replicas, stages per node, replicas per rank pool, ranks per device."""
+    ranks: dict[int, dict[int, int]] = {}  # item -> device key -> ranks
+    for t, devices, chosen in cells:
+        free = iter(devices)
+        for lam, counts in chosen:
+            for _ in range(int(solved[lam])):
+                key = next(free)
+                for i, a in zip(types[t].items, counts, strict=True):
+                    if a:
+                        ranks.setdefault(i, {})[key] = a
+    out: dict[tuple[int, int], KindSolution] = {}
+    for i, item in enumerate(items):
+        held = ranks.get(i, {})
+        if item.host:
+            stages = {node_of[key]: count for key, count in held.items()}
+            if stages:
+                out[(item.kind, item.option)] = KindSolution(sum(stages.values()), stages, {}, {})
+            continue
+        if item.tp == 1:
+            count = sum(held.values())
+            if not count:
+                continue
+            stages: dict[int, int] = {}
+            for g, a in held.items():
+                stages[node_of[g]] = stages.get(node_of[g], 0) + a
+            pools = {}
+            for g in held:
+                pools.setdefault(node_of[g], set()).add(g)
+            out[(item.kind, item.option)] = KindSolution(
+                count, stages, {node: [(stages[node], sorted(gids))] for node, gids in pools.items()}, dict(held)
+            )
+            continue
+        per_pool = [(int(solved[pool_column[(i, p)]]) if (i, p) in pool_column else 0) for p in range(len(item.pools))]
+        count = sum(per_pool)
+        if not count:
+            continue
+        stages = {}
+        pools: dict[int, list[tuple[int, list[int]]]] = {}
+        for (node, members), w in zip(item.pools, per_pool, strict=True):
+            stages[node] = stages.get(node, 0) + w
+            pools.setdefault(node, []).append((w, members))
+        every = {g: held.get(g, 0) for _, members in item.pools for g in members}
+        out[(item.kind, item.option)] = KindSolution(count, stages, pools, every)
+    return out
