@@ -15,6 +15,7 @@ from gpustack_runtime.wire import Allocation, CapacityDocument, DeviceCapacity, 
 from gpustack_pulumi.analysis.profile import ModelProfile
 from gpustack_pulumi.placement import Deployment, Plan
 from gpustack_pulumi.placement.demand import DemandRequest, DeviceDemand
+from gpustack_pulumi.placement.packing_mip import PackingKind
 
 GIB = 1024**3
 TINY_GGUF = str(Path(__file__).resolve().parents[1] / "examples" / "models" / "tiny-llama.gguf")
@@ -152,3 +153,37 @@ def assert_capacity_respected(plan: Plan, inv: Inventory) -> None:
             foreign = max(0, device.memory_used - device.memory_allocated)
             limit = device.memory_total - device.memory_allocated - foreign
             assert claimed.get((doc.name, device.index), 0) <= limit, (doc.name, device.index)
+
+
+def check_packing(kinds: list[PackingKind], devices: dict[int, int], hosts: dict[int, int], result) -> None:
+    """Every constraint of the model, re-checked on the returned solution (not trusted from HiGHS)."""
+    load = dict.fromkeys(devices, 0)
+    host_load = dict.fromkeys(hosts, 0)
+    per_kind: dict[int, int] = {}
+    value = 0
+    for (ki, oi), solution in result.solutions.items():
+        kind, option = kinds[ki], kinds[ki].options[oi]
+        per_kind[ki] = per_kind.get(ki, 0) + solution.count
+        value += kind.weight * solution.count
+        assert sum(solution.stages.values()) == option.pp * solution.count
+        if option.class_id is None:
+            for node, replicas in solution.stages.items():
+                host_load[node] += replicas * option.claim_units
+            continue
+        eligible = dict(option.nodes)
+        for node, stages in solution.stages.items():
+            if option.pp > 1:
+                assert stages <= solution.count  # one stage of a replica per node
+            pools = solution.pools.get(node, [])
+            assert sum(count for count, _ in pools) == stages
+            for count, members in pools:
+                assert members in eligible[node]
+                ranks = [solution.ranks.get(g, 0) for g in members]
+                assert sum(ranks) == option.tp * count  # a replica's ranks stay in one pool
+                assert all(r <= count for r in ranks)  # one rank of a replica per device
+        for g, ranks in solution.ranks.items():
+            load[g] += ranks * option.claim_units
+    assert all(load[g] <= devices[g] for g in devices)
+    assert all(host_load[n] <= hosts[n] for n in hosts)
+    assert all(per_kind.get(ki, 0) <= kind.replicas for ki, kind in enumerate(kinds))
+    assert value == result.value <= result.bound

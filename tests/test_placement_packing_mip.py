@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from exact_optimum_bench import cases
-from placement_helpers import assert_capacity_respected
+from placement_helpers import assert_capacity_respected, check_packing
 
 from gpustack_pulumi.placement import solver as solver_module
 from gpustack_pulumi.placement.packing_mip import (
@@ -27,40 +27,6 @@ from gpustack_pulumi.placement.packing_mip import (
 from gpustack_pulumi.placement.planner import DEFAULT_TIME_BUDGET_S, Planner
 
 pytestmark = pytest.mark.skipif(not highs_available(), reason="highspy is a dependency; not importable here")
-
-
-def _check(kinds: list[PackingKind], devices: dict[int, int], hosts: dict[int, int], result) -> None:
-    """Every constraint of the model, re-checked on the returned solution (not trusted from HiGHS)."""
-    load = dict.fromkeys(devices, 0)
-    host_load = dict.fromkeys(hosts, 0)
-    per_kind: dict[int, int] = {}
-    value = 0
-    for (ki, oi), solution in result.solutions.items():
-        kind, option = kinds[ki], kinds[ki].options[oi]
-        per_kind[ki] = per_kind.get(ki, 0) + solution.count
-        value += kind.weight * solution.count
-        assert sum(solution.stages.values()) == option.pp * solution.count
-        if option.class_id is None:
-            for node, replicas in solution.stages.items():
-                host_load[node] += replicas * option.claim_units
-            continue
-        eligible = dict(option.nodes)
-        for node, stages in solution.stages.items():
-            if option.pp > 1:
-                assert stages <= solution.count  # one stage of a replica per node
-            pools = solution.pools.get(node, [])
-            assert sum(count for count, _ in pools) == stages
-            for count, members in pools:
-                assert members in eligible[node]
-                ranks = [solution.ranks.get(g, 0) for g in members]
-                assert sum(ranks) == option.tp * count  # a replica's ranks stay in one pool
-                assert all(r <= count for r in ranks)  # one rank of a replica per device
-        for g, ranks in solution.ranks.items():
-            load[g] += ranks * option.claim_units
-    assert all(load[g] <= devices[g] for g in devices)
-    assert all(host_load[n] <= hosts[n] for n in hosts)
-    assert all(per_kind.get(ki, 0) <= kind.replicas for ki, kind in enumerate(kinds))
-    assert value == result.value <= result.bound
 
 
 def test_tensor_parallel_pools_pipeline_stages_and_cpu_hosts() -> None:
@@ -84,7 +50,7 @@ def test_tensor_parallel_pools_pipeline_stages_and_cpu_hosts() -> None:
     ]
     result = solve_packing(kinds, devices, hosts, None, 10.0, 10_000)
     assert result is not None and result.optimal
-    _check(kinds, devices, hosts, result)
+    check_packing(kinds, devices, hosts, result)
     # A device holds one 60 rank, so three pools hold three TP=2 replicas (the fourth has no pool left); they
     # leave 40 on every device, one 35 filler each (6); both pipeline replicas fit on the CPU host
     # (2 × 120 ≤ 250). The optimum: 3 + 2 + 6 = 11 of 12.
@@ -130,7 +96,7 @@ def test_the_start_reaches_highs_as_a_feasible_point_of_its_model(monkeypatch: p
         assert lp.row_lower_[row] - 1e-9 <= activity <= lp.row_upper_[row] + 1e-9, row
     # from there: both TP=2 replicas (one per pair) and the three fillers (40 left on each device) = 5
     assert result is not None and result.optimal and result.value == 5
-    _check(kinds, devices, {}, result)
+    check_packing(kinds, devices, {}, result)
 
 
 def test_priority_weights_decide_what_is_left_out() -> None:
@@ -165,9 +131,9 @@ def test_the_mip_stage_reaches_the_optimum_cp_sat_missed_on_a_42_gpu_cluster() -
 
 
 def test_the_56_gpu_case_reaches_its_lp_bound() -> None:
-    # --large case 5: CP-SAT (also in 60 s) placed 158; the configuration-LP bound is 160 (160.37). The MIP
-    # stage proves 160 in about 1.2 s of HiGHS on the 2-core reference VM, so the default budget (2 s) only
-    # just holds it there (BENCHMARKS.md); a larger budget here keeps the test independent of the machine.
+    # --large case 5: CP-SAT (also in 60 s) placed 158; the configuration-LP bound is 160 (160.37). The compact
+    # MIP finds 160 in about 1.2 s of HiGHS on the 2-core reference VM (and the bound proves it), so the default
+    # budget (2 s) only just holds it there (BENCHMARKS.md); a larger budget keeps the test off the machine's speed.
     inventory, deployments, gpus = cases(8, large=True)[5]
     assert (gpus, sum(d.replicas for d in deployments)) == (56, 180)
     planner = Planner(inventory)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpustack_pulumi.placement.packing_mip import KindSolution, PackingKind, _quiet_highs
+from gpustack_pulumi.placement.packing_mip import DeviceValueCuts, KindSolution, PackingKind, Race, _quiet_highs
 
 # A column improves the master LP only if its reduced cost exceeds this (duals are floats).
 PRICING_TOLERANCE = 1e-7
@@ -36,6 +36,8 @@ PRICING_TOLERANCE = 1e-7
 BOUND_SLACK = 1e-6
 # More enumerated patterns than this and the stage gives up (the MIP over them would not fit the budget).
 MAX_PATTERNS = 3000
+# More columns than this in the MIP over them (patterns × cells, free items × devices) and it gives up too.
+MAX_COLUMNS = 20000
 
 
 @dataclass
@@ -49,7 +51,7 @@ class _Item:
     claim: int
     tp: int
     host: bool  # a CPU option: its "devices" are nodes' host memory
-    pools: list[tuple[int, list[int]]]  # (node, devices a replica's ranks stay within) for TP > 1
+    pools: list[tuple[int, list[int]]]  # (node, devices a replica's ranks stay within); TP 1: a node's devices
 
 
 @dataclass
@@ -144,7 +146,10 @@ def _items_and_types(
                 return None
             host = option.class_id is None
             index = len(items)
-            pools = [(node, members) for node, found in option.nodes for members in found] if option.tp > 1 else []
+            if option.tp > 1:
+                pools = [(node, members) for node, found in option.nodes for members in found]
+            else:  # one pool per node: its eligible devices (as the compact MIP reads TP = 1 solutions)
+                pools = [(node, [g for members in found for g in members]) for node, found in option.nodes]
             items.append(_Item(ki, oi, kind.weight, kind.replicas, max(1, option.claim_units), option.tp, host, pools))
             for node, found in option.nodes:
                 keys = [_device_key_of_host(node)] if host else sorted({g for members in found for g in members})
@@ -195,12 +200,10 @@ class _Master:
         return True
 
 
-def _duals(master: _Master) -> tuple[np.ndarray, float]:
-    """π ≥ 0 of the item rows (the master minimises −value, so a binding ≤ row has a dual ≤ 0) and the LP value."""
-    solution = master.highs.getSolution()
-    row_dual = np.array(solution.row_dual)
-    pi = np.maximum(0.0, -row_dual[master.kinds : master.kinds + len(master.items)])
-    return pi, -master.highs.getInfo().objective_function_value
+def _duals(master: _Master) -> np.ndarray:
+    """π ≥ 0 of the item rows (the master minimises −value, so a binding ≤ row has a dual ≤ 0)."""
+    row_dual = np.array(master.highs.getSolution().row_dual)
+    return np.maximum(0.0, -row_dual[master.kinds : master.kinds + len(master.items)])
 
 
 def _certificate(
@@ -231,6 +234,7 @@ class ConfigResult:
     optimal: bool
     iterations: int = 0
     patterns: int = 0
+    cuts: DeviceValueCuts | None = None  # the LP's duals as cuts for the compact MIP
 
 
 def _start_patterns(
@@ -267,16 +271,32 @@ def _start_patterns(
     return out
 
 
-def solve_config(
+@dataclass
+class ConfigurationLP:
+    """The configuration LP solved: its bound (rounded down), the duals behind it (as cuts for the compact MIP)
+    and what ``search_at`` needs to enumerate the patterns near it."""
+
+    bound: int
+    dual_bound: float  # D(π), before rounding
+    cuts: DeviceValueCuts
+    iterations: int
+    items: list[_Item]
+    types: list[_Type]
+    kinds: int
+    node_of: dict[int, int]
+    pi: np.ndarray
+
+
+def configuration_lp(
     kinds: list[PackingKind],
     device_units: dict[int, int],
     host_units: dict[int, int],
     start: dict[tuple[int, int], KindSolution] | None,
     start_value: int,
     time_limit_s: float,
-) -> ConfigResult | None:
-    """The configuration stage on the placed-replicas model (see the module's docs); None where it does not
-    apply (pipeline options, no HiGHS) or ran out of time before its LP bound."""
+) -> ConfigurationLP | None:
+    """Column generation from the start's patterns until no column improves the LP (or the bound proves the
+    start optimal, or time runs out); None where it does not apply (pipeline options, no HiGHS, no time)."""
     try:
         import highspy
     except ImportError:
@@ -305,17 +325,15 @@ def solve_config(
         master.add(t, counts)
 
     best_bound = math.inf
-    best_pi: np.ndarray | None = None
+    best: tuple[np.ndarray, list[_Knapsack]] | None = None
     iterations = 0
-    while True:
-        if time.perf_counter() > deadline:
-            break
+    while time.perf_counter() <= deadline:
         highs.run()
         iterations += 1
-        pi, _ = _duals(master)
+        pi = _duals(master)
         value, knapsacks, _ = _certificate(items, types, n_kinds, pi)
         if value < best_bound:
-            best_bound, best_pi = value, pi
+            best_bound, best = value, (pi, knapsacks)
         if math.floor(best_bound + BOUND_SLACK) <= start_value:
             break  # the start is proven optimal
         row_dual = np.array(highs.getSolution().row_dual)
@@ -326,23 +344,62 @@ def solve_config(
                 added |= master.add(t, tuple(sack.argmax()))
         if not added:
             break
-    if best_pi is None:
+    if best is None:
         return None
-    # Look for a placement at the bound first (the smallest gap, so the fewest patterns); where the MIP proves
-    # there is none, the bound drops by one replica and the next target has a larger gap.
+    pi, knapsacks = best
+    cuts = DeviceValueCuts(
+        {(item.kind, item.option): float(pi[i]) for i, item in enumerate(items)},
+        {key: sack.value for dtype, sack in zip(types, knapsacks, strict=True) for key in dtype.devices},
+    )
     bound = math.floor(best_bound + BOUND_SLACK)
+    return ConfigurationLP(bound, best_bound, cuts, iterations, items, types, n_kinds, node_of, pi)
+
+
+@dataclass
+class AtTarget:
+    """What a search at a target found: a placement worth at least it, or a proof that there is none."""
+
+    solutions: dict[tuple[int, int], KindSolution] | None
+    value: int
+    infeasible: bool
+    patterns: int
+
+
+def search_at(lp: ConfigurationLP, target: int, deadline: float, race: Race | None = None) -> AtTarget | None:
+    """The MIP over the patterns within ``lp.dual_bound - target`` of each type's best (module docs); None
+    where they are too many, time ran out or the race was stopped."""
+    return _enumerated_mip(lp.items, lp.types, lp.kinds, lp.node_of, lp.pi, lp.dual_bound, target, deadline, race)
+
+
+def solve_config(
+    kinds: list[PackingKind],
+    device_units: dict[int, int],
+    host_units: dict[int, int],
+    start: dict[tuple[int, int], KindSolution] | None,
+    start_value: int,
+    time_limit_s: float,
+) -> ConfigResult | None:
+    """The configuration LP, then the searches at its bound one after the other (lower by one replica each time
+    one proves there is nothing at it), within ``time_limit_s``; None where the LP does not apply."""
+    deadline = time.perf_counter() + time_limit_s
+    lp = configuration_lp(kinds, device_units, host_units, start, start_value, time_limit_s)
+    if lp is None:
+        return None
+    if lp.bound <= start_value:
+        return ConfigResult(None, start_value, start_value, True, lp.iterations, 0, lp.cuts)
+    bound = lp.bound
     patterns = 0
     while bound > start_value and time.perf_counter() < deadline:
-        found = _enumerated_mip(items, types, n_kinds, node_of, best_pi, best_bound, bound, deadline)
+        found = search_at(lp, bound, deadline)
         if found is None:
             break
-        solutions, value, proven, patterns = found
-        if solutions is not None:
-            return ConfigResult(solutions, value, bound, value >= bound, iterations, patterns)
-        if not proven:
-            break
+        patterns = found.patterns
+        if found.solutions is not None:
+            return ConfigResult(found.solutions, found.value, bound, found.value >= bound, lp.iterations, patterns,
+                                lp.cuts)  # fmt: skip
         bound -= 1
-    return ConfigResult(None, start_value, max(bound, start_value), bound <= start_value, iterations, patterns)
+    return ConfigResult(None, start_value, max(bound, start_value), bound <= start_value, lp.iterations, patterns,
+                        lp.cuts)  # fmt: skip
 
 
 def _enumerated_mip(
@@ -354,7 +411,8 @@ def _enumerated_mip(
     dual_bound: float,
     target: int,
     deadline: float,
-) -> tuple[dict[tuple[int, int], KindSolution] | None, int, bool, int] | None:
+    race: Race | None = None,
+) -> AtTarget | None:
     """A placement worth at least ``target`` from the patterns within ``gap = dual_bound − target`` of the
     knapsack optimum, with each node's rank pools put back. Returns (solutions or None if there is none, value,
     proven, patterns enumerated), or None where the patterns are too many or time ran out."""
@@ -364,10 +422,10 @@ def _enumerated_mip(
     _, knapsacks, sigma = _certificate(items, types, n_kinds, pi)
     reduced_x = [sigma[item.kind] + item.tp * pi[i] - item.weight for i, item in enumerate(items)]
     allowed = [d <= gap for d in reduced_x]
-    # An item whose dual is 0 adds nothing to a pattern's value, so the enumeration below leaves it out, and a
-    # placement could still use it: the enumeration would not be complete. Not handled: give up.
-    if any(allowed[i] and pi[i] <= 0 for i in range(len(items))):
-        return None
+    # An item whose dual is 0 adds nothing to a pattern's value, so patterns are enumerated without such *free*
+    # items (any number of them would be within the gap); each device of a type they fit gets its own variables
+    # for them instead, within the room its pattern leaves.
+    free = {i for i in range(len(items)) if allowed[i] and pi[i] <= 0}
     enumerated: list[list[tuple[tuple[int, ...], float]]] = []  # per type: (counts, reduced cost)
     total = 0
     for dtype, sack in zip(types, knapsacks, strict=True):
@@ -402,9 +460,12 @@ def _enumerated_mip(
     supply: dict[int, dict[int, float]] = {i: {} for i in range(len(items))}  # TP 1: x_i = Σ a λ
     pool_supply: dict[tuple[int, int], dict[int, float]] = {}  # (item, pool): Σ a λ = TP · w
     pool_column: dict[tuple[int, int], int] = {}
-    cells_out: list[tuple[int, list[int], list[tuple[int, tuple[int, ...]]]]] = []  # (type, devices, [(λ, counts)])
+    # per cell: (type, devices, [(λ, pattern)], {free item: its ranks' column} where the cell is one device)
+    cells_out: list[tuple[int, list[int], list[tuple[int, tuple[int, ...]]], dict[int, int]]] = []
+    width = 0
     for t, dtype in enumerate(types):
         cells: dict[tuple, list[int]] = {}
+        free_here = [(n, i) for n, i in enumerate(dtype.items) if i in free]
         for key in dtype.devices:
             memberships = tuple(
                 (i, p)
@@ -414,7 +475,13 @@ def _enumerated_mip(
                 if key in members
             )
             # devices only TP 1 items use are interchangeable across nodes; TP > 1 ranks need their node's pools
-            cells.setdefault((node_of[key] if memberships else None, memberships), []).append(key)
+            # devices only TP 1 items use are interchangeable across nodes; TP > 1 ranks need their node's pools;
+            # free items need each device's own room
+            where = key if free_here else node_of[key] if memberships else None
+            cells.setdefault((where, memberships), []).append(key)
+        width += len(cells) * (len(enumerated[t]) + len(free_here))
+        if width > MAX_COLUMNS:
+            return None
         for (_, memberships), devices in cells.items():
             pool_of = dict(memberships)
             chosen = []
@@ -441,7 +508,24 @@ def _enumerated_mip(
                         rows.append((-inf, 0.0, {lam: 1.0, used: -float(len(devices))}))
                         rows.append((-inf, 0.0, {used: float(a), pool_column[key]: -1.0}))
             rows.append((len(devices), len(devices), row))
-            cells_out.append((t, devices, chosen))
+            free_columns: dict[int, int] = {}
+            if free_here:  # the cell is one device
+                room = {lam: float(sum(a * items[i].claim for i, a in zip(dtype.items, counts, strict=True)))
+                        for lam, counts in chosen}  # fmt: skip
+                for n, i in free_here:
+                    f = column(float(dtype.bounds[n]))
+                    free_columns[i] = f
+                    room[f] = float(items[i].claim)
+                    if items[i].tp == 1:
+                        supply[i][f] = 1.0
+                        continue
+                    key = (i, pool_of[i])
+                    if key not in pool_column:
+                        pool_column[key] = column(float(items[i].replicas))
+                    pool_supply.setdefault(key, {})[f] = 1.0
+                    rows.append((-inf, 0.0, {f: 1.0, pool_column[key]: -1.0}))  # one rank of a replica per device
+                rows.append((-inf, float(dtype.capacity), room))
+            cells_out.append((t, devices, chosen, free_columns))
     for i, item in enumerate(items):
         if item.tp == 1:
             rows.append((0.0, 0.0, {x[i]: 1.0, **{lam: -a for lam, a in supply[i].items()}}))
@@ -481,38 +565,43 @@ def _enumerated_mip(
     highs.setOptionValue("mip_rel_gap", 0.0)
     highs.setOptionValue("mip_abs_gap", 0.5)
     highs.setOptionValue("time_limit", max(0.01, deadline - time.perf_counter()))
+    highs.setOptionValue("objective_target", float(target) - 0.5)  # any placement at the target will do
     highs.passModel(lp)
+    if race is not None and not race.enter(highs):
+        return None
     highs.run()
     status = highs.getModelStatus()
     if status == highspy.HighsModelStatus.kInfeasible:
-        return None, target - 1, True, total
-    if highs.getInfo().primal_solution_status != 2:
+        return AtTarget(None, target - 1, True, total)
+    if status == highspy.HighsModelStatus.kInterrupt or highs.getInfo().primal_solution_status != 2:
         return None
     solved = np.rint(highs.getSolution().col_value).astype(int)
-    proven = status == highspy.HighsModelStatus.kOptimal
     value = sum(item.weight * int(solved[x[i]]) for i, item in enumerate(items))
-    return _decode(items, types, node_of, cells_out, pool_column, solved), value, proven, total
+    return AtTarget(_decode(items, types, node_of, cells_out, pool_column, solved), value, False, total)
 
 
 def _decode(
     items: list[_Item],
     types: list[_Type],
     node_of: dict[int, int],
-    cells: list[tuple[int, list[int], list[tuple[int, tuple[int, ...]]]]],
+    cells: list[tuple[int, list[int], list[tuple[int, tuple[int, ...]]], dict[int, int]]],
     pool_column: dict[tuple[int, int], int],
     solved: np.ndarray,
 ) -> dict[tuple[int, int], KindSolution]:
     """The MIP's patterns given to devices (a cell's devices are interchangeable), as the compact MIP's
     solutions: replicas, stages per node, replicas per rank pool, ranks per device."""
     ranks: dict[int, dict[int, int]] = {}  # item -> device key -> ranks
-    for t, devices, chosen in cells:
-        free = iter(devices)
+    for t, devices, chosen, free_columns in cells:
+        unused = iter(devices)
         for lam, counts in chosen:
             for _ in range(int(solved[lam])):
-                key = next(free)
+                key = next(unused)
                 for i, a in zip(types[t].items, counts, strict=True):
                     if a:
                         ranks.setdefault(i, {})[key] = a
+        for i, f in free_columns.items():
+            if solved[f]:
+                ranks.setdefault(i, {})[devices[0]] = int(solved[f])
     out: dict[tuple[int, int], KindSolution] = {}
     for i, item in enumerate(items):
         held = ranks.get(i, {})
@@ -528,12 +617,9 @@ def _decode(
             stages: dict[int, int] = {}
             for g, a in held.items():
                 stages[node_of[g]] = stages.get(node_of[g], 0) + a
-            pools = {}
-            for g in held:
-                pools.setdefault(node_of[g], set()).add(g)
-            out[(item.kind, item.option)] = KindSolution(
-                count, stages, {node: [(stages[node], sorted(gids))] for node, gids in pools.items()}, dict(held)
-            )
+            used = {node: [(stages[node], members)] for node, members in item.pools if stages.get(node)}
+            every = {g: held.get(g, 0) for _, members in item.pools for g in members}
+            out[(item.kind, item.option)] = KindSolution(count, stages, used, every)
             continue
         per_pool = [(int(solved[pool_column[(i, p)]]) if (i, p) in pool_column else 0) for p in range(len(item.pools))]
         count = sum(per_pool)

@@ -58,6 +58,40 @@ class KindSolution:
     ranks: dict[int, int] = field(default_factory=dict)
 
 
+class Race:
+    """HiGHS solves that run side by side (in threads: HiGHS releases the GIL) until one settles the question:
+    ``stop`` cancels every solve registered, and one registered after that does not start."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: list[object] = []
+        self.stopped = False
+
+    def enter(self, highs) -> bool:
+        with self._lock:
+            if self.stopped:
+                return False
+            highs.HandleUserInterrupt = True
+            self._running.append(highs)
+            return True
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            for highs in self._running:
+                highs.cancelSolve()
+
+
+@dataclass
+class DeviceValueCuts:
+    """Valid inequalities from the configuration LP's duals: at ``rank_values`` per rank of a (kind, option), no
+    device's ranks are worth more than ``value_caps`` of it (the best pattern of its type, a knapsack optimum, so
+    every integer point satisfies them); CPU nodes' host memory is keyed -(node + 1)."""
+
+    rank_values: dict[tuple[int, int], float]
+    value_caps: dict[int, float]
+
+
 @dataclass
 class PackingResult:
     solutions: dict[tuple[int, int], KindSolution]  # (kind, option) -> where its replicas go
@@ -141,12 +175,19 @@ def solve_packing(
     start: dict[tuple[int, int], KindSolution] | None,
     time_limit_s: float,
     node_limit: int,
-    value_bound: int | None = None,
+    target: int | None = None,
+    cuts: DeviceValueCuts | None = None,
+    race: Race | None = None,
 ) -> PackingResult | None:
     """Maximise Σ weight · placed replicas over ``kinds`` on devices with ``device_units`` MiB free (and CPU
     nodes with ``host_units``), from the feasible ``start``; None without HiGHS or without a solution.
-    ``value_bound``, a proven upper bound of the value (the configuration LP's), is added as a row: HiGHS's own
-    LP bound is weaker, and with it HiGHS stops as soon as it reaches that bound."""
+
+    With ``target`` (the configuration LP's bound, rounded down) it looks for a placement worth exactly that, which
+    is then optimal: the value ≥ target is a row (the start, below it, is not passed), HiGHS stops at the first such
+    placement, and where it proves there is none the result has no solutions and ``bound = target - 1``. ``cuts``
+    are the configuration LP's duals (see ``DeviceValueCuts``): with them HiGHS's LP bound is as tight as that LP.
+    In a ``race``, it returns None when cancelled.
+    """
     try:
         import highspy
     except ImportError:
@@ -224,6 +265,23 @@ def solve_packing(
         rows.add(terms, -inf, float(device_units[g]))
     for node, terms in host_load.items():
         rows.add(terms, -inf, float(host_units.get(node, 0)))
+    if cuts is not None:
+        worth: dict[int, dict[int, float]] = {}
+        for (ki, oi), (_, _, stages, _, ranks) in where.items():
+            value = cuts.rank_values.get((ki, oi), 0.0)
+            if value <= 0:
+                continue
+            if kinds[ki].options[oi].class_id is None:
+                for node, y in stages.items():
+                    worth.setdefault(-(node + 1), {})[y] = value
+            else:
+                for g, z in ranks.items():
+                    worth.setdefault(g, {})[z] = value
+        for key, terms in worth.items():
+            if key in cuts.value_caps:
+                rows.add(terms, -inf, cuts.value_caps[key] + 1e-6)
+    if target is not None:
+        rows.add(objective_terms, float(target), inf)
     if not columns.upper:
         return None
 
@@ -248,16 +306,22 @@ def solve_packing(
     highs.setOptionValue("mip_abs_gap", 0.5)  # integer objective: a gap below one replica is closed
     highs.setOptionValue("time_limit", max(0.01, time_limit_s))
     highs.setOptionValue("mip_max_nodes", max(1, node_limit))
-    if value_bound is not None:
-        highs.setOptionValue("objective_target", float(value_bound) - 0.5)
+    if target is not None:
+        highs.setOptionValue("objective_target", float(target) - 0.5)
     highs.passModel(lp)
-    if start:
+    if start and target is None:
         solution = highspy.HighsSolution()
         solution.col_value = _start_values(lp.num_col_, where, start)
         solution.value_valid = True
         highs.setSolution(solution)
+    if race is not None and not race.enter(highs):
+        return None
     highs.run()
+    if highs.getModelStatus() == highspy.HighsModelStatus.kInterrupt:
+        return None
     info = highs.getInfo()
+    if target is not None and highs.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
+        return PackingResult({}, 0, target - 1, False)
     if info.primal_solution_status != 2:  # kSolutionStatusFeasible
         return None
     values = np.rint(highs.getSolution().col_value).astype(int)

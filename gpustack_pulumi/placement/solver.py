@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 import time
 from dataclasses import dataclass
 
@@ -34,13 +35,14 @@ from gpustack_pulumi.placement.cluster import ClusterState
 from gpustack_pulumi.placement.demand import CLAIM_GRANULARITY_BYTES
 from gpustack_pulumi.placement.heuristic import Placer, ReplicaTask
 from gpustack_pulumi.placement.models import Strategy
-from gpustack_pulumi.placement.packing_config import solve_config
+from gpustack_pulumi.placement.packing_config import AtTarget, ConfigurationLP, configuration_lp, search_at
 from gpustack_pulumi.placement.packing_mip import (
     NODES_PER_BUDGET_SECOND,
     KindSolution,
     PackingKind,
     PackingOption,
     PackingResult,
+    Race,
     highs_available,
     solve_packing,
 )
@@ -63,10 +65,10 @@ PRIMARY_WALL_SHARE = 0.7
 # stops earlier where it proves the count, which it does at the root on most problems. On the 56-GPU benchmark
 # case it needs ~1.2 s of the 2 s budget on the reference VM, which 0.85 did not always leave it.
 MIP_WALL_SHARE = 0.95
-# Of that, the most the configuration stage may take (packing_config.py): its LP takes 0.01-0.2 s on the
-# benchmark's clusters; the rest of the share goes to enumerating placements at its bound (0.45 s on the 41-GPU
-# case where only that found the optimum), and what it leaves goes to the compact MIP.
-CONFIG_WALL_SHARE = 0.5
+# Of that, the most the configuration LP may take (packing_config.py; 0.01-0.25 s on the benchmark's clusters),
+# and the share of what is left for the searches at its bound (the rest: the compact MIP from the start).
+CONFIG_LP_SHARE = 0.5
+TARGET_WALL_SHARE = 0.9
 # What must be left of the budget after HiGHS for CP-SAT's placed-replicas solve to run (less, and it could not
 # even load the model and the hint of a 64-GPU problem: measured 0.1-0.15 s for nothing), and for the second solve.
 CP_SAT_MIN_SHARE = 0.15
@@ -241,6 +243,30 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
 
     cluster = state.cluster
     groups = _groups(state, tasks)
+    unit_tier = _tier_weights(tasks, 1)
+    weights = [unit_tier[group.tasks[0].prepared.deployment.priority] for group in groups]
+    # The hint: the heuristic's plan, or where better a packing of the smallest replicas (on generated
+    # oversubscribed clusters it often is: tight packings that CP-SAT's search alone took seconds to find).
+    hint, hint_units = _hint_assignment(state, heuristic, groups, weights)
+    # Then the MIP stage on the placed-replicas model from the hint (packing_config.py, packing_mip.py), before
+    # CP-SAT's model is built (it needs the time more): the configuration LP's bound proves most hints optimal
+    # at once, and on tight packings of 40-64 GPUs the searches at that bound find the replicas CP-SAT's search
+    # missed. Only where it proves nothing does CP-SAT's own placed-replicas solve run.
+    # It runs in a thread while CP-SAT's model is built here (HiGHS releases the GIL).
+    remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
+    kinds = _kinds(state, groups, weights)
+    packing_outcome: dict[str, object] = {}
+
+    def packing_stage() -> None:
+        try:
+            packing_outcome["result"] = _packing_stage(
+                state, groups, kinds, hint, remaining * MIP_WALL_SHARE, time_budget_s
+            )
+        except BaseException as error:  # re-raised in the caller's thread
+            packing_outcome["error"] = error
+
+    packing_thread = threading.Thread(target=packing_stage, name="placement-mip", daemon=True)
+    packing_thread.start()
     model = cp_model.CpModel()
     load: dict[int, list] = {}  # gid -> [(count var, claim)]
     eligibility: dict[int, list[tuple[int, int]]] = {}  # gid -> [(group, option)] with a variable on it
@@ -369,8 +395,6 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     tier = _tier_weights(tasks, base)
     # The primary solve counts replicas in units of the lowest tier (tier weights are multiples of ``base``):
     # small coefficients keep CP-SAT's bounds tight; values are scaled back by ``base`` for the result.
-    unit_tier = _tier_weights(tasks, 1)
-    weights = [unit_tier[group.tasks[0].prepared.deployment.priority] for group in groups]
     primary = sum(
         unit_tier[group.tasks[0].prepared.deployment.priority] * placed_vars[gi] for gi, group in enumerate(groups)
     )
@@ -403,15 +427,10 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
         solver.parameters.optimize_with_max_hs = max_hs
         return solver.Solve(model)
 
-    # The hint: the heuristic's plan, or where better a packing of the smallest replicas (on generated
-    # oversubscribed clusters it often is: tight packings that CP-SAT's search alone took seconds to find).
-    hint, hint_units = _hint_assignment(state, heuristic, groups, weights)
-    # Then HiGHS on the placed-replicas model from the hint (packing_mip.py): on most problems its LP proves
-    # the hint optimal at the root, and on tight packings of 40-64 GPUs it finds the replicas CP-SAT's search
-    # missed. Only where it proves nothing does CP-SAT's own placed-replicas solve run.
-    remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
-    kinds = _kinds(state, groups, weights)
-    packing = _packing_stage(state, groups, kinds, hint, remaining * MIP_WALL_SHARE, time_budget_s)
+    packing_thread.join()
+    if "error" in packing_outcome:
+        raise packing_outcome["error"]  # type: ignore[misc]
+    packing: _Packed | None = packing_outcome.get("result")  # type: ignore[assignment]
     if packing is not None and packing.units > hint_units:
         hint_units, hint = packing.units, packing.assignments
     else:  # the same slots dealt for availability: a better start for the second solve
@@ -609,29 +628,34 @@ def _packing_stage(
     deadline = time.perf_counter() + time_limit_s
     # First the configuration LP (packing_config.py): its bound proves most starts optimal at once, and where
     # it does not, the placements near it are enumerated; then the compact MIP, given that bound.
-    config = solve_config(kinds.kinds, device_units, host_units, initial, start_units, time_limit_s * CONFIG_WALL_SHARE)
-    best = initial
-    if config is not None and config.solutions is not None:
-        best = config.solutions
-    if config is not None and config.optimal:
-        result = PackingResult(best, config.value, config.value, True)
-    else:
-        result = solve_packing(
-            kinds.kinds,
-            device_units,
-            host_units,
-            best,
-            deadline - time.perf_counter(),
-            max(1, round(NODES_PER_BUDGET_SECOND * time_budget_s)),
-            None if config is None else config.bound,
-        )
-        if config is not None:
-            if result is None or result.value < config.value:
-                result = PackingResult(best, config.value, config.bound, False)
-            bound = min(result.bound, config.bound)
-            result = PackingResult(result.solutions, result.value, bound, result.optimal or result.value >= bound)
+    node_limit = max(1, round(NODES_PER_BUDGET_SECOND * time_budget_s))
+    lp = configuration_lp(kinds.kinds, device_units, host_units, initial, start_units, time_limit_s * CONFIG_LP_SHARE)
+    if lp is None:  # pipeline options: the compact MIP alone, from the start
+        result = solve_packing(kinds.kinds, device_units, host_units, initial, time_limit_s, node_limit)
         if result is None:
             return None
+    else:
+        bound = lp.bound
+        result = PackingResult(initial, start_units, max(bound, start_units), bound <= start_units)
+        # Below the bound: a placement at it is looked for by two searches side by side, the MIP over the
+        # patterns near the bound and the compact MIP with the LP's duals as cuts (each finds placements the
+        # other does not, within the budget); where either proves there is none, the bound drops by one.
+        target_deadline = time.perf_counter() + (deadline - time.perf_counter()) * TARGET_WALL_SHARE
+        while bound > result.value and target_deadline - time.perf_counter() > 0.05:
+            found, infeasible = _race_at(lp, kinds.kinds, device_units, host_units, bound, target_deadline, node_limit)
+            if found is not None:
+                result = found
+                break
+            if not infeasible:
+                break  # neither settled it in time
+            bound -= 1
+        if result.value < bound and deadline - time.perf_counter() > 0.05:
+            # what is left: the compact MIP from the start, for any placement better than it
+            improved = solve_packing(kinds.kinds, device_units, host_units, initial, deadline - time.perf_counter(),
+                                     node_limit, cuts=lp.cuts)  # fmt: skip
+            if improved is not None and improved.value > result.value:
+                result = improved
+        result = PackingResult(result.solutions, result.value, max(bound, result.value), result.value >= bound)
     if result.solutions is initial:  # the start stands
         return _Packed(result.value, result.bound, result.optimal, _deal(state, groups, kinds, start_slots))
     slots: list[tuple[int, int, list[tuple[int, list[int]]]]] = []
@@ -642,6 +666,45 @@ def _packing_stage(
         ):
             slots.append((ki, oi, node_gids))
     return _Packed(result.value, result.bound, result.optimal, _deal(state, groups, kinds, slots))
+
+
+def _race_at(
+    lp: ConfigurationLP,
+    kinds: list[PackingKind],
+    device_units: dict[int, int],
+    host_units: dict[int, int],
+    target: int,
+    deadline: float,
+    node_limit: int,
+) -> tuple[PackingResult | None, bool]:
+    """A placement worth ``target`` from whichever of the two searches settles it first (the other is cancelled):
+    (the placement, False), (None, True) where one proved there is none, (None, False) where neither settled it.
+    Where both find one, the pattern search's is taken."""
+    race = Race()
+    outcomes: dict[str, object] = {}
+
+    def patterns() -> None:
+        found = search_at(lp, target, deadline, race)
+        outcomes["patterns"] = found
+        if found is not None:
+            race.stop()
+
+    worker = threading.Thread(target=patterns, daemon=True)
+    worker.start()
+    compact = solve_packing(kinds, device_units, host_units, None, deadline - time.perf_counter(), node_limit,
+                            target=target, cuts=lp.cuts, race=race)  # fmt: skip
+    if compact is not None and (compact.value >= target or compact.bound < target):
+        race.stop()
+    worker.join()
+    by_patterns = outcomes.get("patterns")
+    if isinstance(by_patterns, AtTarget) and by_patterns.solutions is not None:
+        return PackingResult(by_patterns.solutions, by_patterns.value, target, True), False
+    if compact is not None and compact.value >= target:
+        return compact, False
+    proven = (isinstance(by_patterns, AtTarget) and by_patterns.infeasible) or (
+        compact is not None and compact.bound < target
+    )
+    return None, proven
 
 
 def _slots(
