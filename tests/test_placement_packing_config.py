@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import random
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,12 @@ from exact_optimum_bench import cases
 from placement_helpers import assert_capacity_respected, check_packing
 
 from gpustack_pulumi.placement import packing_config
-from gpustack_pulumi.placement.packing_config import solve_config
+from gpustack_pulumi.placement.packing_config import configuration_lp, search_at, solve_config
 from gpustack_pulumi.placement.packing_mip import (
     KindSolution,
     PackingKind,
     PackingOption,
+    Race,
     highs_available,
     solve_packing,
 )
@@ -75,6 +78,20 @@ def test_bound_and_placements_against_the_compact_optimum(seed: int) -> None:
         check_packing(kinds, devices, hosts, config)
     if config.optimal:
         assert config.value == compact.value
+    # the LP's duals as cuts cut off no integer point: the compact MIP with them has the same optimum, and
+    # looking for a placement at it (target mode) finds one, one above it proves there is none
+    lp = configuration_lp(kinds, devices, hosts, None, 0, 30.0)
+    assert lp is not None and lp.bound >= compact.value
+    with_cuts = solve_packing(kinds, devices, hosts, None, 30.0, 10**6, cuts=lp.cuts)
+    assert with_cuts is not None and with_cuts.optimal and with_cuts.value == compact.value
+    check_packing(kinds, devices, hosts, with_cuts)
+    at = solve_packing(kinds, devices, hosts, None, 30.0, 10**6, target=compact.value, cuts=lp.cuts)
+    assert at is not None and at.value == compact.value
+    check_packing(kinds, devices, hosts, at)
+    above = solve_packing(kinds, devices, hosts, None, 30.0, 10**6, target=compact.value + 1, cuts=lp.cuts)
+    assert above is not None and above.value < compact.value + 1 and above.bound == compact.value
+    beyond = search_at(lp, compact.value + 1, time.perf_counter() + 30.0)
+    assert beyond is not None and beyond.infeasible and beyond.solutions is None
 
 
 def test_the_stage_finds_the_optimum_above_a_start_and_proves_it() -> None:
@@ -142,3 +159,36 @@ def test_the_41_gpu_case_reaches_its_optimum_within_the_default_budget() -> None
     exact = planner.last_exact
     assert exact is not None and exact.placed_optimal and exact.bound // exact.base_weight == 115
     assert_capacity_respected(result, inventory)
+
+
+def test_a_race_cancels_the_solve_still_running() -> None:
+    # The two searches at the bound run side by side; the first to settle it stops the other (HiGHS checks the
+    # interrupt in its callbacks), so the stage does not wait for the slower one's time limit. Here: 30 devices,
+    # 25 kinds of TP=1 replicas; one replica above the LP's bound, which the compact MIP without cuts takes
+    # about 2 s to prove impossible on the 2-core reference VM.
+    rng = random.Random(4)
+    devices = {g: 1000 + rng.randint(0, 37) for g in range(30)}
+    kinds = [
+        PackingKind(rng.randint(3, 9), 1, [PackingOption(0, 1, 1, rng.randint(170, 460), [(0, [list(range(30))])])])
+        for _ in range(25)
+    ]
+    lp = configuration_lp(kinds, devices, {}, None, 0, 10.0)
+    assert lp is not None and lp.bound == 98
+    race = Race()
+    finished: dict[str, object] = {}
+
+    def solve() -> None:
+        started = time.perf_counter()
+        finished["result"] = solve_packing(kinds, devices, {}, None, 30.0, 10**9, target=lp.bound + 1, race=race)
+        finished["seconds"] = time.perf_counter() - started
+
+    worker = threading.Thread(target=solve)
+    worker.start()
+    time.sleep(0.2)
+    race.stop()
+    worker.join(timeout=20.0)
+    assert not worker.is_alive()
+    assert finished["result"] is None  # cancelled: neither a placement nor a proof
+    assert finished["seconds"] < 1.5
+    # a solve entered after the stop does not start at all
+    assert solve_packing(kinds, devices, {}, None, 30.0, 10**9, target=lp.bound + 1, race=race) is None

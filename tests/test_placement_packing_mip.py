@@ -113,7 +113,7 @@ def test_priority_weights_decide_what_is_left_out() -> None:
 
 def test_the_mip_stage_reaches_the_optimum_cp_sat_missed_on_a_42_gpu_cluster() -> None:
     # benchmarks/exact_optimum_bench.py --large, case 7: 42 GPUs, 140 replicas wanted. CP-SAT alone (and a 60 s
-    # run of it) placed 123; the configuration-LP bound (benchmarks/placement_upper_bound.py) is 124.0.
+    # run of it) placed 123; the configuration-LP bound is 124.0. The compact MIP with that LP's cuts finds 124.
     inventory, deployments, gpus = cases(8, large=True)[7]
     assert (gpus, sum(d.replicas for d in deployments)) == (42, 140)
     planner = Planner(inventory)
