@@ -1,23 +1,26 @@
-"""Placed replicas by configurations: the configuration LP's bound, and the optimum by enumerating the
-configurations near it.
+"""Placed replicas by configurations: the configuration LP's bound, and the placements near it.
 
 The compact MIP (``packing_mip.py``) counts ranks per device; its LP relaxation splits replicas over devices, so
 on tight oversubscribed packings of 40–64 GPUs its bound stays a replica or two above the optimum and HiGHS can
 spend the whole budget without finding or proving it. The configuration (Gilmore–Gomory) LP is much tighter:
 devices with the same free MiB and the same eligible options form a *type*, a *pattern* is what one device of a
 type holds (ranks per option, within its MiB), and the LP chooses how many devices of each type use each pattern.
-On every generated case of ``benchmarks/exact_optimum_bench.py`` its bound, rounded down, is the optimum.
+On the generated cases of ``benchmarks/exact_optimum_bench.py`` whose optimum is known, its bound, rounded down,
+is the optimum.
 
-Column generation solves it (HiGHS's simplex for the master, an exact bounded knapsack per type for pricing).
-For any duals ``π ≥ 0`` of the rank rows, ``D(π) = Σ_kind replicas·max(0, max_option weight − TP·π) +
-Σ_type devices·knapsack(π)`` bounds every placement from above (weak duality), and a placement worth ``target``
-uses only columns whose reduced cost is at most ``gap = D(π) − target`` (its value is ``D(π)`` minus the reduced
-costs of what it uses). Where the gap is small, the patterns within it are few: they are enumerated exactly and a
-MIP over them, with the devices of each node's rank pools put back (a TP replica's ranks on distinct devices of
-one pool), finds a placement worth ``target`` or proves there is none. Either way the result is proven.
+``configuration_lp`` solves it by column generation (HiGHS's simplex for the master, an exact bounded knapsack
+per type for pricing). For any duals ``π ≥ 0`` of the rank rows, ``D(π) = Σ_kind replicas·max(0, max_option
+weight − TP·π) + Σ_type devices·knapsack(π)`` bounds every placement from above (weak duality), and a placement
+worth ``target`` uses only patterns whose reduced cost is at most ``gap = D(π) − target`` (its value is ``D(π)``
+minus the reduced costs of what it uses). ``search_at`` enumerates those patterns exactly and solves a MIP over
+them, with the devices of each node's rank pools put back (a TP replica's ranks on distinct devices of one pool):
+it finds a placement worth ``target`` or proves there is none. Options whose dual is 0 (*free*: any number of
+them is within the gap) are left out of the patterns and get per-device variables in the room a pattern leaves.
+The duals also give the compact MIP its cuts (``DeviceValueCuts``): no device's ranks are worth more than its
+type's best pattern.
 
-Pipeline-parallel options (a replica's stages on several nodes) are not modelled here: with one, this stage
-returns None and the compact MIP stands alone. Pure: no I/O; HiGHS (highspy) optional.
+Pipeline-parallel options (a replica's stages on several nodes) are not modelled here: with one,
+``configuration_lp`` returns None and the compact MIP stands alone. Pure: no I/O; HiGHS (highspy) optional.
 """
 
 from __future__ import annotations

@@ -1,16 +1,20 @@
-"""The placed-replicas problem as a mixed-integer program for HiGHS: the exact solver's second opinion.
+"""The placed-replicas problem as a compact mixed-integer program for HiGHS.
 
 CP-SAT (``solver.py``) proves small placements optimal quickly, but on tight oversubscribed packings of 40–64
 GPUs its search can stall one or two replicas short of the optimum, where a MIP solver's LP relaxation, cuts and
-heuristics reach it (``benchmarks/exact_optimum_bench.py --large``). This module states the same model as the
-CP-SAT one's placed-replicas part, with one change that only a MIP needs: deployments that are interchangeable
-for that objective (same priority and the same options: device class, TP × PP, claim, eligible devices) are one
-*kind* with their replica counts added, which removes their symmetry. Any solution of one is a solution of the
-other (the kind's replicas are dealt to its deployments afterwards), so values and bounds carry over.
+heuristics reach it. This module states the same model as the CP-SAT one's placed-replicas part, with one change
+that only a MIP needs: deployments that are interchangeable for that objective (same priority and the same
+options: device class, TP × PP, claim, eligible devices) are one *kind* with their replica counts added, which
+removes their symmetry. Any solution of one is a solution of the other (the kind's replicas are dealt to its
+deployments afterwards), so values and bounds carry over.
 
 Per kind and option: a count ``c``; per node ``y`` (pipeline stages there), per rank pool ``p`` and per device
 ``z`` (ranks there) with ``Σ_pool z = TP·p``, ``z ≤ p``, ``Σ p = y``, ``Σ y = PP·c`` (``y ≤ c`` for PP > 1); CPU
 options put ``y`` replicas' host memory on a node. Device and host capacities in MiB, as the CP-SAT model.
+
+Its own LP bound is weak (replicas split over devices); with the configuration LP's duals as cuts
+(``DeviceValueCuts``, from ``packing_config.py``) it is as tight as that LP, and in target mode it looks for a
+placement worth the LP's bound or proves there is none. A ``Race`` runs it beside the pattern search.
 
 Pure: no I/O. HiGHS (highspy) is optional: without it ``solve_packing`` returns None.
 """

@@ -5,10 +5,12 @@ Objective, strictly in this order (integer weights, so CP-SAT optimises it exact
 2. fewest mode=latency replicas on CPU-only nodes; 3. fewest extra replicas of one deployment on one device,
 then 4. on one node (availability: every deployment under spread, those without ``pack_replicas`` under
 binpack); 5. fewest GPUs used, 6. fewest nodes used, 7. fewest ranks.
-Two stages: (1) alone first, then the rest with (1) held at its best value. Stage (1) starts with HiGHS on the
-same placed-replicas model with interchangeable deployments merged (``packing_mip.py``): its LP bound proves most
-hints optimal at the root, and on tight packings of 40–64 GPUs it finds replicas CP-SAT's search does not; only
-where HiGHS proves nothing does CP-SAT's own placed-replicas solve (max-hitting-set search) run after it.
+Two stages: (1) alone first, then the rest with (1) held at its best value. Stage (1) starts with the MIP stage
+on the same placed-replicas model with interchangeable deployments merged (``packing_config.py``,
+``packing_mip.py``, HiGHS), in a thread while CP-SAT's model is built: a configuration LP bounds the count and
+proves most hints optimal at once; below its bound, a MIP over the patterns near it and the compact MIP with the
+LP's duals as cuts look for a placement at the bound side by side. Only where the MIP stage proves nothing does
+CP-SAT's own placed-replicas solve (max-hitting-set search) run after it.
 
 Variables per deployment and option (device class × smallest TP with room, multi-node TP × PP, or CPU):
 a count ``c`` of replicas; per node ``y`` (stages there) and per device ``z`` (ranks there) with
@@ -18,9 +20,10 @@ of the heuristic's plan and a best-fit-decreasing packing of the smallest replic
 CP-SAT's search alone took seconds to find); the hint stands if the search ends below it, and the heuristic
 is the fallback: the result is never worse than either. Determinism: one worker,
 a fixed seed, and a deterministic work limit derived from the budget alone; the wall clock (what is left of
-the budget) is only the hard stop behind it. HiGHS has no deterministic work limit: its branch-and-bound node
-limit (from the budget) is the intended stop, but on large tight problems its root (cuts, sub-MIP heuristics)
-can run into the wall clock, and there the result depends on the machine's speed and load.
+the budget) is only the hard stop behind it. HiGHS has no deterministic work limit: most problems are settled by
+a proof (the LP's bound reached, or none at it), but where a search at the bound is stopped by the wall clock, or
+two searches both find a placement and the first to finish is taken, the plan depends on the machine's speed
+and load.
 """
 
 from __future__ import annotations
@@ -61,12 +64,13 @@ DETERMINISTIC_SHARE_SECONDARY = 0.15
 DETERMINISTIC_SHARE_PER_SOLVE = DETERMINISTIC_SHARE_PRIMARY  # the larger of the two (planner's docs name it)
 # Wall-clock share of what is left of the budget for the placed-replicas solve (the second gets all the rest).
 PRIMARY_WALL_SHARE = 0.7
-# Wall-clock share of what is left (after the heuristic and the hint) that HiGHS may use (packing_mip.py); it
-# stops earlier where it proves the count, which it does at the root on most problems. On the 56-GPU benchmark
-# case it needs ~1.2 s of the 2 s budget on the reference VM, which 0.85 did not always leave it.
+# Wall-clock share of what is left (after the heuristic and the hint) that the MIP stage may use; it stops
+# earlier where it proves the count, which the configuration LP's bound does at once on most problems. The
+# hardest benchmark cases need ~1.4 s of the 2 s budget on the reference VM for the search at the bound.
 MIP_WALL_SHARE = 0.95
-# Of that, the most the configuration LP may take (packing_config.py; 0.01-0.25 s on the benchmark's clusters),
-# and the share of what is left for the searches at its bound (the rest: the compact MIP from the start).
+# Of that, the most the configuration LP may take (packing_config.py; 0.01-0.25 s on the benchmark's clusters,
+# more while CP-SAT's model is built beside it: a cap it reaches leaves a weaker bound), and the share of what is
+# left for the searches at its bound (the rest: the compact MIP from the start, for any better placement).
 CONFIG_LP_SHARE = 0.5
 TARGET_WALL_SHARE = 0.9
 # What must be left of the budget after HiGHS for CP-SAT's placed-replicas solve to run (less, and it could not
@@ -602,7 +606,9 @@ def _packing_stage(
     time_limit_s: float,
     time_budget_s: float,
 ) -> _Packed | None:
-    """HiGHS on the placed-replicas model from ``start`` (a plan of the model), or None without HiGHS."""
+    """The MIP stage on the placed-replicas model from ``start`` (a plan of the model), or None without HiGHS:
+    the configuration LP's bound, then the searches at it (``_race_at``), or the compact MIP alone where the LP
+    does not apply (pipeline options)."""
     if time_limit_s <= 0.05 or not highs_available():
         return None
     initial: dict[tuple[int, int], KindSolution] = {}
