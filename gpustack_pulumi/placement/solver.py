@@ -32,7 +32,10 @@ import copy
 import itertools
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from gpustack_pulumi.placement.cluster import ClusterState
 from gpustack_pulumi.placement.demand import CLAIM_GRANULARITY_BYTES
@@ -77,6 +80,8 @@ TARGET_WALL_SHARE = 0.9
 # even load the model and the hint of a 64-GPU problem: measured 0.1-0.15 s for nothing), and for the second solve.
 CP_SAT_MIN_SHARE = 0.15
 SECONDARY_MIN_SHARE = 0.05
+
+T = TypeVar("T")
 
 # Memory is modelled in MiB: claims and free memory are whole MiB already (demand.CLAIM_GRANULARITY_BYTES),
 # so this is exact. Byte-sized coefficients (~10^11) slow CP-SAT's propagation by orders of magnitude.
@@ -259,18 +264,13 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     # It runs in a thread while CP-SAT's model is built here (HiGHS releases the GIL).
     remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
     kinds = _kinds(state, groups, weights)
-    packing_outcome: dict[str, object] = {}
-
-    def packing_stage() -> None:
-        try:
-            packing_outcome["result"] = _packing_stage(
-                state, groups, kinds, hint, remaining * MIP_WALL_SHARE, time_budget_s
-            )
-        except BaseException as error:  # re-raised in the caller's thread
-            packing_outcome["error"] = error
-
-    packing_thread = threading.Thread(target=packing_stage, name="placement-mip", daemon=True)
-    packing_thread.start()
+    lp_done = threading.Event()
+    packing_future = _in_thread(
+        _packing_stage, state, groups, kinds, hint, remaining * MIP_WALL_SHARE, time_budget_s, lp_done
+    )
+    # The configuration LP is mostly Python (pricing): building CP-SAT's model beside it would share the GIL and
+    # slow it down; the searches after it run in HiGHS without the GIL.
+    lp_done.wait(timeout=remaining * MIP_WALL_SHARE * CONFIG_LP_SHARE)
     model = cp_model.CpModel()
     load: dict[int, list] = {}  # gid -> [(count var, claim)]
     eligibility: dict[int, list[tuple[int, int]]] = {}  # gid -> [(group, option)] with a variable on it
@@ -431,10 +431,7 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
         solver.parameters.optimize_with_max_hs = max_hs
         return solver.Solve(model)
 
-    packing_thread.join()
-    if "error" in packing_outcome:
-        raise packing_outcome["error"]  # type: ignore[misc]
-    packing: _Packed | None = packing_outcome.get("result")  # type: ignore[assignment]
+    packing = packing_future.result()  # an error there is raised here
     if packing is not None and packing.units > hint_units:
         hint_units, hint = packing.units, packing.assignments
     else:  # the same slots dealt for availability: a better start for the second solve
@@ -605,10 +602,27 @@ def _packing_stage(
     start: list[tuple[ReplicaTask, ScoredCandidate | None]],
     time_limit_s: float,
     time_budget_s: float,
+    lp_done: threading.Event | None = None,
 ) -> _Packed | None:
     """The MIP stage on the placed-replicas model from ``start`` (a plan of the model), or None without HiGHS:
     the configuration LP's bound, then the searches at it (``_race_at``), or the compact MIP alone where the LP
-    does not apply (pipeline options)."""
+    does not apply (pipeline options). ``lp_done`` is set once the LP is done (or skipped)."""
+    try:
+        return _mip_stage(state, groups, kinds, start, time_limit_s, time_budget_s, lp_done)
+    finally:
+        if lp_done is not None:
+            lp_done.set()
+
+
+def _mip_stage(
+    state: ClusterState,
+    groups: list[_Group],
+    kinds: _Kinds,
+    start: list[tuple[ReplicaTask, ScoredCandidate | None]],
+    time_limit_s: float,
+    time_budget_s: float,
+    lp_done: threading.Event | None,
+) -> _Packed | None:
     if time_limit_s <= 0.05 or not highs_available():
         return None
     initial: dict[tuple[int, int], KindSolution] = {}
@@ -632,10 +646,11 @@ def _packing_stage(
     host_units = {node: _units_down(free) for node, free in state.host_free.items()}
     start_units = sum(kinds.kinds[ki].weight for ki, _, _ in start_slots)
     deadline = time.perf_counter() + time_limit_s
-    # First the configuration LP (packing_config.py): its bound proves most starts optimal at once, and where
-    # it does not, the placements near it are enumerated; then the compact MIP, given that bound.
+    # First the configuration LP (packing_config.py): its bound proves most starts optimal at once.
     node_limit = max(1, round(NODES_PER_BUDGET_SECOND * time_budget_s))
     lp = configuration_lp(kinds.kinds, device_units, host_units, initial, start_units, time_limit_s * CONFIG_LP_SHARE)
+    if lp_done is not None:
+        lp_done.set()
     if lp is None:  # pipeline options: the compact MIP alone, from the start
         result = solve_packing(kinds.kinds, device_units, host_units, initial, time_limit_s, node_limit)
         if result is None:
@@ -687,30 +702,39 @@ def _race_at(
     (the placement, False), (None, True) where one proved there is none, (None, False) where neither settled it.
     Where both find one, the pattern search's is taken."""
     race = Race()
-    outcomes: dict[str, object] = {}
 
-    def patterns() -> None:
+    def patterns() -> AtTarget | None:
         found = search_at(lp, target, deadline, race)
-        outcomes["patterns"] = found
         if found is not None:
             race.stop()
+        return found
 
-    worker = threading.Thread(target=patterns, daemon=True)
-    worker.start()
-    compact = solve_packing(kinds, device_units, host_units, None, deadline - time.perf_counter(), node_limit,
-                            target=target, cuts=lp.cuts, race=race)  # fmt: skip
-    if compact is not None and (compact.value >= target or compact.bound < target):
+    by_patterns_future = _in_thread(patterns)
+    try:
+        compact = solve_packing(kinds, device_units, host_units, None, deadline - time.perf_counter(), node_limit,
+                                target=target, cuts=lp.cuts, race=race)  # fmt: skip
+    except BaseException:
+        race.stop()  # not waiting for the other search's time limit to raise this
+        raise
+    if compact is not None:  # settled: a placement at the target, or a proof that there is none
         race.stop()
-    worker.join()
-    by_patterns = outcomes.get("patterns")
-    if isinstance(by_patterns, AtTarget) and by_patterns.solutions is not None:
+    by_patterns = by_patterns_future.result()
+    if by_patterns is not None and by_patterns.solutions is not None:
         return PackingResult(by_patterns.solutions, by_patterns.value, target, True), False
     if compact is not None and compact.value >= target:
         return compact, False
-    proven = (isinstance(by_patterns, AtTarget) and by_patterns.infeasible) or (
-        compact is not None and compact.bound < target
-    )
+    proven = (by_patterns is not None and by_patterns.infeasible) or (compact is not None and compact.bound < target)
     return None, proven
+
+
+def _in_thread(function: Callable[..., T], *args: object) -> Future[T]:
+    """``function(*args)`` in a thread of its own (HiGHS releases the GIL while it solves); the future's
+    ``result()`` waits for it and raises what it raised."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="placement-mip")
+    try:
+        return pool.submit(function, *args)
+    finally:
+        pool.shutdown(wait=False)  # the task runs on; the pool takes no more
 
 
 def _slots(
