@@ -700,7 +700,7 @@ def _race_at(
 ) -> tuple[PackingResult | None, bool]:
     """A placement worth ``target`` from whichever of the two searches settles it first (the other is cancelled):
     (the placement, False), (None, True) where one proved there is none, (None, False) where neither settled it.
-    Where both find one, the pattern search's is taken."""
+    Where both have found one by the time the compact MIP ends, the pattern search's is taken."""
     race = Race()
 
     def patterns() -> AtTarget | None:
@@ -718,7 +718,11 @@ def _race_at(
         raise
     if compact is not None:  # settled: a placement at the target, or a proof that there is none
         race.stop()
-    by_patterns = by_patterns_future.result()
+        # HiGHS takes the interrupt only between its phases (a sub-MIP heuristic runs on: up to 1.6 s measured),
+        # so the pattern search is not waited for unless it is done already; it ends by its deadline.
+        by_patterns = by_patterns_future.result() if by_patterns_future.done() else None
+    else:
+        by_patterns = by_patterns_future.result()
     if by_patterns is not None and by_patterns.solutions is not None:
         return PackingResult(by_patterns.solutions, by_patterns.value, target, True), False
     if compact is not None and compact.value >= target:
