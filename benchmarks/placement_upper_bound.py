@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/placement_upper_bound.py [--cases 8] [--large] [--branch-seconds 0]
 
-The exact solver (``placement/solver.py``, CP-SAT) often cannot prove its placed count optimal on oversubscribed
-clusters of 40–64 GPUs. This script bounds the optimum of the solver's own placed-replicas model from above with
-a Gilmore–Gomory configuration LP solved by column generation (GLOP), so the solver's counts can be certified
-(placed == bound) or left open.
+This script bounds the optimum of the exact solver's own placed-replicas model from above with a Gilmore–Gomory
+configuration LP solved by column generation (GLOP), so the solver's counts can be certified (placed == bound) or
+left open. The solver now has a configuration LP of its own (``placement/packing_config.py``, HiGHS); this one is
+the independent check: another LP solver, another formulation of the relaxation, built from the captured state.
 
 The model it relaxes is exactly the one ``solve_exact`` builds: the same ``ClusterState`` and tasks (captured
 from ``Planner.plan`` by wrapping ``solve_exact``), the same options (``solver._options`` via ``solver._groups``),
