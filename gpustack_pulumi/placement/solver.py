@@ -265,9 +265,14 @@ def solve_exact(state: ClusterState, tasks: list[ReplicaTask], strategy: Strateg
     remaining = time_budget_s * (1 - SOLVE_MARGIN_FRACTION) - (time.perf_counter() - started)
     kinds = _kinds(state, groups, weights)
     lp_done = threading.Event()
-    packing_future = _in_thread(
-        _packing_stage, state, groups, kinds, hint, remaining * MIP_WALL_SHARE, time_budget_s, lp_done
-    )
+
+    def packing() -> _Packed | None:
+        try:
+            return _packing_stage(state, groups, kinds, hint, remaining * MIP_WALL_SHARE, time_budget_s, lp_done)
+        finally:
+            lp_done.set()  # also where the stage ends before or without the LP
+
+    packing_future = _in_thread(packing)
     # The configuration LP is mostly Python (pricing): building CP-SAT's model beside it would share the GIL and
     # slow it down; the searches after it run in HiGHS without the GIL.
     lp_done.wait(timeout=remaining * MIP_WALL_SHARE * CONFIG_LP_SHARE)
@@ -606,23 +611,7 @@ def _packing_stage(
 ) -> _Packed | None:
     """The MIP stage on the placed-replicas model from ``start`` (a plan of the model), or None without HiGHS:
     the configuration LP's bound, then the searches at it (``_race_at``), or the compact MIP alone where the LP
-    does not apply (pipeline options). ``lp_done`` is set once the LP is done (or skipped)."""
-    try:
-        return _mip_stage(state, groups, kinds, start, time_limit_s, time_budget_s, lp_done)
-    finally:
-        if lp_done is not None:
-            lp_done.set()
-
-
-def _mip_stage(
-    state: ClusterState,
-    groups: list[_Group],
-    kinds: _Kinds,
-    start: list[tuple[ReplicaTask, ScoredCandidate | None]],
-    time_limit_s: float,
-    time_budget_s: float,
-    lp_done: threading.Event | None,
-) -> _Packed | None:
+    does not apply (pipeline options). ``lp_done`` is set once the LP is done."""
     if time_limit_s <= 0.05 or not highs_available():
         return None
     initial: dict[tuple[int, int], KindSolution] = {}
