@@ -33,6 +33,12 @@ from gpustack_pulumi.placement.planner import DEFAULT_TIME_BUDGET_S, Planner
 pytestmark = pytest.mark.skipif(not highs_available(), reason="highspy is a dependency; not importable here")
 
 
+def _solve_config(kinds, devices, hosts, start, start_value: int, seconds: float):
+    """The configuration LP from ``start``, then the pattern searches alone."""
+    lp = configuration_lp(kinds, devices, hosts, start, start_value, seconds)
+    return solve_config(lp, start_value, seconds)
+
+
 def _instance(seed: int) -> tuple[list[PackingKind], dict[int, int], dict[int, int]]:
     """A small oversubscribed cluster: GPU nodes of 2-4 devices (4-device nodes in two NVLink pairs), some with
     less free memory, one CPU host; TP=1 and TP=2 kinds, some with a CPU option, a few of a higher priority."""
@@ -71,7 +77,7 @@ def test_bound_and_placements_against_the_compact_optimum(seed: int) -> None:
     kinds, devices, hosts = _instance(seed)
     compact = solve_packing(kinds, devices, hosts, None, 30.0, 10**6)
     assert compact is not None and compact.optimal
-    config = solve_config(kinds, devices, hosts, None, 0, 30.0)
+    config = _solve_config(kinds, devices, hosts, None, 0, 30.0)
     assert config is not None
     assert config.bound >= compact.value  # the LP bound (or the MIP's proof) holds
     if config.solutions is not None:
@@ -108,7 +114,7 @@ def test_the_stage_finds_the_optimum_above_a_start_and_proves_it() -> None:
         (0, 0): KindSolution(1, {0: 1}, {0: [(1, [0, 1])]}, {0: 0, 1: 1}),
         (2, 0): KindSolution(2, {0: 2}, {0: [(2, [0, 1])]}, {0: 2, 1: 0}),
     }
-    config = solve_config(kinds, devices, {}, start, 3, 10.0)
+    config = _solve_config(kinds, devices, {}, start, 3, 10.0)
     assert config is not None and config.solutions is not None
     assert config.value == config.bound == 4 and config.optimal
     check_packing(kinds, devices, {}, config)
@@ -122,13 +128,13 @@ def test_a_start_at_the_bound_is_proven_without_a_search(monkeypatch: pytest.Mon
     devices = {0: 100, 1: 100}
     kinds = [PackingKind(5, 1, [PackingOption(0, 1, 1, 60, [(0, [[0, 1]])])])]
     start = {(0, 0): KindSolution(2, {0: 2}, {0: [(2, [0, 1])]}, {0: 1, 1: 1})}
-    config = solve_config(kinds, devices, {}, start, 2, 10.0)
+    config = _solve_config(kinds, devices, {}, start, 2, 10.0)
     assert config is not None and config.optimal and config.bound == 2 and config.solutions is None
 
 
 def test_pipeline_options_are_left_to_the_compact_mip() -> None:
     kinds = [PackingKind(1, 1, [PackingOption(0, 1, 2, 10, [(0, [[0]]), (1, [[1]])])])]
-    assert solve_config(kinds, {0: 100, 1: 100}, {}, None, 0, 5.0) is None
+    assert configuration_lp(kinds, {0: 100, 1: 100}, {}, None, 0, 5.0) is None
 
 
 def test_tensor_parallel_ranks_stay_in_one_nvlink_pair() -> None:
@@ -140,7 +146,7 @@ def test_tensor_parallel_ranks_stay_in_one_nvlink_pair() -> None:
         PackingKind(3, 1, [PackingOption(0, 2, 1, 60, [(0, [[0, 1], [2, 3]])])]),
         PackingKind(4, 1, [PackingOption(0, 1, 1, 40, [(0, [[0, 1, 2, 3]])])]),
     ]
-    config = solve_config(kinds, devices, {}, None, 0, 10.0)
+    config = _solve_config(kinds, devices, {}, None, 0, 10.0)
     assert config is not None and config.solutions is not None and config.optimal
     check_packing(kinds, devices, {}, config)
     assert config.value == 6  # 2 TP=2 + 4 TP=1 (60 + 40 on every device)

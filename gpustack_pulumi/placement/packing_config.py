@@ -375,18 +375,11 @@ def search_at(lp: ConfigurationLP, target: int, deadline: float, race: Race | No
     return _enumerated_mip(lp.items, lp.types, lp.kinds, lp.node_of, lp.pi, lp.dual_bound, target, deadline, race)
 
 
-def solve_config(
-    kinds: list[PackingKind],
-    device_units: dict[int, int],
-    host_units: dict[int, int],
-    start: dict[tuple[int, int], KindSolution] | None,
-    start_value: int,
-    time_limit_s: float,
-) -> ConfigResult | None:
-    """The configuration LP, then the searches at its bound one after the other (lower by one replica each time
-    one proves there is nothing at it), within ``time_limit_s``; None where the LP does not apply."""
+def solve_config(lp: ConfigurationLP | None, start_value: int, time_limit_s: float) -> ConfigResult | None:
+    """The pattern searches alone, one after the other from the LP's bound down (one replica lower each time one
+    proves there is nothing at it), within ``time_limit_s``: the stage without the compact MIP (the solver runs
+    both, ``solver._race_at``); None where the LP did not apply."""
     deadline = time.perf_counter() + time_limit_s
-    lp = configuration_lp(kinds, device_units, host_units, start, start_value, time_limit_s)
     if lp is None:
         return None
     if lp.bound <= start_value:
