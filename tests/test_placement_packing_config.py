@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -98,6 +99,31 @@ def test_bound_and_placements_against_the_compact_optimum(seed: int) -> None:
     assert above is not None and above.value < compact.value + 1 and above.bound == compact.value
     beyond = search_at(lp, compact.value + 1, time.perf_counter() + 30.0)
     assert beyond is not None and beyond.infeasible and beyond.solutions is None
+
+
+def test_too_many_patterns_search_a_smaller_gap(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With the limit far below what the gap holds, the search takes the patterns of a smaller gap: what it finds
+    # is still a placement at the target (re-checked), and where it finds none that is no proof.
+    found_truncated = 0
+    for seed in range(30):
+        kinds, devices, hosts = _instance(seed)
+        compact = solve_packing(kinds, devices, hosts, None, 30.0, 10**6)
+        assert compact is not None and compact.optimal
+        lp = configuration_lp(kinds, devices, hosts, None, 0, 30.0)
+        assert lp is not None
+        full = search_at(lp, compact.value, time.perf_counter() + 30.0)
+        assert full is not None and full.solutions is not None
+        limit = max(1, full.patterns // 2)
+        monkeypatch.setattr(packing_config, "MAX_PATTERNS", limit)
+        truncated = search_at(lp, compact.value, time.perf_counter() + 30.0)
+        if full.patterns > limit and truncated is not None:
+            assert truncated.solutions is not None and truncated.value >= compact.value
+            check_packing(kinds, devices, hosts, SimpleNamespace(**vars(truncated), bound=truncated.value))
+            found_truncated += 1
+        above = search_at(lp, compact.value + 1, time.perf_counter() + 30.0)
+        assert above is None or (above.infeasible and above.solutions is None)
+        monkeypatch.setattr(packing_config, "MAX_PATTERNS", 1500)
+    assert found_truncated >= 1  # 3 of the 30 at half their patterns when written: the rest need a wider gap
 
 
 def test_the_stage_finds_the_optimum_above_a_start_and_proves_it() -> None:
