@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpustack_pulumi.placement.packing_mip import DeviceValueCuts, KindSolution, PackingKind, Race, _quiet_highs
+from gpustack_pulumi.placement.packing_mip import (
+    DeviceValueCuts,
+    KindSolution,
+    PackingKind,
+    Race,
+    _quiet_highs,
+    host_key,
+)
 
 # A column improves the master LP only if its reduced cost exceeds this (duals are floats).
 PRICING_TOLERANCE = 1e-7
@@ -67,10 +74,6 @@ class _Type:
     items: list[int]  # item indices eligible on it
     devices: list[int]  # device keys
     bounds: list[int] = field(default_factory=list)  # per item: ranks one device can hold
-
-
-def _device_key_of_host(node: int) -> int:
-    return -(node + 1)  # host memory of CPU node ``node``; GPU devices keep their own (≥ 0) ids
 
 
 class _Knapsack:
@@ -160,7 +163,7 @@ def _items_and_types(
                 pools = [(node, [g for members in found for g in members]) for node, found in option.nodes]
             items.append(_Item(ki, oi, kind.weight, kind.replicas, max(1, option.claim_units), option.tp, host, pools))
             for node, found in option.nodes:
-                keys = [_device_key_of_host(node)] if host else sorted({g for members in found for g in members})
+                keys = [host_key(node)] if host else sorted({g for members in found for g in members})
                 for key in keys:
                     eligible.setdefault(key, []).append(index)
                     capacity[key] = host_units.get(node, 0) if host else device_units[key]
@@ -242,7 +245,6 @@ class ConfigResult:
     optimal: bool
     iterations: int = 0
     patterns: int = 0
-    cuts: DeviceValueCuts | None = None  # the LP's duals as cuts for the compact MIP
 
 
 def _start_patterns(
@@ -258,7 +260,7 @@ def _start_patterns(
         if items[i].host:
             for node, count in solution.stages.items():
                 if count:
-                    held.setdefault(_device_key_of_host(node), {})[i] = count
+                    held.setdefault(host_key(node), {})[i] = count
         else:
             for g, count in solution.ranks.items():
                 if count:
@@ -293,6 +295,8 @@ class ConfigurationLP:
     kinds: int
     node_of: dict[int, int]
     pi: np.ndarray
+    knapsacks: list[_Knapsack]  # per type, at ``pi``
+    sigma: list[float]  # per kind, at ``pi``
 
 
 def configuration_lp(
@@ -333,15 +337,15 @@ def configuration_lp(
         master.add(t, counts)
 
     best_bound = math.inf
-    best: tuple[np.ndarray, list[_Knapsack]] | None = None
+    best: tuple[np.ndarray, list[_Knapsack], list[float]] | None = None
     iterations = 0
     while time.perf_counter() <= deadline:
         highs.run()
         iterations += 1
         pi = _duals(master)
-        value, knapsacks, _ = _certificate(items, types, n_kinds, pi)
+        value, knapsacks, sigma = _certificate(items, types, n_kinds, pi)
         if value < best_bound:
-            best_bound, best = value, (pi, knapsacks)
+            best_bound, best = value, (pi, knapsacks, sigma)
         if math.floor(best_bound + BOUND_SLACK) <= start_value:
             break  # the start is proven optimal
         row_dual = np.array(highs.getSolution().row_dual)
@@ -354,13 +358,13 @@ def configuration_lp(
             break
     if best is None:
         return None
-    pi, knapsacks = best
+    pi, knapsacks, sigma = best
     cuts = DeviceValueCuts(
         {(item.kind, item.option): float(pi[i]) for i, item in enumerate(items)},
         {key: sack.value for dtype, sack in zip(types, knapsacks, strict=True) for key in dtype.devices},
     )
     bound = math.floor(best_bound + BOUND_SLACK)
-    return ConfigurationLP(bound, best_bound, cuts, iterations, items, types, n_kinds, node_of, pi)
+    return ConfigurationLP(bound, best_bound, cuts, iterations, items, types, n_kinds, node_of, pi, knapsacks, sigma)
 
 
 @dataclass
@@ -376,7 +380,7 @@ class AtTarget:
 def search_at(lp: ConfigurationLP, target: int, deadline: float, race: Race | None = None) -> AtTarget | None:
     """The MIP over the patterns within ``lp.dual_bound - target`` of each type's best (module docs); None
     where they are too many, time ran out or the race was stopped."""
-    return _enumerated_mip(lp.items, lp.types, lp.kinds, lp.node_of, lp.pi, lp.dual_bound, target, deadline, race)
+    return _enumerated_mip(lp, target, deadline, race)
 
 
 def solve_config(lp: ConfigurationLP | None, start_value: int, time_limit_s: float) -> ConfigResult | None:
@@ -387,7 +391,7 @@ def solve_config(lp: ConfigurationLP | None, start_value: int, time_limit_s: flo
     if lp is None:
         return None
     if lp.bound <= start_value:
-        return ConfigResult(None, start_value, start_value, True, lp.iterations, 0, lp.cuts)
+        return ConfigResult(None, start_value, start_value, True, lp.iterations, 0)
     bound = lp.bound
     patterns = 0
     while bound > start_value and time.perf_counter() < deadline:
@@ -396,31 +400,20 @@ def solve_config(lp: ConfigurationLP | None, start_value: int, time_limit_s: flo
             break
         patterns = found.patterns
         if found.solutions is not None:
-            return ConfigResult(found.solutions, found.value, bound, found.value >= bound, lp.iterations, patterns,
-                                lp.cuts)  # fmt: skip
+            return ConfigResult(found.solutions, found.value, bound, found.value >= bound, lp.iterations, patterns)
         bound -= 1
-    return ConfigResult(None, start_value, max(bound, start_value), bound <= start_value, lp.iterations, patterns,
-                        lp.cuts)  # fmt: skip
+    return ConfigResult(None, start_value, max(bound, start_value), bound <= start_value, lp.iterations, patterns)
 
 
-def _enumerated_mip(
-    items: list[_Item],
-    types: list[_Type],
-    n_kinds: int,
-    node_of: dict[int, int],
-    pi: np.ndarray,
-    dual_bound: float,
-    target: int,
-    deadline: float,
-    race: Race | None = None,
-) -> AtTarget | None:
-    """A placement worth at least ``target`` from the patterns within ``gap = dual_bound − target`` of the
-    knapsack optimum, with each node's rank pools put back. Returns (solutions or None if there is none, value,
-    proven, patterns enumerated), or None where the patterns are too many or time ran out."""
+def _enumerated_mip(lp: ConfigurationLP, target: int, deadline: float, race: Race | None) -> AtTarget | None:
+    """A placement worth at least ``target`` from the patterns within ``gap = lp.dual_bound − target`` of each
+    type's knapsack optimum, with each node's rank pools put back; or a proof that there is none (where every
+    pattern in the gap was searched); None where time ran out, the race was stopped or nothing could be searched."""
     import highspy
 
-    gap = dual_bound - target + BOUND_SLACK
-    _, knapsacks, sigma = _certificate(items, types, n_kinds, pi)
+    items, types, n_kinds, node_of, pi = lp.items, lp.types, lp.kinds, lp.node_of, lp.pi
+    knapsacks, sigma = lp.knapsacks, lp.sigma
+    gap = lp.dual_bound - target + BOUND_SLACK
     reduced_x = [sigma[item.kind] + item.tp * pi[i] - item.weight for i, item in enumerate(items)]
     allowed = [d <= gap for d in reduced_x]
     # An item whose dual is 0 adds nothing to a pattern's value, so patterns are enumerated without such *free*

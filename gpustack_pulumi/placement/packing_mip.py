@@ -86,11 +86,16 @@ class Race:
                 highs.cancelSolve()
 
 
+def host_key(node: int) -> int:
+    """The key of CPU node ``node``'s host memory where it sits among devices (GPU ids are ≥ 0)."""
+    return -(node + 1)
+
+
 @dataclass
 class DeviceValueCuts:
     """Valid inequalities from the configuration LP's duals: at ``rank_values`` per rank of a (kind, option), no
     device's ranks are worth more than ``value_caps`` of it (the best pattern of its type, a knapsack optimum, so
-    every integer point satisfies them); CPU nodes' host memory is keyed -(node + 1)."""
+    every integer point satisfies them); CPU nodes' host memory is keyed ``host_key(node)``."""
 
     rank_values: dict[tuple[int, int], float]
     value_caps: dict[int, float]
@@ -277,7 +282,7 @@ def solve_packing(
                 continue
             if kinds[ki].options[oi].class_id is None:
                 for node, y in stages.items():
-                    worth.setdefault(-(node + 1), {})[y] = value
+                    worth.setdefault(host_key(node), {})[y] = value
             else:
                 for g, z in ranks.items():
                     worth.setdefault(g, {})[z] = value
